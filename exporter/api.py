@@ -1,0 +1,311 @@
+"""The Mixpeek API client: lists every task of a namespace, page by page, and nothing else.
+
+It keeps no metric objects, only a plain count of the responses it got, which the poller publishes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+TASKS_LIST = "/v1/tasks/list"
+NAMESPACES_LIST = "/v1/namespaces/list"
+# The API refuses offsets above this; deeper listings need a cursor or a created_at window.
+MAX_OFFSET = 10_000
+# Fields the payload may carry when the task finished; the documented model has none of them.
+FINISH_FIELDS = ("completed_at", "finished_at", "updated_at")
+NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
+
+
+class ApiError(Exception):
+    """A request or listing failed; `reason` becomes the bounded poll-error label."""
+
+    reason = "error"
+
+
+class ApiTimeout(ApiError):
+    reason = "timeout"
+
+
+class ApiUnreachable(ApiError):
+    reason = "connection_error"
+
+
+class InvalidResponse(ApiError):
+    reason = "invalid_response"
+
+
+class PaginationLimit(ApiError):
+    reason = "pagination_limit"
+
+
+class ApiHTTPError(ApiError):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        if self.status_code in (401, 403):
+            return "unauthorized"
+        if self.status_code == 429:
+            return "rate_limited"
+        if self.status_code == 404:
+            return "not_found"
+        return "http_5xx" if self.status_code >= 500 else "http_4xx"
+
+
+class _TaskPayload(BaseModel):
+    """One TaskResponse, reduced to what the exporter reads. Unknown statuses and types pass as text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str = Field(min_length=1)
+    task_type: str
+    status: str
+    additional_data: dict[str, Any] | None = None
+    created_at: str | float | None = None
+    completed_at: str | float | None = None
+    finished_at: str | float | None = None
+    updated_at: str | float | None = None
+
+
+class _Pagination(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    next_cursor: str | None = None
+
+
+class _TaskPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    results: list[_TaskPayload]
+    pagination: _Pagination | None = None
+
+
+class _NamespacePayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    namespace_id: str | None = None
+    namespace_name: str
+
+
+class _NamespacePage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    results: list[_NamespacePayload]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    task_id: str
+    status: str
+    task_type: str
+    namespace_id: str | None
+    created_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Every task of one scope, each once, as listed by one complete poll."""
+
+    tasks: dict[str, Task]
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    namespace_id: str | None
+    name: str
+
+
+def parse_timestamp(value: str | float | None) -> float | None:
+    """ISO 8601 (naive means UTC, as the API sends) or unix seconds; anything else counts as absent."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _to_task(payload: _TaskPayload) -> Task:
+    extra = payload.additional_data or {}
+    namespace_id = extra.get("namespace_id")
+    finished = next(
+        (ts for ts in (parse_timestamp(getattr(payload, f)) for f in FINISH_FIELDS) if ts is not None), None
+    )
+    return Task(
+        task_id=payload.task_id,
+        status=payload.status,
+        task_type=payload.task_type,
+        namespace_id=namespace_id if isinstance(namespace_id, str) else None,
+        created_at=parse_timestamp(payload.created_at),
+        finished_at=finished,
+    )
+
+
+def error_message(body: Any) -> str:
+    """The message of any of the API's three error shapes, else a short excerpt."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        detail = body.get("detail")
+        if isinstance(detail, dict):
+            error = detail.get("error", error)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            return "; ".join(str(item.get("msg", item)) for item in detail[:3])
+        if isinstance(detail, str):
+            return detail
+    return "unexpected error body"
+
+
+class MixpeekClient:
+    """Talks to one Mixpeek organisation through a shared, pooled httpx.AsyncClient."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_key: Callable[[], SecretStr],
+        *,
+        page_size: int = 1000,
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._page_size = page_size
+        self.requests: Counter[tuple[str, str]] = Counter()
+        """Responses by (endpoint, HTTP status), "error" where none came back."""
+
+    async def list_tasks(self, namespace: str | None) -> Listing:
+        """Every task, newest first, following cursors; without cursors, offset windows by created_at.
+
+        Newest first means a task created while we page lands before our position and never shifts
+        an unread page, and a task expiring at the tail never hides one we have not read yet.
+        """
+        tasks: dict[str, Task] = {}
+        body: dict[str, Any] = {"sort": NEWEST_FIRST}
+        seen_cursors: set[str] = set()
+        cursor: str | None = None
+        offset = window_new = pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": self._page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            elif offset:
+                params["offset"] = offset
+            page = await self._task_page(namespace, params, body)
+            pages += 1
+            new = self._merge(tasks, page.results)
+            window_new += new
+            next_cursor = page.pagination.next_cursor if page.pagination else None
+            if next_cursor:
+                if next_cursor in seen_cursors or (page.results and not new):
+                    raise InvalidResponse("the API repeated a cursor or a whole page; listing abandoned")
+                seen_cursors.add(next_cursor)
+                cursor = next_cursor
+                continue
+            if cursor is not None or len(page.results) < self._page_size:
+                return Listing(tasks=tasks, pages=pages)
+            offset += len(page.results)
+            if offset > MAX_OFFSET:
+                if not window_new:
+                    raise PaginationLimit(
+                        "an offset window added no task; cannot page deeper without a cursor"
+                    )
+                body, offset, window_new = self._older_window(page.results), 0, 0
+
+    def _merge(self, tasks: dict[str, Task], results: Iterable[_TaskPayload]) -> int:
+        before = len(tasks)
+        for payload in results:
+            tasks[payload.task_id] = _to_task(payload)
+        return len(tasks) - before
+
+    @staticmethod
+    def _older_window(results: list[_TaskPayload]) -> dict[str, Any]:
+        """The next offset window: tasks created no later than the last one read (dupes are merged)."""
+        oldest = results[-1].created_at
+        if oldest is None or parse_timestamp(oldest) is None:
+            raise PaginationLimit(
+                f"more than {MAX_OFFSET} tasks, and the API gives neither a cursor nor created_at to page on"
+            )
+        condition = {"field": "created_at", "operator": "lte", "value": oldest}
+        return {"sort": NEWEST_FIRST, "filters": {"AND": [condition]}}
+
+    async def probe_tasks(self, namespace: str | None) -> int:
+        """One authenticated one-item listing: does the key work for this namespace?"""
+        page = await self._task_page(namespace, {"limit": 1}, {})
+        return len(page.results)
+
+    async def list_namespaces(self) -> list[Namespace]:
+        namespaces: list[Namespace] = []
+        offset = 0
+        while True:
+            body = {"limit": self._page_size, "offset": offset}
+            raw = await self._post(NAMESPACES_LIST, None, {}, body)
+            try:
+                page = _NamespacePage.model_validate(raw)
+            except ValidationError as exc:
+                raise InvalidResponse(f"namespaces/list: {_first_error(exc)}") from None
+            namespaces.extend(Namespace(item.namespace_id, item.namespace_name) for item in page.results)
+            offset += len(page.results)
+            if len(page.results) < self._page_size or offset > MAX_OFFSET - self._page_size:
+                return namespaces
+
+    async def _task_page(
+        self, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
+    ) -> _TaskPage:
+        raw = await self._post(TASKS_LIST, namespace, params, body)
+        try:
+            page = _TaskPage.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidResponse(f"tasks/list: {_first_error(exc)}") from None
+        if len(page.results) > params["limit"]:
+            raise InvalidResponse(
+                f"tasks/list returned {len(page.results)} items for limit {params['limit']}"
+            )
+        return page
+
+    async def _post(
+        self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {self._api_key().get_secret_value()}"}
+        if namespace is not None:
+            headers["X-Namespace"] = namespace
+        try:
+            response = await self._http.post(endpoint, params=params, json=body, headers=headers)
+        except httpx.TimeoutException:
+            self.requests[(endpoint, "error")] += 1
+            raise ApiTimeout(f"{endpoint} timed out") from None
+        except httpx.TransportError as exc:
+            self.requests[(endpoint, "error")] += 1
+            raise ApiUnreachable(f"{endpoint}: {type(exc).__name__}: {exc}") from None
+        self.requests[(endpoint, str(response.status_code))] += 1
+        try:
+            decoded = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            decoded = None
+        if response.status_code != 200:
+            raise ApiHTTPError(response.status_code, error_message(decoded))
+        if decoded is None:
+            raise InvalidResponse(f"{endpoint} answered 200 with a body that is not JSON")
+        return decoded
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']} ({exc.error_count()} problems)"

@@ -1,0 +1,206 @@
+"""Command line: parse flags over env vars, set up logging, then serve (or check the configuration).
+
+The only place that reads the environment, and the only place that turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import httpx
+import structlog
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from exporter import __version__
+from exporter.api import ApiError, MixpeekClient
+from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
+from exporter.logs import configure_logging
+from exporter.metrics import SnapshotCollector
+from exporter.poller import Poller, PollPlan
+from exporter.server import MetricsServer
+
+PROG = "mixpeek-exporter"
+# The demo's world moves every second; a newcomer should not wait 30 s to see it.
+DEMO_POLL_INTERVAL = 5.0
+SHUTDOWN_GRACE_SECONDS = 4.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Prometheus exporter for Mixpeek tasks. Every setting is a flag or a MIXPEEK_* env var; "
+        "flags win. With no API key it runs a demo against a built-in simulated API.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} [env {env_name(name)}; default: {_shown_default(name)}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the settings, make one listing request per namespace, print a line each, exit 0 or 1",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _shown_default(name: str) -> str:
+    field = Settings.model_fields[name]
+    value: Any = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, list):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value) or "empty"
+    return str(getattr(value, "value", value))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    check = args.pop("check_config")
+    try:
+        settings = load_settings(**args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    key = settings.resolved_api_key()
+    configure_logging(
+        settings.log_format, settings.log_level, lambda: key.get_secret_value() if key else None
+    )
+    try:
+        if check:
+            return asyncio.run(check_config(settings, sys.stdout))
+        return asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the listen port is taken
+        print(f"{PROG}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the API is and how to authenticate: the user's, or the built-in demo's."""
+
+    url: str
+    key: SecretStr
+    demo: bool
+
+
+@asynccontextmanager
+async def api_target(settings: Settings) -> AsyncIterator[Target]:
+    key = settings.resolved_api_key()
+    if key is not None and not settings.demo:
+        yield Target(settings.api_url, key, demo=False)
+        return
+    from exporter.simulator import start_demo  # noqa: PLC0415 - the demo is not loaded in production
+
+    demo = start_demo()
+    try:
+        yield Target(demo.url, SecretStr(demo.api_key), demo=True)
+    finally:
+        demo.stop()
+
+
+def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=url,
+        timeout=settings.request_timeout,
+        headers={"User-Agent": f"{PROG}/{__version__}"},
+        limits=httpx.Limits(
+            max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency
+        ),
+    )
+
+
+async def serve(settings: Settings) -> int:
+    log = structlog.get_logger(PROG)
+    async with api_target(settings) as target, _http_client(settings, target.url) as http:
+        interval = settings.poll_interval
+        if target.demo:
+            if "poll_interval" not in settings.model_fields_set:
+                interval = DEMO_POLL_INTERVAL
+            log.info("demo mode: no MIXPEEK_API_KEY, polling the built-in simulated API", api_url=target.url)
+        client = MixpeekClient(http, lambda: target.key, page_size=settings.page_size)
+        plan = PollPlan(
+            namespaces=tuple(settings.namespaces),
+            organization=settings.scope is Scope.ORGANIZATION,
+            interval=interval,
+            concurrency=settings.concurrency,
+            buckets=tuple(settings.histogram_buckets),
+        )
+        poller = Poller(client, plan)
+        registry = CollectorRegistry()
+        registry.register(SnapshotCollector(lambda: poller.snapshot, __version__, time.time))
+        host, port = settings.listen_address
+        server = MetricsServer(host, port, registry, poller.ready)
+        server.start()
+        log.info("serving", listen=f"{host}:{server.port}", version=__version__, scope=plan.organization)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(poller.run())
+        try:
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            runner.cancel()
+            await asyncio.wait([runner], timeout=SHUTDOWN_GRACE_SECONDS)
+            server.stop()
+    return 0
+
+
+async def check_config(settings: Settings, out: TextIO) -> int:
+    """One authenticated listing request per namespace, one line each: the first thing to run."""
+    async with api_target(settings) as target, _http_client(settings, target.url) as http:
+        client = MixpeekClient(http, lambda: target.key, page_size=settings.page_size)
+        if target.demo:
+            print(f"no API key: checking the built-in demo API at {target.url}", file=out)
+        if settings.scope is Scope.ORGANIZATION:
+            names: list[str | None] = [None]
+        elif settings.namespaces:
+            names = list(settings.namespaces)
+        else:
+            try:
+                found = await client.list_namespaces()
+            except ApiError as exc:
+                print(f"namespace discovery: {describe(exc)}", file=out)
+                return 1
+            names = [ns.name for ns in found]
+            print(f"namespace discovery: ok, {len(names)} namespaces", file=out)
+        failures = 0
+        for name in names:
+            label = name or "organization"
+            try:
+                await client.probe_tasks(name)
+            except ApiError as exc:
+                failures += 1
+                print(f"{label}: {describe(exc)}", file=out)
+            else:
+                print(f"{label}: ok", file=out)
+        return 1 if failures or not names else 0
+
+
+def describe(exc: ApiError) -> str:
+    explanations = {
+        "unauthorized": "key rejected",
+        "not_found": "namespace unknown",
+        "timeout": "unreachable",
+        "connection_error": "unreachable",
+        "rate_limited": "rate limited",
+    }
+    return f"{explanations.get(exc.reason, 'failed')} ({exc})"

@@ -1,0 +1,196 @@
+"""Settings: every knob of the exporter, read from MIXPEEK_* env vars and CLI flags (flags win)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "MIXPEEK_"
+MAX_PAGE_SIZE = 1000
+# Async jobs run from seconds to hours; the API keeps tasks about 24 h.
+DEFAULT_BUCKETS = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+    86400.0,
+)
+
+
+class Scope(StrEnum):
+    NAMESPACE = "namespace"
+    ORGANIZATION = "organization"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line naming the setting, fit for the user."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The exporter's configuration. Field descriptions double as `--help` text."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    api_key: SecretStr | None = Field(None, description="Bearer API key (sk_...); unset runs the demo")
+    api_key_file: Path | None = Field(
+        None, description="file holding the API key (a mounted Kubernetes Secret); used when api_key is unset"
+    )
+    api_url: str = Field("https://api.mixpeek.com", description="base URL of the Mixpeek API")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated namespace names or ns_ ids; empty discovers every namespace each cycle",
+    )
+    scope: Scope = Field(
+        Scope.NAMESPACE,
+        description="namespace: one listing per namespace with X-Namespace; "
+        "organization: one listing labelled by additional_data.namespace_id",
+    )
+    poll_interval: float = Field(
+        30.0, gt=0, description="seconds between the starts of two polls of a namespace"
+    )
+    page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size")
+    request_timeout: float = Field(10.0, gt=0, description="seconds before one API request times out")
+    concurrency: int = Field(4, ge=1, le=64, description="namespaces polled at the same time")
+    listen: str = Field("0.0.0.0:9877", description="host:port of the HTTP server")
+    histogram_buckets: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_BUCKETS),
+        description="comma-separated upper bounds in seconds of mixpeek_task_completion_seconds",
+    )
+    log_format: LogFormat | None = Field(None, description="json or console (console when stderr is a TTY)")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    demo: bool = Field(False, description="run against the built-in simulated API even with a key")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _namespaces_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("histogram_buckets", mode="before")
+    @classmethod
+    def _buckets_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("histogram_buckets")
+    @classmethod
+    def _buckets_increasing(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("needs at least one bucket")
+        if any(not math.isfinite(b) or b <= 0 for b in value):
+            raise ValueError("buckets must be finite and positive")
+        if any(a >= b for a, b in itertools.pairwise(value)):
+            raise ValueError("buckets must be strictly increasing")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("api_key") is None:
+            read_key_file(value)
+        return value
+
+    @property
+    def demo_mode(self) -> bool:
+        return self.demo or self.resolved_api_key() is None
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    def resolved_api_key(self) -> SecretStr | None:
+        """The key from the env/flag, else from the key file (read now, so a rotated Secret is seen)."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is not None:
+            return read_key_file(self.api_key_file)
+        return None
+
+
+def read_key_file(path: Path) -> SecretStr:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not key:
+        raise ValueError(f"{path} is empty")
+    return SecretStr(key)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("must be host:port, e.g. 0.0.0.0:9877 or [::]:9877")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment plus overrides (CLI flags), or raise one-line ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if field:
+            problems.append(f"{env_name(field)}: {message}")
+        else:
+            problems.append(message)
+    return "invalid configuration: " + "; ".join(problems)

@@ -1,0 +1,100 @@
+"""The HTTP server: /metrics, /healthz, /readyz and a small index page, on a threaded WSGI server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+INDEX = b"""<!doctype html>
+<html><head><title>Mixpeek exporter</title></head>
+<body><h1>Mixpeek exporter</h1>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
+<li><a href="readyz">/readyz</a></li></ul></body></html>
+"""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection, so a slow client never holds up another scrape."""
+
+    daemon_threads = True
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access logs would drown the poll logs; Prometheus records scrape failures itself."""
+
+
+def make_app(
+    registry: CollectorRegistry, ready: Callable[[], bool]
+) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _plain(
+                start_response, "405 Method Not Allowed", b"method not allowed\n", [("Allow", "GET, HEAD")]
+            )
+        if path == "/metrics":
+            body: Iterable[bytes] = metrics_app(environ, start_response)
+            return body
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            if ready():
+                return _plain(start_response, "200 OK", b"ready\n")
+            return _plain(
+                start_response, "503 Service Unavailable", b"not ready: waiting for a first complete poll\n"
+            )
+        if path == "/":
+            start_response(
+                "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(INDEX)))]
+            )
+            return [INDEX]
+        return _plain(start_response, "404 Not Found", b"not found\n")
+
+    return app
+
+
+def _plain(
+    start_response: StartResponse, status: str, body: bytes, extra: list[tuple[str, str]] | None = None
+) -> list[bytes]:
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        *(extra or []),
+    ]
+    start_response(status, headers)
+    return [body]
+
+
+class MetricsServer:
+    """Serves the app in a background thread; `port` is the bound one (useful with port 0)."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        server_class = _IPv6Server if ":" in host else _Server
+        self._server = make_server(
+            host, port, make_app(registry, ready), server_class, handler_class=_QuietHandler
+        )
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,177 @@
+"""The API client against scripted responses (httpx.MockTransport): the narrow, malformed cases.
+
+Paging through real listings is tested against the simulated API over HTTP in test_poller.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from exporter.api import (
+    TASKS_LIST,
+    ApiError,
+    ApiHTTPError,
+    ApiTimeout,
+    ApiUnreachable,
+    InvalidResponse,
+    MixpeekClient,
+    error_message,
+    parse_timestamp,
+)
+
+KEY = "sk_live_do_not_leak_123"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client_for(handler: Handler, page_size: int = 2) -> MixpeekClient:
+    http = httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler))
+    return MixpeekClient(http, lambda: SecretStr(KEY), page_size=page_size)
+
+
+def page(results: list[Any], cursor: str | None = None) -> httpx.Response:
+    return httpx.Response(200, json={"results": results, "pagination": {"next_cursor": cursor}})
+
+
+def item(task_id: str, status: str = "PENDING") -> dict[str, Any]:
+    return {"task_id": task_id, "task_type": "thumbnail", "status": status}
+
+
+async def failure(handler: Handler) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await client_for(handler).list_tasks("prod")
+    assert KEY not in str(caught.value)
+    return caught.value
+
+
+async def test_follows_cursor_and_sends_only_declared_keys() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "cursor" not in request.url.params:
+            return page([item("a"), item("b")], cursor="c1")
+        return page([item("c")])
+
+    client = client_for(handler)
+    listing = await client.list_tasks("prod")
+    assert sorted(listing.tasks) == ["a", "b", "c"] and listing.pages == 2
+    assert seen[1].url.params["cursor"] == "c1"
+    for request in seen:
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert request.headers["X-Namespace"] == "prod"
+        assert json.loads(request.content) == {"sort": {"field": "created_at", "direction": "desc"}}
+    assert client.requests == {(TASKS_LIST, "200"): 2}
+
+
+async def test_organization_listing_sends_no_namespace_header() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return page([item("a")])
+
+    await client_for(handler).list_tasks(None)
+    assert "X-Namespace" not in seen[0].headers
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, text="<html>Bad gateway</html>"),
+        httpx.Response(200, text='{"results": [{"task_id": "a", '),
+        httpx.Response(200, json={"results": {"task_id": "a"}}),
+        httpx.Response(200, json={"results": [{"task_type": "thumbnail", "status": "PENDING"}]}),
+        httpx.Response(200, json={"results": [item("a"), item("b"), item("c")]}),
+    ],
+    ids=["html", "truncated", "results-not-list", "no-task-id", "page-over-limit"],
+)
+async def test_malformed_pages_are_invalid_responses(response: httpx.Response) -> None:
+    error = await failure(lambda request: response)
+    assert isinstance(error, InvalidResponse) and error.reason == "invalid_response"
+
+
+async def test_cursor_loop_is_detected() -> None:
+    counter = iter(range(100))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        n = next(counter)
+        return page([item(f"t{n}a"), item(f"t{n}b")], cursor="same")
+
+    error = await failure(handler)
+    assert isinstance(error, InvalidResponse)
+
+
+async def test_cursor_pages_repeating_the_same_items_are_detected() -> None:
+    counter = iter(range(100))
+    error = await failure(lambda request: page([item("a"), item("b")], cursor=f"c{next(counter)}"))
+    assert isinstance(error, InvalidResponse)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason", "message"),
+    [
+        (
+            401,
+            {"success": False, "status": 401, "error": {"message": "Invalid API key"}},
+            "unauthorized",
+            "Invalid API key",
+        ),
+        (403, {"detail": {"error": {"message": "forbidden here"}}}, "unauthorized", "forbidden here"),
+        (404, {"error": {"message": "Namespace 'x' not found"}}, "not_found", "Namespace 'x' not found"),
+        (
+            422,
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "bogus"],
+                        "msg": "Extra inputs are not permitted",
+                        "type": "extra_forbidden",
+                    }
+                ]
+            },
+            "http_4xx",
+            "Extra inputs are not permitted",
+        ),
+        (429, {"error": {"message": "slow down"}}, "rate_limited", "slow down"),
+        (503, "<html>unavailable</html>", "http_5xx", "unexpected error body"),
+    ],
+)
+async def test_http_errors_carry_bounded_reason_and_message(
+    status: int, body: Any, reason: str, message: str
+) -> None:
+    content = json.dumps(body) if not isinstance(body, str) else body
+    error = await failure(lambda request: httpx.Response(status, text=content))
+    assert isinstance(error, ApiHTTPError)
+    assert error.reason == reason and message in str(error) and str(status) in str(error)
+
+
+async def test_transport_failures() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    assert isinstance(await failure(timeout), ApiTimeout)
+    error = await failure(refused)
+    assert isinstance(error, ApiUnreachable) and error.reason == "connection_error"
+
+
+def test_timestamps() -> None:
+    assert parse_timestamp("1970-01-01T00:01:40") == 100.0
+    assert parse_timestamp("1970-01-01T00:01:40Z") == 100.0
+    assert parse_timestamp("1970-01-01T01:01:40+01:00") == 100.0
+    assert parse_timestamp(1234.5) == 1234.5
+    assert parse_timestamp("yesterday") is None
+    assert parse_timestamp(None) is None
+
+
+def test_error_message_of_unknown_shapes() -> None:
+    assert error_message(None) == "unexpected error body"
+    assert error_message({"detail": "plain"}) == "plain"

@@ -1,0 +1,120 @@
+"""The pure core: how listings turn into gauges, counters and durations."""
+
+from __future__ import annotations
+
+from exporter.api import Task
+from exporter.state import KNOWN_STATUSES, NamespaceState, label_value, observe
+
+BUCKETS = (10.0, 60.0, 3600.0)
+
+
+def task(
+    task_id: str,
+    status: str,
+    task_type: str = "thumbnail",
+    created: float | None = None,
+    finished: float | None = None,
+) -> Task:
+    return Task(task_id, status, task_type, "ns_1", created, finished)
+
+
+def fresh() -> NamespaceState:
+    return NamespaceState(buckets=BUCKETS)
+
+
+def test_baseline_counts_nothing_already_terminal() -> None:
+    state = observe(fresh(), [task("a", "COMPLETED"), task("b", "FAILED"), task("c", "PENDING")], now=100.0)
+    assert state.transitions == {}
+    assert state.counts == {
+        ("COMPLETED", "thumbnail"): 1,
+        ("FAILED", "thumbnail"): 1,
+        ("PENDING", "thumbnail"): 1,
+    }
+    assert state.task_types == ("thumbnail",)
+
+
+def test_transition_counted_once_across_polls() -> None:
+    state = observe(fresh(), [task("a", "PENDING")], now=100.0)
+    state = observe(state, [task("a", "PROCESSING")], now=130.0)
+    state = observe(state, [task("a", "FAILED")], now=160.0)
+    state = observe(state, [task("a", "FAILED")], now=190.0)
+    assert state.transitions == {("FAILED", "thumbnail"): 1}
+    histogram = state.completion(("FAILED", "thumbnail"))
+    # No payload timestamps: from first sight (100) to the poll that saw it terminal (160).
+    assert histogram.count == 1
+    assert histogram.total == 60.0
+
+
+def test_task_born_and_finished_between_polls_counts_with_upper_bound() -> None:
+    state = observe(fresh(), [], now=100.0)
+    state = observe(state, [task("new", "COMPLETED")], now=130.0)
+    assert state.transitions == {("COMPLETED", "thumbnail"): 1}
+    assert state.completion(("COMPLETED", "thumbnail")).total == 30.0
+
+
+def test_payload_timestamps_win_over_observation() -> None:
+    state = observe(fresh(), [task("a", "PENDING", created=50.0)], now=100.0)
+    state = observe(state, [task("a", "COMPLETED", created=50.0, finished=70.0)], now=130.0)
+    histogram = state.completion(("COMPLETED", "thumbnail"))
+    assert histogram.total == 20.0
+    rows = histogram.cumulative()
+    assert [(le, count) for le, count, _ in rows] == [("10.0", 0), ("60.0", 1), ("3600.0", 1), ("+Inf", 1)]
+    exemplar = rows[1][2]
+    assert exemplar is not None and exemplar.task_id == "a" and exemplar.value == 20.0
+
+
+def test_status_regression_never_uncounts_nor_recounts() -> None:
+    state = observe(fresh(), [task("a", "PROCESSING")], now=0.0)
+    state = observe(state, [task("a", "COMPLETED")], now=30.0)
+    state = observe(state, [task("a", "PROCESSING")], now=60.0)
+    state = observe(state, [task("a", "COMPLETED")], now=90.0)
+    assert state.transitions == {("COMPLETED", "thumbnail"): 1}
+    assert state.counts == {("COMPLETED", "thumbnail"): 1}
+
+
+def test_vanished_finished_task_that_returns_is_not_counted_again() -> None:
+    state = observe(fresh(), [task("a", "PENDING")], now=0.0)
+    state = observe(state, [task("a", "FAILED")], now=30.0)
+    state = observe(state, [], now=60.0)
+    assert state.tasks == {}
+    state = observe(state, [task("a", "FAILED")], now=90.0)
+    assert state.transitions == {("FAILED", "thumbnail"): 1}
+
+
+def test_vanished_active_task_is_forgotten_not_counted() -> None:
+    state = observe(fresh(), [task("a", "PENDING")], now=0.0)
+    state = observe(state, [], now=30.0)
+    assert state.transitions == {} and state.tasks == {} and state.gone == {}
+
+
+def test_unknown_status_and_type_are_kept_sanitised() -> None:
+    state = observe(fresh(), [task("a", "RETRYING", task_type="brand new/type\n")], now=0.0)
+    assert "RETRYING" in state.statuses
+    assert state.statuses[: len(KNOWN_STATUSES)] == KNOWN_STATUSES
+    assert state.task_types == ("brand_new_type",)
+
+
+def test_label_value_is_bounded() -> None:
+    assert len(label_value("x" * 500)) == 64
+    assert label_value("") == "none"
+    assert label_value('a"b{c}') == "a_b_c_"
+
+
+def test_oldest_active_uses_creation_time() -> None:
+    state = observe(
+        fresh(),
+        [
+            task("a", "PENDING", created=10.0),
+            task("b", "PENDING", created=40.0),
+            task("c", "COMPLETED", created=0.0),
+        ],
+        now=100.0,
+    )
+    assert state.oldest_active == {("PENDING", "thumbnail"): 10.0}
+
+
+def test_previous_state_is_not_mutated() -> None:
+    first = observe(fresh(), [task("a", "PENDING")], now=0.0)
+    snapshot = (dict(first.tasks), dict(first.transitions), first.counts)
+    observe(first, [task("a", "FAILED"), task("b", "PENDING")], now=30.0)
+    assert (dict(first.tasks), dict(first.transitions), first.counts) == snapshot
