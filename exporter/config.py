@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         30.0, gt=0, description="seconds between the starts of two polls of a namespace"
     )
-    page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size")
+    page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size, 1..1000")
     request_timeout: float = Field(10.0, gt=0, description="seconds before one API request times out")
     concurrency: int = Field(4, ge=1, le=64, description="namespaces polled at the same time")
     listen: str = Field("0.0.0.0:9877", description="host:port of the HTTP server")

@@ -43,11 +43,18 @@ def make_app(
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD")
+        if method == "HEAD":
+            route(dict(environ, REQUEST_METHOD="GET"), start_response)
+            return []
+        if method != "GET":
             return _plain(
                 start_response, "405 Method Not Allowed", b"method not allowed\n", [("Allow", "GET, HEAD")]
             )
+        return route(environ, start_response)
+
+    def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             body: Iterable[bytes] = metrics_app(environ, start_response)
             return body

@@ -114,9 +114,8 @@ def observe(previous: NamespaceState, listing: Iterable[Task], now: float) -> Na
             start = _start(task, before, previous.polled_at if previous.polled_at is not None else now)
             end = task.finished_at if task.finished_at is not None else now
             duration = max(0.0, end - start)
-            completions[key] = previous.completion(key).observe(
-                duration, Exemplar(task.task_id, duration, end)
-            )
+            histogram = completions.get(key) or Histogram.empty(previous.buckets)
+            completions[key] = histogram.observe(duration, Exemplar(task.task_id, duration, end))
 
     for task_id, tracked in previous.tasks.items():
         if tracked.finished and task_id not in tasks:

@@ -1,0 +1,68 @@
+"""The real exporter process: demo mode, a real key against the simulated API, secrets, clean shutdown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from conftest import API_KEY
+from support import ExporterProcess, parse_exposition, select
+
+from exporter.simulator import SimulatorServer, World
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ExporterProcess]]:
+    started: list[ExporterProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[ExporterProcess]) -> None:
+    exporter = ExporterProcess()
+    processes.append(exporter)
+    exporter.wait_ready()
+    series = parse_exposition(httpx.get(f"{exporter.url}/metrics").text)
+    namespaces = {dict(k)["namespace"] for k in select(series, "mixpeek_up")}
+    assert namespaces == {"demo-prod", "demo-staging", "demo-dev"}
+    assert all(v == 1 for v in select(series, "mixpeek_up").values())
+    assert sum(select(series, "mixpeek_tasks").values()) > 0
+    assert any(e.get("event", "").startswith("demo mode") for e in exporter.events)  # type: ignore[union-attr]
+    started = time.monotonic()
+    assert exporter.terminate() == 0
+    assert time.monotonic() - started < 5
+    assert not [line for line in exporter.lines if "Traceback" in line]
+
+
+def test_real_key_never_leaves_the_process(world: World, processes: list[ExporterProcess]) -> None:
+    world.create_task("prod", "thumbnail", status="PROCESSING")
+    with SimulatorServer(world, api_key=API_KEY) as api:
+        exporter = ExporterProcess(
+            "--namespaces",
+            "prod,ghost",
+            "--poll-interval",
+            "0.2",
+            env={"MIXPEEK_API_KEY": API_KEY, "MIXPEEK_API_URL": api.url, "MIXPEEK_LOG_LEVEL": "debug"},
+        )
+        processes.append(exporter)
+        exporter.wait_serving()
+        deadline = time.monotonic() + 30
+        while (
+            not any(e.get("event") == "poll complete" for e in exporter.events)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        metrics = httpx.get(f"{exporter.url}/metrics").text
+        assert exporter.terminate() == 0
+    series = parse_exposition(metrics)
+    assert series[("mixpeek_up", frozenset({("namespace", "prod")}))] == 1
+    assert series[("mixpeek_up", frozenset({("namespace", "ghost")}))] == 0
+    assert any(e.get("event") == "poll failed" and e.get("namespace") == "ghost" for e in exporter.events)
+    everything = metrics + "".join(exporter.lines)
+    assert API_KEY not in everything
+    assert "Traceback" not in everything

@@ -1,0 +1,31 @@
+"""promtool, Prometheus's own linter, accepts what /metrics serves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from support import Exporter, promtool
+
+from exporter.simulator import FakeClock, SimulatorServer, World
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_promtool_check_metrics_accepts_the_exposition(
+    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: Callable[..., Exporter]
+) -> None:
+    ids = [
+        world.create_task("prod", kind, status="PROCESSING") for kind in ("thumbnail", "engine_cluster_build")
+    ]
+    world.create_task("prod", "brand-new type!", status="RETRYING")
+    exporter = make_exporter(api, namespaces=("prod", "ghost"))
+    await exporter.poll()
+    clock.advance(90)
+    world.set_status(ids[0], "FAILED")
+    world.set_status(ids[1], "COMPLETED")
+    await exporter.poll()
+    text = exporter.exposition()
+    assert "mixpeek_task_completion_seconds_bucket" in text and "mixpeek_exporter_poll_errors_total" in text
+    code, output = promtool("check", "metrics", stdin=text)
+    assert (code, output) == (0, "")

@@ -1,0 +1,208 @@
+"""Test harness: the real exporter pieces wired to a simulated API, plus exposition helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from exporter.api import MixpeekClient
+from exporter.config import DEFAULT_BUCKETS
+from exporter.metrics import SnapshotCollector
+from exporter.poller import Poller, PollPlan
+from exporter.simulator import FakeClock
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_exposition(text: str) -> Series:
+    """Every sample of a Prometheus text exposition, keyed by (name, labels)."""
+    series: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return series
+
+
+def select(
+    series: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> dict[frozenset[tuple[str, str]], float]:
+    """Samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return {lbls: value for (n, lbls), value in series.items() if n == name and wanted <= lbls}
+
+
+@dataclass
+class Exporter:
+    """One exporter process's worth of parts, polled explicitly by the test."""
+
+    poller: Poller
+    client: MixpeekClient
+    http: httpx.AsyncClient
+    registry: CollectorRegistry
+
+    async def poll(self) -> None:
+        await self.poller.poll_once()
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def scrape(self) -> Series:
+        return parse_exposition(self.exposition())
+
+    def value(self, name: str, **labels: str) -> float:
+        """The one sample of `name` with exactly these labels (0 series is an error, not 0)."""
+        key = (name, frozenset(labels.items()))
+        series = self.scrape()
+        if key not in series:
+            raise KeyError(f"no series {name}{labels}")
+        return series[key]
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(select(self.scrape(), name, **labels).values())
+
+
+def build_exporter(
+    url: str,
+    key: str,
+    clock: FakeClock,
+    *,
+    namespaces: tuple[str, ...] = (),
+    organization: bool = False,
+    page_size: int = 1000,
+    transport: httpx.AsyncBaseTransport | None = None,
+    event_hooks: Mapping[str, list[object]] | None = None,
+) -> Exporter:
+    http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
+    client = MixpeekClient(http, lambda: SecretStr(key), page_size=page_size)
+    plan = PollPlan(namespaces, organization, interval=30.0, concurrency=4, buckets=DEFAULT_BUCKETS)
+    poller = Poller(client, plan, clock=clock)
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock))
+    return Exporter(poller, client, http, registry)
+
+
+def require_binary(name: str) -> str:
+    """Path of a tool the e2e tests need; CI installs it, so there its absence is a failure, not a skip."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; tests/run.sh installs it with apt-get")
+        pytest.skip(f"{name} is not installed (run tests/run.sh to install it)")
+    return path
+
+
+class ExporterProcess:
+    """The real `python -m exporter` in a child process, its JSON log lines collected as they come."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MIXPEEK_")}
+        self.lines: list[str] = []
+        self.events: list[dict[str, object]] = []
+        self._serving = threading.Event()
+        self.port = 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--listen", "127.0.0.1:0", *args],
+            env={**base, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.lines.append(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                self.events.append(event)
+                if event.get("event") == "serving":
+                    self.port = int(str(event["listen"]).rsplit(":", 1)[1])
+                    self._serving.set()
+            self._serving.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        if not self._serving.wait(timeout) or not self.port:
+            raise AssertionError(f"exporter did not start serving: {''.join(self.lines)[-2000:]}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Poll /readyz until 200: the child polls on its own schedule, so this waits for a condition."""
+        import time
+
+        self.wait_serving(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.url}/readyz").status_code == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"exporter never became ready: {''.join(self.lines)[-2000:]}")
+
+    def terminate(self, timeout: float = 5.0) -> int:
+        import signal
+
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def promtool(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    """Run promtool; (exit code, stdout + stderr)."""
+    import subprocess
+
+    result = subprocess.run(
+        [require_binary("promtool"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+class FlakyTransport(httpx.AsyncBaseTransport):
+    """The real network transport, except that the requests numbered in `fail` (from 1) never connect."""
+
+    def __init__(self, fail: set[int]) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._fail = fail
+        self.count = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.count += 1
+        if self.count in self._fail:
+            raise httpx.ConnectError("connection reset by the test", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,38 @@
+"""The README's tables are checked against the code, so a new setting or metric cannot go undocumented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exporter.cli import _shown_default
+from exporter.config import Settings, env_name
+from exporter.metrics import METRICS
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def table_rows(first_header: str) -> list[list[str]]:
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_configuration_table_matches_settings() -> None:
+    documented = {row[0]: row for row in table_rows("env var")}
+    expected = {env_name(name): name for name in Settings.model_fields}
+    assert set(documented) == set(expected)
+    for env, name in expected.items():
+        assert documented[env][1] == f"--{name.replace('_', '-')}"
+        assert documented[env][3] == _shown_default(name), env
+
+
+def test_metrics_table_matches_code() -> None:
+    documented = {
+        row[0]: (row[1], tuple(label.strip() for label in row[2].split(","))) for row in table_rows("name")
+    }
+    assert documented == {name: (kind, labels) for name, kind, labels, _ in METRICS}
