@@ -148,7 +148,7 @@ async def serve(settings: Settings) -> int:
         host, port = settings.listen_address
         server = MetricsServer(host, port, registry, poller.ready)
         server.start()
-        log.info("serving", listen=f"{host}:{server.port}", version=__version__, scope=plan.organization)
+        log.info("serving", listen=f"{host}:{server.port}", version=__version__, scope=settings.scope.value)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from support import Exporter
 
 from exporter.cli import _shown_default
 from exporter.config import Settings, env_name
 from exporter.metrics import METRICS
+from exporter.simulator import FakeClock, SimulatorServer, World
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -36,3 +42,25 @@ def test_metrics_table_matches_code() -> None:
         row[0]: (row[1], tuple(label.strip() for label in row[2].split(","))) for row in table_rows("name")
     }
     assert documented == {name: (kind, labels) for name, kind, labels, _ in METRICS}
+
+
+async def test_exposition_has_exactly_the_documented_families(
+    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: Callable[..., Exporter]
+) -> None:
+    task_id = world.create_task("prod", "thumbnail", status="PROCESSING")
+    world.create_task("prod", "thumbnail", status="PENDING")
+    exporter = make_exporter(api, namespaces=("prod", "ghost"))
+    await exporter.poll()
+    world.set_status(task_id, "FAILED")
+    clock.advance(30)
+    await exporter.poll()
+    exposed = {
+        (f.name + ("_total" if f.type == "counter" else ""), f.type, tuple(sorted(_labels(f))))
+        for f in text_string_to_metric_families(exporter.exposition())
+    }
+    documented = {(name, kind, tuple(sorted(labels))) for name, kind, labels, _ in METRICS}
+    assert exposed == documented
+
+
+def _labels(family: Metric) -> set[str]:
+    return {label for sample in family.samples for label in sample.labels if label != "le"}
