@@ -1,0 +1,67 @@
+"""Demo mode: a lively simulated organisation on a loopback port, for running the exporter without an API key.
+
+Here, and only here, real time drives the world: a daemon thread advances it by the measured elapsed time
+about once a second.
+"""
+
+import threading
+import time
+from typing import Final
+
+from .server import SimulatorServer
+from .world import World
+
+# name, new tasks per second, share of runs that fail: a busy healthy prod, a flakier staging and dev.
+DEMO_NAMESPACES: Final = (
+    ("demo-prod", 0.04, 0.03),
+    ("demo-staging", 0.015, 0.10),
+    ("demo-dev", 0.008, 0.25),
+)
+HISTORY_S: Final = 2 * 3600.0  # simulated past at start: a few hundred tasks, most already finished
+TICK_S: Final = 1.0
+
+
+class DemoSimulator:
+    """A running demo: where to reach it, with which key, and how to stop it."""
+
+    def __init__(self, world: World, server: SimulatorServer, tick_s: float = TICK_S) -> None:
+        self.world = world
+        self._server = server
+        self._tick_s = tick_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._drive, name="mixpeek-demo-clock", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the simulated API."""
+        return self._server.url
+
+    @property
+    def api_key(self) -> str:
+        """The key the simulated API accepts."""
+        return self._server.api_key
+
+    def stop(self) -> None:
+        """Stop advancing time and serving; safe to call twice."""
+        self._stopping.set()
+        self._thread.join()
+        self._server.stop()
+
+    def _drive(self) -> None:
+        last = time.monotonic()
+        while not self._stopping.wait(self._tick_s):
+            now = time.monotonic()
+            self.world.advance(now - last)
+            last = now
+
+
+def start_demo(seed: int = 0) -> DemoSimulator:
+    """Build the demo organisation with its history, serve it on 127.0.0.1 (free port), start its clock."""
+    world = World(seed=seed)
+    for name, rate, failures in DEMO_NAMESPACES:
+        world.add_namespace(name, spawn_rate_per_s=rate, failure_ratio=failures)
+    world.advance(HISTORY_S)
+    server = SimulatorServer(world)
+    server.start()
+    return DemoSimulator(world, server)

@@ -1,0 +1,98 @@
+"""The API's enumerations, copied from the official SDK (mixpeek 1.3.783, API 0.82).
+
+The server validates request bodies against these exactly as the real API's pydantic models do (an unknown
+value is a 422), while the world accepts any string so tests can model enumeration drift.
+"""
+
+from typing import Final
+
+TASK_STATUSES: Final = (
+    "PENDING",
+    "QUEUED",
+    "IN_PROGRESS",
+    "PROCESSING",
+    "COMPLETED",
+    "COMPLETED_WITH_ERRORS",
+    "FAILED",
+    "CANCELED",
+    "INTERRUPTED",
+    "UNKNOWN",
+    "SKIPPED",
+    "DRAFT",
+    "ACTIVE",
+    "ARCHIVED",
+    "SUSPENDED",
+    "DEACTIVATED",
+)
+
+# Documented as terminal: once a task reaches one of these it never changes again.
+TERMINAL_STATUSES: Final = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"})
+
+TASK_TYPES: Final = (
+    "api_namespaces_create",
+    "api_namespaces_delete",
+    "api_namespaces_snapshot_create",
+    "api_namespaces_snapshot_restore",
+    "api_namespaces_migrations_run",
+    "api_buckets_objects_create",
+    "api_buckets_delete",
+    "api_buckets_batches_process",
+    "api_buckets_batches_submit",
+    "api_buckets_uploads_create",
+    "api_buckets_uploads_confirm",
+    "api_buckets_uploads_batch_confirm",
+    "api_collections_documents_create",
+    "api_collections_documents_bulk_update",
+    "api_collections_documents_bulk_delete",
+    "api_collections_reembed",
+    "api_collections_extraction_artifacts",
+    "api_taxonomies_create",
+    "api_taxonomies_execute",
+    "api_taxonomies_materialize",
+    "api_evaluations_run",
+    "api_evaluations_dataset_create",
+    "api_retrievers_publish",
+    "api_manifest_apply",
+    "api_retrievers_execute",
+    "api_collections_export",
+    "api_collections_trigger",
+    "engine_feature_extractor_run",
+    "engine_inference_run",
+    "engine_object_processing",
+    "engine_cluster_build",
+    "thumbnail",
+    "video_segment",
+    "audio_segment",
+    "converted_video",
+    "materialize",
+    "plugin_custom",
+    "model_custom",
+)
+
+# Task types whose additional_data carries bucket_id and batch_id (SDK TaskResponse docs).
+BATCH_TASK_TYPES: Final = frozenset({"api_buckets_batches_process", "api_buckets_batches_submit"})
+
+FILTER_OPERATORS: Final = (
+    "eq",
+    "ne",
+    "gt",
+    "lt",
+    "gte",
+    "lte",
+    "in",
+    "nin",
+    "contains",
+    "starts_with",
+    "ends_with",
+    "regex",
+    "exists",
+    "is_null",
+    "text",
+    "phrase",
+    "words",
+    "geo_radius",
+    "geo_bounding_box",
+    "geo_polygon",
+)
+
+SORT_DIRECTIONS: Final = ("asc", "desc")

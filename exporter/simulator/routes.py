@@ -1,0 +1,162 @@
+"""The API's routes over a World: routing, authentication, namespace scoping, and the error each rule gives.
+
+Kept apart from the socket plumbing in server.py so the rules read as a list and run without a network.
+"""
+
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote
+
+from .errors import ApiError, ValidationFailed, field_error
+from .namespace_listing import list_namespaces
+from .render import task_json
+from .task_listing import list_tasks
+from .world import World
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the routes need it; header names are lower-cased."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    raw_body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A JSON response."""
+
+    status: int
+    payload: object
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+_Handler = Callable[[Request, re.Match[str]], Response]
+
+_UNAUTHORIZED: Final = {"WWW-Authenticate": "Bearer"}
+
+
+class Routes:
+    """The simulated endpoints; `handle` never raises for a client's mistake, it answers it."""
+
+    def __init__(
+        self,
+        world: World,
+        api_key: str,
+        *,
+        cursor_pagination: bool,
+        include_timestamps: bool,
+        tasks_honour_namespace: bool,
+    ) -> None:
+        self._world = world
+        self._api_key = api_key.encode()
+        self._cursor_pagination = cursor_pagination
+        self._include_timestamps = include_timestamps
+        self._tasks_honour_namespace = tasks_honour_namespace
+        # (method, path pattern, handler, needs the API key); first full match wins, as in FastAPI.
+        self._table: tuple[tuple[str, re.Pattern[str], _Handler, bool], ...] = (
+            ("GET", re.compile(r"/v1/health(?:/liveness)?"), self._health, False),
+            ("POST", re.compile(r"/v1/tasks/list"), self._list_tasks, True),
+            ("GET", re.compile(r"/v1/tasks/(?P<task_id>[^/]+)"), self._get_task, True),
+            ("POST", re.compile(r"/v1/namespaces/list"), self._list_namespaces, True),
+        )
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request, errors included, in the real API's shapes."""
+        try:
+            return self._dispatch(request)
+        except ApiError as exc:
+            return Response(exc.status, exc.body(), exc.headers)
+        except ValidationFailed as exc:
+            return Response(422, exc.body())
+
+    def _dispatch(self, request: Request) -> Response:
+        allowed: list[str] = []
+        for method, pattern, handler, needs_key in self._table:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            if needs_key:
+                self._authenticate(request.headers)
+            return handler(request, match)
+        if allowed:
+            raise ApiError(
+                405, "MethodNotAllowedError", "Method Not Allowed", headers={"Allow": ", ".join(allowed)}
+            )
+        raise ApiError(404, "NotFoundError", "Not Found", {"path": request.path})
+
+    def _authenticate(self, headers: Mapping[str, str]) -> None:
+        value = headers.get("authorization")
+        if not value:
+            msg = "Missing Authorization header: send 'Authorization: Bearer <api key>'"
+            raise ApiError(401, "UnauthorizedError", msg, headers=_UNAUTHORIZED)
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
+            raise ApiError(401, "UnauthorizedError", "Invalid API key", headers=_UNAUTHORIZED)
+
+    def _scope(self, headers: Mapping[str, str]) -> str | None:
+        """The namespace id a task route is limited to, or None for the whole organisation.
+
+        Whether the real task routes honour X-Namespace is an open question; `tasks_honour_namespace` picks
+        an answer, and when they do not, the header is ignored like any undeclared header.
+        """
+        ref = headers.get("x-namespace")
+        if not self._tasks_honour_namespace or not ref:
+            return None
+        namespace = self._world.namespace(ref)
+        if namespace is None:
+            raise ApiError(
+                404, "NotFoundError", f"Namespace '{ref}' not found", {"resource": "namespace", "id": ref}
+            )
+        return namespace.namespace_id
+
+    def _health(self, _request: Request, _match: re.Match[str]) -> Response:
+        return Response(200, {"status": "ok"})
+
+    def _list_tasks(self, request: Request, _match: re.Match[str]) -> Response:
+        body = _json_body(request)
+        scope = self._scope(request.headers)
+        page = list_tasks(
+            self._world.tasks(scope),
+            body,
+            request.query,
+            scope=scope,
+            cursor_pagination=self._cursor_pagination,
+            include_timestamps=self._include_timestamps,
+        )
+        return Response(200, page)
+
+    def _get_task(self, request: Request, match: re.Match[str]) -> Response:
+        task_id = unquote(match["task_id"])
+        scope = self._scope(request.headers)
+        task = self._world.get_task(task_id)
+        if task is None or (scope is not None and task.namespace_id != scope):
+            raise ApiError(
+                404, "NotFoundError", f"Task '{task_id}' not found", {"resource": "task", "id": task_id}
+            )
+        return Response(200, task_json(task, self._include_timestamps))
+
+    def _list_namespaces(self, request: Request, _match: re.Match[str]) -> Response:
+        return Response(200, list_namespaces(self._world.namespaces(), _json_body(request), request.query))
+
+
+def _json_body(request: Request) -> object:
+    """The parsed body, None when there is none; malformed JSON is FastAPI's 422 `json_invalid`."""
+    if not request.raw_body.strip():
+        return None
+    try:
+        return json.loads(request.raw_body)
+    except ValueError as exc:
+        position = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
+        error = field_error(("body", position), "JSON decode error", "json_invalid", {}, {"error": str(exc)})
+        raise ValidationFailed([error]) from None

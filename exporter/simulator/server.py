@@ -1,0 +1,196 @@
+"""The fake Mixpeek API as a real HTTP server on a loopback port, for the demo mode and for tests.
+
+Stdlib `ThreadingHTTPServer` with daemon threads and keep-alive: a client exercises its real HTTP stack
+(connection reuse, headers, status codes) while the test thread drives the World.
+"""
+
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import ApiError
+from .routes import Request, Response, Routes
+from .world import World
+
+DEFAULT_API_KEY: Final = "sk_test_simulator"
+# The demo serves for hours: keep the latest requests only, far more than any test makes.
+MAX_RECORDED: Final = 10_000
+_REDACTED: Final = "<redacted>"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """What a client sent, for assertions: header names lower-cased, the Authorization value redacted."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: object
+
+
+class SimulatorServer:
+    """Serves a World over HTTP; bound at construction (so `url` is known), serving after `start()`."""
+
+    def __init__(
+        self,
+        world: World,
+        api_key: str = DEFAULT_API_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cursor_pagination: bool = True,
+        include_timestamps: bool = True,
+        tasks_honour_namespace: bool = True,
+    ) -> None:
+        """Configure the API's variants.
+
+        `cursor_pagination=False` models the older API (offset paging, older pagination fields);
+        `include_timestamps=False` serves exactly the documented TaskResponse (no created_at...);
+        `tasks_honour_namespace=False` makes the task routes ignore X-Namespace (organisation-wide).
+        """
+        routes = Routes(
+            world,
+            api_key,
+            cursor_pagination=cursor_pagination,
+            include_timestamps=include_timestamps,
+            tasks_honour_namespace=tasks_honour_namespace,
+        )
+        self.api_key = api_key
+        self._httpd = _HTTPServer((host, port), routes, self._record)
+        self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)
+        self._requests_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:41234."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of the requests received so far (the latest MAX_RECORDED), oldest first."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the recorded requests, to assert on the next ones only."""
+        with self._requests_lock:
+            self._requests.clear()
+
+    def start(self) -> None:
+        """Serve in a background daemon thread."""
+        if self._thread is not None or self._stopped:
+            raise RuntimeError("a SimulatorServer starts once")
+        # stop() waits up to one poll interval; a 10 ms select loop costs nothing measurable when idle.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="mixpeek-simulator",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call twice or without start()."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _record(self, request: Request) -> None:
+        headers = dict(request.headers)
+        if "authorization" in headers:
+            headers["authorization"] = _REDACTED
+        try:
+            body = json.loads(request.raw_body) if request.raw_body.strip() else None
+        except ValueError:
+            body = None
+        recorded = RecordedRequest(request.method, request.path, dict(request.query), headers, body)
+        with self._requests_lock:
+            self._requests.append(recorded)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], routes: Routes, record: Callable[[Request], None]) -> None:
+        super().__init__(address, _Handler)
+        self.routes = routes
+        self.record = record
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients expect from the real API
+    timeout = 60  # idle keep-alive connections end instead of holding a thread forever
+    # Headers and body go out in two writes; with Nagle's algorithm the second waits for a delayed ACK.
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the demo and the tests do not want a line per request on stderr."""
+
+    def _serve(self) -> None:
+        url = urlsplit(self.path)
+        length = self.headers.get("Content-Length", "0")
+        raw_body = self.rfile.read(int(length)) if length.isdigit() else b""
+        request = Request(
+            method=self.command,
+            path=url.path,
+            query={name: values[-1] for name, values in parse_qs(url.query, keep_blank_values=True).items()},
+            headers={name.lower(): value for name, value in self.headers.items()},
+            raw_body=raw_body,
+        )
+        self.server.record(request)
+        try:
+            response = self.server.routes.handle(request)
+        except Exception:
+            # A simulator bug: answer like the API's 500, then let socketserver print the traceback.
+            self._send(Response(500, ApiError(500, "InternalServerError", "simulator error").body()))
+            raise
+        self._send(response)
+
+    def _send(self, response: Response) -> None:
+        payload = json.dumps(response.payload, separators=(",", ":")).encode()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
