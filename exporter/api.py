@@ -5,15 +5,23 @@ It keeps no metric objects, only a plain count of the responses it got, which th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import structlog
+import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from exporter.ratelimit import RateLimiter
 
 TASKS_LIST = "/v1/tasks/list"
 NAMESPACES_LIST = "/v1/namespaces/list"
@@ -47,9 +55,15 @@ class PaginationLimit(ApiError):
 
 
 class ApiHTTPError(ApiError):
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(
+        self, status_code: int, message: str, *, retry_after: float | None = None, retryable: bool = True
+    ) -> None:
         super().__init__(f"HTTP {status_code}: {message}")
         self.status_code = status_code
+        self.retry_after = retry_after
+        """The server's advised wait in seconds (Retry-After, or the error body's hint)."""
+        self.retryable = retryable
+        """False when the error body says `retryable: false`."""
 
     @property
     def reason(self) -> str:  # type: ignore[override]
@@ -158,20 +172,69 @@ def _to_task(payload: _TaskPayload) -> Task:
     )
 
 
+def _error_object(body: Any) -> dict[str, Any]:
+    """`error` of the API's envelope, or `detail.error` of an older shape; else empty."""
+    if not isinstance(body, dict):
+        return {}
+    detail = body.get("detail")
+    error = detail.get("error") if isinstance(detail, dict) else body.get("error")
+    return error if isinstance(error, dict) else {}
+
+
 def error_message(body: Any) -> str:
-    """The message of any of the API's three error shapes, else a short excerpt."""
-    if isinstance(body, dict):
-        error = body.get("error")
-        detail = body.get("detail")
-        if isinstance(detail, dict):
-            error = detail.get("error", error)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            return "; ".join(str(item.get("msg", item)) for item in detail[:3])
-        if isinstance(detail, str):
-            return detail
+    """The message of any of the API's three error shapes, else a fixed text."""
+    message = _error_object(body).get("message")
+    if isinstance(message, str):
+        return message
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        return "; ".join(str(item.get("msg", item)) for item in detail[:3])
+    if isinstance(detail, str):
+        return detail
     return "unexpected error body"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After in seconds, from delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _retry_advice(response: httpx.Response, body: Any, now: float) -> tuple[float | None, bool]:
+    """(advised wait, retryable) from Retry-After, else the error body, as the official SDK reads them."""
+    details = _error_object(body).get("details")
+    details = details if isinstance(details, dict) else {}
+    advised = parse_retry_after(response.headers.get("Retry-After"), now)
+    for key in ("retry_after_seconds", "retry_after"):
+        if advised is None and isinstance(details.get(key), int | float):
+            advised = max(0.0, float(details[key]))
+    return advised, details.get("retryable") is not False
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ApiHTTPError):
+        return exc.retryable and (exc.status_code == 429 or exc.status_code >= 500)
+    return isinstance(exc, ApiTimeout | ApiUnreachable)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter from `initial` to `maximum` seconds; a server's advice wins, capped."""
+
+    attempts: int = 4
+    initial: float = 1.0
+    maximum: float = 30.0
 
 
 class MixpeekClient:
@@ -183,10 +246,23 @@ class MixpeekClient:
         api_key: Callable[[], SecretStr],
         *,
         page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._http = http
         self._api_key = api_key
         self._page_size = page_size
+        self._retry = retry or RetryPolicy()
+        self._backoff = tenacity.wait_exponential_jitter(
+            initial=self._retry.initial, max=self._retry.maximum, jitter=self._retry.initial
+        )
+        self._limiter = limiter
+        self._clock = clock
+        self._sleep = sleep
+        self._log = logger or structlog.get_logger("exporter.api")
         self.requests: Counter[tuple[str, str]] = Counter()
         """Responses by (endpoint, HTTP status), "error" where none came back."""
 
@@ -282,6 +358,39 @@ class MixpeekClient:
     async def _post(
         self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
     ) -> Any:
+        """One logical request: retried on timeouts, connection errors, 5xx and 429, never on other 4xx."""
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_retryable),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return await retrying(self._attempt, endpoint, namespace, params, body)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ApiHTTPError) and exc.retry_after is not None:
+            return min(exc.retry_after, self._retry.maximum)
+        return float(self._backoff(state))
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self._log.info(
+            "retrying API request",
+            endpoint=state.args[0],
+            attempt=state.attempt_number,
+            wait_seconds=round(state.upcoming_sleep, 3),
+            reason=getattr(exc, "reason", "error"),
+            error=str(exc),
+        )
+
+    async def _attempt(
+        self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
+    ) -> Any:
+        if self._limiter is not None:
+            await self._limiter.acquire()
         headers = {"Authorization": f"Bearer {self._api_key().get_secret_value()}"}
         if namespace is not None:
             headers["X-Namespace"] = namespace
@@ -299,7 +408,10 @@ class MixpeekClient:
         except (json.JSONDecodeError, UnicodeDecodeError):
             decoded = None
         if response.status_code != 200:
-            raise ApiHTTPError(response.status_code, error_message(decoded))
+            advised, retryable = _retry_advice(response, decoded, self._clock())
+            raise ApiHTTPError(
+                response.status_code, error_message(decoded), retry_after=advised, retryable=retryable
+            )
         if decoded is None:
             raise InvalidResponse(f"{endpoint} answered 200 with a body that is not JSON")
         return decoded

@@ -10,7 +10,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -21,11 +21,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.api import ApiError, MixpeekClient
+from exporter.api import ApiError, MixpeekClient, RetryPolicy
+from exporter.apikey import ApiKeySource
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.logs import configure_logging
 from exporter.metrics import SnapshotCollector
 from exporter.poller import Poller, PollPlan
+from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
 
 PROG = "mixpeek-exporter"
@@ -76,14 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    key = settings.resolved_api_key()
-    configure_logging(
-        settings.log_format, settings.log_level, lambda: key.get_secret_value() if key else None
-    )
+    keys = None if settings.demo_mode else ApiKeySource(settings.api_key, settings.api_key_file)
+    configure_logging(settings.log_format, settings.log_level, keys.known if keys else set)
     try:
         if check:
-            return asyncio.run(check_config(settings, sys.stdout))
-        return asyncio.run(serve(settings))
+            return asyncio.run(check_config(settings, keys, sys.stdout))
+        return asyncio.run(serve(settings, keys))
     except OSError as exc:  # e.g. the listen port is taken
         print(f"{PROG}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -96,23 +96,34 @@ class Target:
     """Where the API is and how to authenticate: the user's, or the built-in demo's."""
 
     url: str
-    key: SecretStr
+    key: Callable[[], SecretStr]
     demo: bool
 
 
 @asynccontextmanager
-async def api_target(settings: Settings) -> AsyncIterator[Target]:
-    key = settings.resolved_api_key()
-    if key is not None and not settings.demo:
-        yield Target(settings.api_url, key, demo=False)
+async def api_target(settings: Settings, keys: ApiKeySource | None) -> AsyncIterator[Target]:
+    if keys is not None:
+        yield Target(settings.api_url, keys, demo=False)
         return
     from exporter.simulator import start_demo  # noqa: PLC0415 - the demo is not loaded in production
 
     demo = start_demo()
+    demo_key = SecretStr(demo.api_key)
     try:
-        yield Target(demo.url, SecretStr(demo.api_key), demo=True)
+        yield Target(demo.url, lambda: demo_key, demo=True)
     finally:
         demo.stop()
+
+
+def _api_client(settings: Settings, http: httpx.AsyncClient, target: Target) -> MixpeekClient:
+    rate = settings.max_requests_per_second
+    return MixpeekClient(
+        http,
+        target.key,
+        page_size=settings.page_size,
+        retry=RetryPolicy(attempts=settings.max_retries + 1),
+        limiter=RateLimiter(rate, burst=max(1, int(rate))) if rate else None,
+    )
 
 
 def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
@@ -126,21 +137,22 @@ def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
     )
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, keys: ApiKeySource | None) -> int:
     log = structlog.get_logger(PROG)
-    async with api_target(settings) as target, _http_client(settings, target.url) as http:
+    async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         interval = settings.poll_interval
         if target.demo:
             if "poll_interval" not in settings.model_fields_set:
                 interval = DEMO_POLL_INTERVAL
             log.info("demo mode: no MIXPEEK_API_KEY, polling the built-in simulated API", api_url=target.url)
-        client = MixpeekClient(http, lambda: target.key, page_size=settings.page_size)
+        client = _api_client(settings, http, target)
         plan = PollPlan(
             namespaces=tuple(settings.namespaces),
             organization=settings.scope is Scope.ORGANIZATION,
             interval=interval,
             concurrency=settings.concurrency,
             buckets=tuple(settings.histogram_buckets),
+            max_tracked=settings.max_tracked_tasks,
         )
         poller = Poller(client, plan)
         registry = CollectorRegistry()
@@ -164,10 +176,10 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-async def check_config(settings: Settings, out: TextIO) -> int:
+async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextIO) -> int:
     """One authenticated listing request per namespace, one line each: the first thing to run."""
-    async with api_target(settings) as target, _http_client(settings, target.url) as http:
-        client = MixpeekClient(http, lambda: target.key, page_size=settings.page_size)
+    async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
+        client = _api_client(settings, http, target)
         if target.demo:
             print(f"no API key: checking the built-in demo API at {target.url}", file=out)
         if settings.scope is Scope.ORGANIZATION:

@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size, 1..1000")
     request_timeout: float = Field(10.0, gt=0, description="seconds before one API request times out")
     concurrency: int = Field(4, ge=1, le=64, description="namespaces polled at the same time")
+    max_retries: int = Field(
+        3, ge=0, le=10, description="retries of a request after a timeout, connection error, 5xx or 429"
+    )
+    max_requests_per_second: float = Field(
+        0.0, ge=0, description="cap on API requests per second across all namespaces; 0 is no cap"
+    )
+    max_tracked_tasks: int = Field(
+        1_000_000,
+        ge=1,
+        description="tasks remembered per namespace; past it the oldest are counted, not tracked",
+    )
+    state_file: Path | None = Field(
+        None, description="file keeping counters and task state across restarts (e.g. on an emptyDir)"
+    )
     listen: str = Field("0.0.0.0:9877", description="host:port of the HTTP server")
     histogram_buckets: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_BUCKETS),
@@ -138,19 +152,11 @@ class Settings(BaseSettings):
 
     @property
     def demo_mode(self) -> bool:
-        return self.demo or self.resolved_api_key() is None
+        return self.demo or (self.api_key is None and self.api_key_file is None)
 
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
-
-    def resolved_api_key(self) -> SecretStr | None:
-        """The key from the env/flag, else from the key file (read now, so a rotated Secret is seen)."""
-        if self.api_key is not None:
-            return self.api_key
-        if self.api_key_file is not None:
-            return read_key_file(self.api_key_file)
-        return None
 
 
 def read_key_file(path: Path) -> SecretStr:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -12,21 +12,20 @@ import structlog
 REDACTED = "[redacted]"
 
 
-def redactor(secret: Callable[[], str | None]) -> structlog.typing.Processor:
-    """Replace the API key wherever it might appear in an event, however it got there."""
+def redactor(secrets: Callable[[], Iterable[str]]) -> structlog.typing.Processor:
+    """Replace every API key this process has held wherever it appears in an event, however it got there."""
 
     def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        value = secret()
-        if value:
+        for secret in secrets():
             for key, item in event.items():
-                if isinstance(item, str) and value in item:
-                    event[key] = item.replace(value, REDACTED)
+                if isinstance(item, str) and secret in item:
+                    event[key] = item.replace(secret, REDACTED)
         return event
 
     return scrub
 
 
-def configure_logging(fmt: str | None, level: str, secret: Callable[[], str | None]) -> None:
+def configure_logging(fmt: str | None, level: str, secrets: Callable[[], Iterable[str]]) -> None:
     json_lines = fmt == "json" or (fmt is None and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
@@ -36,7 +35,7 @@ def configure_logging(fmt: str | None, level: str, secret: Callable[[], str | No
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redactor(secret),
+            redactor(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

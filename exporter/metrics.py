@@ -32,6 +32,7 @@ POLL_DURATION = "mixpeek_exporter_poll_duration_seconds"
 POLL_ERRORS = "mixpeek_exporter_poll_errors"  # exposed with _total
 API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
 TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
+UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 BUILD_INFO = "mixpeek_exporter_build_info"
 
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -54,6 +55,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (f"{POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed polls by reason."),
     (f"{API_REQUESTS}_total", "counter", ("endpoint", "code"), "Requests sent to the Mixpeek API."),
     (TRACKED_TASKS, "gauge", ("namespace",), "Tasks held in memory for the namespace."),
+    (
+        UNTRACKED_TASKS,
+        "gauge",
+        ("namespace",),
+        "Listed tasks past MIXPEEK_MAX_TRACKED_TASKS: in the gauges, but their transitions are not counted.",
+    ),
     (BUILD_INFO, "gauge", ("version", "python_version"), "Always 1; labels carry the exporter's build."),
 )
 _HELP = {name.removesuffix("_total"): text for name, _, _, text in METRICS}
@@ -65,6 +72,8 @@ class NamespaceHealth:
     last_success: float | None
     poll_durations: Histogram
     errors: Mapping[str, int] = field(default_factory=dict)
+    failing: str | None = None
+    """The reason the last poll failed, None after a success: logs speak when this changes."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class SnapshotCollector(Collector):
         durations = HistogramMetricFamily(POLL_DURATION, _HELP[POLL_DURATION], labels=("namespace",))
         errors = CounterMetricFamily(POLL_ERRORS, _HELP[POLL_ERRORS], labels=("namespace", "reason"))
         tracked = GaugeMetricFamily(TRACKED_TASKS, _HELP[TRACKED_TASKS], labels=("namespace",))
+        untracked = GaugeMetricFamily(UNTRACKED_TASKS, _HELP[UNTRACKED_TASKS], labels=("namespace",))
         for namespace, health in sorted(snapshot.health.items()):
             up.add_metric((namespace,), 1 if health.up else 0)
             if health.last_success is not None:
@@ -127,10 +137,11 @@ class SnapshotCollector(Collector):
                 errors.add_metric((namespace, reason), count)
         for namespace, state in sorted(snapshot.namespaces.items()):
             tracked.add_metric((namespace,), len(state.tasks))
+            untracked.add_metric((namespace,), state.untracked)
         requests = CounterMetricFamily(API_REQUESTS, _HELP[API_REQUESTS], labels=("endpoint", "code"))
         for (endpoint, code), count in sorted(snapshot.api_requests.items()):
             requests.add_metric((endpoint, code), count)
-        yield from (up, last, durations, errors, tracked, requests)
+        yield from (up, last, durations, errors, tracked, untracked, requests)
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float] | tuple[str, float, PromExemplar]]:

@@ -30,6 +30,7 @@ class PollPlan:
     interval: float
     concurrency: int
     buckets: tuple[float, ...]
+    max_tracked: int | None = None
 
 
 class Poller:
@@ -158,14 +159,26 @@ class Poller:
         health = dict(self.snapshot.health)
         for namespace, tasks in listings.items():
             previous = namespaces.get(namespace) or NamespaceState(buckets=self._plan.buckets)
-            namespaces[namespace] = state = observe(previous, tasks, now)
+            namespaces[namespace] = state = observe(previous, tasks, now, self._plan.max_tracked)
             before = health.get(namespace) or _new_health()
             health[namespace] = replace(
                 before,
                 up=True,
                 last_success=now,
                 poll_durations=before.poll_durations.observe(duration),
+                failing=None,
             )
+            if before.failing is not None:
+                self._log.info("poll recovered", namespace=namespace, after=before.failing)
+            if state.untracked and not previous.untracked:
+                self._log.warning(
+                    "tracking cap reached: transitions of the oldest tasks are not counted",
+                    namespace=namespace,
+                    max_tracked_tasks=self._plan.max_tracked,
+                    untracked=state.untracked,
+                )
+            elif previous.untracked and not state.untracked:
+                self._log.info("tracking cap no longer reached", namespace=namespace)
             self._log.info(
                 "poll complete",
                 namespace=namespace,
@@ -181,9 +194,16 @@ class Poller:
             before = health.get(namespace) or _new_health()
             errors = dict(before.errors)
             errors[exc.reason] = errors.get(exc.reason, 0) + 1
-            health[namespace] = replace(before, up=False, errors=errors)
-            log = self._log.error if exc.reason == "unauthorized" else self._log.warning
-            log("poll failed", namespace=namespace, reason=exc.reason, error=str(exc))
+            health[namespace] = replace(before, up=False, errors=errors, failing=exc.reason)
+            if exc.reason != "unauthorized":
+                self._log.warning("poll failed", namespace=namespace, reason=exc.reason, error=str(exc))
+            elif before.failing != "unauthorized":
+                # Once per change, not every poll: the key stays rejected until someone rotates it.
+                self._log.error(
+                    "poll failed: API key rejected", namespace=namespace, reason=exc.reason, error=str(exc)
+                )
+            else:
+                self._log.debug("poll failed: API key still rejected", namespace=namespace)
         self._publish(health=health)
 
     def _forget_except(self, names: Iterable[str]) -> None:

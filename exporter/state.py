@@ -68,6 +68,8 @@ class NamespaceState:
     polled_at: float | None = None
     """When the last complete listing was taken; None until the baseline poll."""
     tasks: Mapping[str, TrackedTask] = field(default_factory=dict)
+    untracked: int = 0
+    """Tasks of the last listing past the tracking cap: counted in gauges, their transitions not seen."""
     gone: Mapping[str, float] = field(default_factory=dict)
     task_types: tuple[str, ...] = ()
     statuses: tuple[str, ...] = KNOWN_STATUSES
@@ -80,14 +82,22 @@ class NamespaceState:
         return self.completions.get(key) or Histogram.empty(self.buckets)
 
 
-def observe(previous: NamespaceState, listing: Iterable[Task], now: float) -> NamespaceState:
-    """Fold one complete listing into the state.
+def observe(
+    previous: NamespaceState, listing: Iterable[Task], now: float, max_tracked: int | None = None
+) -> NamespaceState:
+    """Fold one complete listing, newest task first, into the state.
 
     A task counts once: when seen non-terminal and later terminal, or when it first appears terminal
     after the baseline. The first listing is the baseline: what is terminal then is history, not news.
+    Past `max_tracked` tasks the older ones still count in the gauges but are not remembered, so their
+    transitions go uncounted (`untracked` says how many) and memory stays bounded.
     """
     baseline = previous.polled_at is None
+    limit = max_tracked if max_tracked is not None else sys.maxsize
     tasks: dict[str, TrackedTask] = {}
+    untracked: set[str] = set()
+    counts: dict[Key, int] = {}
+    oldest: dict[Key, float] = {}
     transitions = dict(previous.transitions)
     completions = dict(previous.completions)
     task_types = dict.fromkeys(previous.task_types)
@@ -98,35 +108,45 @@ def observe(previous: NamespaceState, listing: Iterable[Task], now: float) -> Na
         status, task_type = label_value(task.status), label_value(task.task_type)
         task_types.setdefault(task_type)
         statuses.setdefault(status)
+        key = (status, task_type)
+        counts[key] = counts.get(key, 0) + 1
         terminal = status in _TERMINAL
-        before = previous.tasks.get(task.task_id)
-        if before is None:
-            returned = gone.pop(task.task_id, None) is not None
-            was_finished = returned or (baseline and terminal)
-            first_seen = now
+        if len(tasks) >= limit:
+            untracked.add(task.task_id)
+            started: float | None = task.created_at
         else:
-            was_finished, first_seen = before.finished, before.first_seen
-        tracked = TrackedTask(status, task_type, first_seen, task.created_at, was_finished or terminal)
-        tasks[task.task_id] = tracked
-        if terminal and not was_finished:
-            key = (status, task_type)
-            transitions[key] = transitions.get(key, 0) + 1
-            start = _start(task, before, previous.polled_at if previous.polled_at is not None else now)
-            end = task.finished_at if task.finished_at is not None else now
-            duration = max(0.0, end - start)
-            histogram = completions.get(key) or Histogram.empty(previous.buckets)
-            completions[key] = histogram.observe(duration, Exemplar(task.task_id, duration, end))
+            before = previous.tasks.get(task.task_id)
+            if before is None:
+                returned = gone.pop(task.task_id, None) is not None
+                was_finished = returned or (baseline and terminal)
+                first_seen = now
+            else:
+                was_finished, first_seen = before.finished, before.first_seen
+            tracked = TrackedTask(status, task_type, first_seen, task.created_at, was_finished or terminal)
+            tasks[task.task_id] = tracked
+            started = tracked.started
+            if terminal and not was_finished:
+                transitions[key] = transitions.get(key, 0) + 1
+                start = _start(task, before, previous.polled_at if previous.polled_at is not None else now)
+                end = task.finished_at if task.finished_at is not None else now
+                duration = max(0.0, end - start)
+                histogram = completions.get(key) or Histogram.empty(previous.buckets)
+                completions[key] = histogram.observe(duration, Exemplar(task.task_id, duration, end))
+        if not terminal and started is not None and started < oldest.get(key, started + 1):
+            oldest[key] = started
 
     for task_id, tracked in previous.tasks.items():
-        if tracked.finished and task_id not in tasks:
+        if tracked.finished and task_id not in tasks and task_id not in untracked:
             gone[task_id] = now
     gone = {task_id: when for task_id, when in gone.items() if now - when < GONE_TTL_SECONDS}
+    if len(gone) > limit:
+        gone = dict(sorted(gone.items(), key=lambda item: item[1], reverse=True)[:limit])
 
-    counts, oldest = _gauges(tasks.values())
     return NamespaceState(
         buckets=previous.buckets,
         polled_at=now,
         tasks=tasks,
+        untracked=len(untracked),
         gone=gone,
         task_types=tuple(task_types),
         statuses=tuple(statuses),
@@ -145,16 +165,3 @@ def _start(task: Task, before: TrackedTask | None, last_poll: float) -> float:
     if before is not None:
         return before.first_seen
     return last_poll
-
-
-def _gauges(tasks: Iterable[TrackedTask]) -> tuple[dict[Key, int], dict[Key, float]]:
-    counts: dict[Key, int] = {}
-    oldest: dict[Key, float] = {}
-    for tracked in tasks:
-        key = (tracked.status, tracked.task_type)
-        counts[key] = counts.get(key, 0) + 1
-        if tracked.status not in _TERMINAL:
-            started = tracked.started
-            if started < oldest.get(key, started + 1):
-                oldest[key] = started
-    return counts, oldest

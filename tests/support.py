@@ -19,6 +19,19 @@ from exporter.simulator import FakeClock
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+class Sleeps:
+    """An injected sleep: records each wait and returns at once, so retry tests take no time."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.waits: list[float] = []
+        self._clock = clock
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self._clock is not None:
+            self._clock.advance(seconds)
+
+
 def parse_exposition(text: str) -> Series:
     """Every sample of a Prometheus text exposition, keyed by (name, labels)."""
     series: Series = {}
@@ -44,6 +57,7 @@ class Exporter:
     client: MixpeekClient
     http: httpx.AsyncClient
     registry: CollectorRegistry
+    sleeps: Sleeps
 
     async def poll(self) -> None:
         await self.poller.poll_once()
@@ -78,12 +92,13 @@ def build_exporter(
     event_hooks: Mapping[str, list[object]] | None = None,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
-    client = MixpeekClient(http, lambda: SecretStr(key), page_size=page_size)
+    sleeps = Sleeps()
+    client = MixpeekClient(http, lambda: SecretStr(key), page_size=page_size, clock=clock, sleep=sleeps)
     plan = PollPlan(namespaces, organization, interval=30.0, concurrency=4, buckets=DEFAULT_BUCKETS)
     poller = Poller(client, plan, clock=clock)
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock))
-    return Exporter(poller, client, http, registry)
+    return Exporter(poller, client, http, registry, sleeps)
 
 
 def require_binary(name: str) -> str:

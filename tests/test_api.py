@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from support import Sleeps
 
 from exporter.api import (
     TASKS_LIST,
@@ -22,16 +23,20 @@ from exporter.api import (
     InvalidResponse,
     MixpeekClient,
     error_message,
+    parse_retry_after,
     parse_timestamp,
 )
 
 KEY = "sk_live_do_not_leak_123"
+NOW = 1_760_000_000.0
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client_for(handler: Handler, page_size: int = 2) -> MixpeekClient:
+def client_for(handler: Handler, page_size: int = 2, sleeps: Sleeps | None = None) -> MixpeekClient:
     http = httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler))
-    return MixpeekClient(http, lambda: SecretStr(KEY), page_size=page_size)
+    return MixpeekClient(
+        http, lambda: SecretStr(KEY), page_size=page_size, clock=lambda: NOW, sleep=sleeps or Sleeps()
+    )
 
 
 def page(results: list[Any], cursor: str | None = None) -> httpx.Response:
@@ -175,3 +180,84 @@ def test_timestamps() -> None:
 def test_error_message_of_unknown_shapes() -> None:
     assert error_message(None) == "unexpected error body"
     assert error_message({"detail": "plain"}) == "plain"
+
+
+def scripted(*responses: httpx.Response) -> tuple[Handler, list[httpx.Request]]:
+    """A handler answering with `responses` in turn (the last one repeats), recording the requests."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return responses[min(len(seen), len(responses)) - 1]
+
+    return handler, seen
+
+
+def rate_limited(
+    headers: dict[str, str] | None = None, details: dict[str, Any] | None = None
+) -> httpx.Response:
+    body = {
+        "success": False,
+        "status": 429,
+        "error": {"message": "Too many requests", "details": details or {}},
+    }
+    return httpx.Response(429, json=body, headers=headers)
+
+
+async def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
+    handler, seen = scripted(httpx.Response(503), httpx.Response(502), page([item("a")]))
+    sleeps = Sleeps()
+    listing = await client_for(handler, sleeps=sleeps).list_tasks("prod")
+    assert list(listing.tasks) == ["a"] and len(seen) == 3
+    assert 1 <= sleeps.waits[0] <= 2 and 2 <= sleeps.waits[1] <= 3
+
+
+@pytest.mark.parametrize(
+    ("response", "wait"),
+    [
+        (rate_limited({"Retry-After": "7"}), 7.0),
+        (rate_limited({"Retry-After": "600"}), 30.0),
+        (rate_limited({"Retry-After": "Thu, 09 Oct 2025 08:53:32 GMT"}), 12.0),
+        (rate_limited(details={"retry_after_seconds": 4}), 4.0),
+        (rate_limited(details={"retry_after": 3}), 3.0),
+    ],
+    ids=["seconds", "capped", "http-date", "body-hint", "body-hint-legacy"],
+)
+async def test_429_honours_the_servers_advice(response: httpx.Response, wait: float) -> None:
+    handler, _ = scripted(response, page([item("a")]))
+    sleeps = Sleeps()
+    client = client_for(handler, sleeps=sleeps)
+    await client.list_tasks("prod")
+    assert sleeps.waits == [wait]
+    assert client.requests == {(TASKS_LIST, "429"): 1, (TASKS_LIST, "200"): 1}
+
+
+async def test_429_marked_not_retryable_is_not_retried() -> None:
+    handler, seen = scripted(rate_limited(details={"retryable": False}))
+    error = await failure(handler)
+    assert error.reason == "rate_limited" and len(seen) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_other_4xx_are_never_retried(status: int) -> None:
+    handler, seen = scripted(httpx.Response(status, json={"error": {"message": "no"}}))
+    await failure(handler)
+    assert len(seen) == 1
+
+
+async def test_retries_are_bounded_and_the_last_error_wins() -> None:
+    handler, seen = scripted(httpx.Response(500), rate_limited({"Retry-After": "1"}))
+    sleeps = Sleeps()
+    client = client_for(handler, sleeps=sleeps)
+    with pytest.raises(ApiHTTPError) as caught:
+        await client.list_tasks("prod")
+    assert caught.value.reason == "rate_limited"
+    assert len(seen) == 4 and len(sleeps.waits) == 3
+    assert client.requests == {(TASKS_LIST, "500"): 1, (TASKS_LIST, "429"): 3}
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("2.5", NOW) == 2.5
+    assert parse_retry_after("-3", NOW) == 0.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after("Thu, 09 Oct 2025 08:53:10 GMT", NOW) == 0.0

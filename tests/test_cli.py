@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY
 
+from exporter.apikey import ApiKeySource
 from exporter.cli import build_parser, main
 from exporter.config import Settings, env_name, load_settings
 from exporter.simulator import SimulatorServer
@@ -56,8 +57,7 @@ def test_key_file_is_read_and_never_shown(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
     settings = load_settings(api_key_file=str(key_file))
-    resolved = settings.resolved_api_key()
-    assert resolved is not None and resolved.get_secret_value() == API_KEY
+    assert ApiKeySource(path=settings.api_key_file)().get_secret_value() == API_KEY
     assert not settings.demo_mode
     assert API_KEY not in repr(settings) and API_KEY not in str(load_settings(api_key=API_KEY))
 

@@ -201,13 +201,14 @@ async def test_failed_poll_keeps_the_previous_snapshot(
     clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
 ) -> None:
     ids = [world.create_task("prod", "thumbnail", status="PROCESSING") for _ in range(3)]
-    flaky = FlakyTransport(fail={5})  # the second page of the second poll
+    flaky = FlakyTransport(fail={5, 6, 7, 8})  # the second page of the second poll, and its 3 retries
     exporter = make_exporter(api, namespaces=("prod",), page_size=1, transport=flaky)
     await exporter.poll()
     before = select(exporter.scrape(), "mixpeek_tasks")
     world.set_status(ids[0], "FAILED")
     await exporter.poll()
-    assert flaky.count == 5
+    assert flaky.count == 8
+    assert len(exporter.sleeps.waits) == 3
     assert select(exporter.scrape(), "mixpeek_tasks") == before
     assert exporter.value("mixpeek_up", namespace="prod") == 0
     assert (
@@ -220,11 +221,17 @@ async def test_rejected_key_is_reported_not_raised(
     world: World, api: SimulatorServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
 ) -> None:
     exporter = make_exporter(api, key="sk_wrong", namespaces=("prod",))
-    await exporter.poll()
+    for _ in range(3):
+        await exporter.poll()
     assert exporter.value("mixpeek_up", namespace="prod") == 0
-    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="unauthorized") == 1
-    assert exporter.value("mixpeek_exporter_api_requests_total", endpoint=TASKS_LIST, code="401") == 1
-    assert [e["log_level"] for e in logs if e["event"] == "poll failed"] == ["error"]
+    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="unauthorized") == 3
+    assert exporter.value("mixpeek_exporter_api_requests_total", endpoint=TASKS_LIST, code="401") == 3
+    failures = [(e["log_level"], e["event"]) for e in logs if e["event"].startswith("poll failed")]
+    assert failures == [
+        ("error", "poll failed: API key rejected"),
+        ("debug", "poll failed: API key still rejected"),
+        ("debug", "poll failed: API key still rejected"),
+    ]
 
 
 async def test_discovers_every_namespace(

@@ -118,3 +118,19 @@ def test_previous_state_is_not_mutated() -> None:
     snapshot = (dict(first.tasks), dict(first.transitions), first.counts)
     observe(first, [task("a", "FAILED"), task("b", "PENDING")], now=30.0)
     assert (dict(first.tasks), dict(first.transitions), first.counts) == snapshot
+
+
+def test_tracking_cap_keeps_the_newest_and_still_counts_all_in_gauges() -> None:
+    newest_first = [task(f"t{i}", "PROCESSING", created=1000.0 - i) for i in range(10)]
+    state = observe(fresh(), newest_first, now=1000.0, max_tracked=4)
+    assert list(state.tasks) == ["t0", "t1", "t2", "t3"]
+    assert state.untracked == 6
+    assert state.counts == {("PROCESSING", "thumbnail"): 10}
+    assert state.oldest_active == {("PROCESSING", "thumbnail"): 991.0}
+    finished = [task(f"t{i}", "FAILED", created=1000.0 - i) for i in range(10)]
+    state = observe(state, finished, now=1030.0, max_tracked=4)
+    # Only the tracked tasks' transitions are seen; the rest are past the horizon.
+    assert state.transitions == {("FAILED", "thumbnail"): 4}
+    state = observe(state, finished, now=1060.0, max_tracked=4)
+    assert state.transitions == {("FAILED", "thumbnail"): 4}
+    assert len(state.tasks) + len(state.gone) <= 8
