@@ -29,6 +29,8 @@ from exporter.metrics import SnapshotCollector
 from exporter.poller import Poller, PollPlan
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
+from exporter.statefile import StateFile
+from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "mixpeek-exporter"
 # The demo's world moves every second; a newcomer should not wait 30 s to see it.
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = args.pop("check_config")
     try:
         settings = load_settings(**args)
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if check:
             return asyncio.run(check_config(settings, keys, sys.stdout))
-        return asyncio.run(serve(settings, keys))
+        return asyncio.run(serve(settings, keys, web))
     except OSError as exc:  # e.g. the listen port is taken
         print(f"{PROG}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -137,7 +140,7 @@ def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
     )
 
 
-async def serve(settings: Settings, keys: ApiKeySource | None) -> int:
+async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | None = None) -> int:
     log = structlog.get_logger(PROG)
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         interval = settings.poll_interval
@@ -154,13 +157,23 @@ async def serve(settings: Settings, keys: ApiKeySource | None) -> int:
             buckets=tuple(settings.histogram_buckets),
             max_tracked=settings.max_tracked_tasks,
         )
-        poller = Poller(client, plan)
+        state_file = None
+        if settings.state_file is not None:
+            identity = f"{target.url}|{settings.scope.value}"
+            state_file = StateFile(settings.state_file, identity, plan.buckets)
+        poller = Poller(client, plan, state_file=state_file)
         registry = CollectorRegistry()
         registry.register(SnapshotCollector(lambda: poller.snapshot, __version__, time.time))
         host, port = settings.listen_address
-        server = MetricsServer(host, port, registry, poller.ready)
+        server = MetricsServer(host, port, registry, poller.ready, web)
         server.start()
-        log.info("serving", listen=f"{host}:{server.port}", version=__version__, scope=settings.scope.value)
+        log.info(
+            "serving",
+            listen=f"{host}:{server.port}",
+            tls=server.scheme == "https",
+            version=__version__,
+            scope=settings.scope.value,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,6 +185,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None) -> int:
         finally:
             runner.cancel()
             await asyncio.wait([runner], timeout=SHUTDOWN_GRACE_SECONDS)
+            await asyncio.wait([asyncio.create_task(poller.flush())], timeout=SHUTDOWN_GRACE_SECONDS)
             server.stop()
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,6 +94,10 @@ class Settings(BaseSettings):
         None, description="file keeping counters and task state across restarts (e.g. on an emptyDir)"
     )
     listen: str = Field("0.0.0.0:9877", description="host:port of the HTTP server")
+    web_config_file: Path | None = Field(
+        None,
+        description="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit web config format",
+    )
     histogram_buckets: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_BUCKETS),
         description="comma-separated upper bounds in seconds of mixpeek_task_completion_seconds",
@@ -120,6 +125,13 @@ class Settings(BaseSettings):
             raise ValueError("buckets must be finite and positive")
         if any(a >= b for a, b in itertools.pairwise(value)):
             raise ValueError("buckets must be strictly increasing")
+        return value
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_dir_writable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"directory {value.parent} does not exist or is not writable")
         return value
 
     @field_validator("api_url")

@@ -33,6 +33,7 @@ POLL_ERRORS = "mixpeek_exporter_poll_errors"  # exposed with _total
 API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
 TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
 UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
+STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
 
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -61,6 +62,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("namespace",),
         "Listed tasks past MIXPEEK_MAX_TRACKED_TASKS: in the gauges, but their transitions are not counted.",
     ),
+    (
+        f"{STATE_WRITES}_total",
+        "counter",
+        ("result",),
+        "Saves of MIXPEEK_STATE_FILE by result (ok, error); absent without a state file.",
+    ),
     (BUILD_INFO, "gauge", ("version", "python_version"), "Always 1; labels carry the exporter's build."),
 )
 _HELP = {name.removesuffix("_total"): text for name, _, _, text in METRICS}
@@ -83,6 +90,7 @@ class Snapshot:
     namespaces: Mapping[str, NamespaceState] = field(default_factory=dict)
     health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    state_writes: Mapping[str, int] = field(default_factory=dict)
 
 
 class SnapshotCollector(Collector):
@@ -141,7 +149,10 @@ class SnapshotCollector(Collector):
         requests = CounterMetricFamily(API_REQUESTS, _HELP[API_REQUESTS], labels=("endpoint", "code"))
         for (endpoint, code), count in sorted(snapshot.api_requests.items()):
             requests.add_metric((endpoint, code), count)
-        yield from (up, last, durations, errors, tracked, untracked, requests)
+        writes = CounterMetricFamily(STATE_WRITES, _HELP[STATE_WRITES], labels=("result",))
+        for result, count in sorted(snapshot.state_writes.items()):
+            writes.add_metric((result,), count)
+        yield from (up, last, durations, errors, tracked, untracked, requests, writes)
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float] | tuple[str, float, PromExemplar]]:

@@ -17,6 +17,7 @@ from exporter.api import ApiError, Listing, MixpeekClient, Task
 from exporter.histogram import Histogram
 from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot
 from exporter.state import NamespaceState, label_value, observe
+from exporter.statefile import StateFile
 
 UNKNOWN_NAMESPACE = "unknown"
 
@@ -41,6 +42,7 @@ class Poller:
         *,
         clock: Callable[[], float] = time.time,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        state_file: StateFile | None = None,
     ) -> None:
         self._client = client
         self._plan = plan
@@ -48,7 +50,11 @@ class Poller:
         self._log = logger or structlog.get_logger("exporter.poller")
         self._limit = asyncio.Semaphore(plan.concurrency)
         self._discovered: tuple[str, ...] | None = None
-        self.snapshot = Snapshot()
+        self._state_file = state_file
+        restored = state_file.load() if state_file else {}
+        if plan.namespaces:
+            restored = {ns: state for ns, state in restored.items() if ns in plan.namespaces}
+        self.snapshot = Snapshot(namespaces=restored)
 
     @property
     def targets(self) -> tuple[str, ...] | None:
@@ -187,6 +193,14 @@ class Poller:
                 duration_seconds=round(duration, 3),
             )
         self._publish(namespaces=namespaces, health=health)
+        if self._state_file is not None:
+            self._state_file.save_soon(namespaces)
+
+    async def flush(self) -> None:
+        """Wait until the state file holds the last poll (no-op without one)."""
+        if self._state_file is not None:
+            await self._state_file.flush()
+            self._publish()  # so the write counts show now, not after the next poll
 
     def _failed(self, labels: tuple[str, ...], exc: ApiError) -> None:
         health = dict(self.snapshot.health)
@@ -224,6 +238,7 @@ class Poller:
             namespaces=current.namespaces if namespaces is None else namespaces,
             health=current.health if health is None else health,
             api_requests=dict(self._client.requests),
+            state_writes=dict(self._state_file.writes) if self._state_file else {},
         )
 
 

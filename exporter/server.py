@@ -11,6 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from exporter.webconfig import BasicAuth, WebConfig
+
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
@@ -26,6 +28,8 @@ class _Server(ThreadingMixIn, WSGIServer):
     """One thread per connection, so a slow client never holds up another scrape."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when many scrapers arrive at once.
+    request_queue_size = 1024
 
 
 class _IPv6Server(_Server):
@@ -33,12 +37,19 @@ class _IPv6Server(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that stops sending (or never finishes its TLS handshake) frees its thread after this.
+    timeout = 30
+
     def log_message(self, format: str, *args: Any) -> None:
         """Access logs would drown the poll logs; Prometheus records scrape failures itself."""
 
 
+# Probes must work without credentials, and they reveal nothing.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 def make_app(
-    registry: CollectorRegistry, ready: Callable[[], bool]
+    registry: CollectorRegistry, ready: Callable[[], bool], auth: BasicAuth | None = None
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     metrics_app = make_wsgi_app(registry)
 
@@ -55,6 +66,9 @@ def make_app(
 
     def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if auth is not None and path not in OPEN_PATHS and not auth.allows(environ.get("HTTP_AUTHORIZATION")):
+            challenge = [("WWW-Authenticate", 'Basic realm="mixpeek-exporter"')]
+            return _plain(start_response, "401 Unauthorized", b"unauthorized\n", challenge)
         if path == "/metrics":
             body: Iterable[bytes] = metrics_app(environ, start_response)
             return body
@@ -91,11 +105,25 @@ def _plain(
 class MetricsServer:
     """Serves the app in a background thread; `port` is the bound one (useful with port 0)."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        web: WebConfig | None = None,
+    ) -> None:
         server_class = _IPv6Server if ":" in host else _Server
-        self._server = make_server(
-            host, port, make_app(registry, ready), server_class, handler_class=_QuietHandler
-        )
+        auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
+        app = make_app(registry, ready, auth)
+        self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        context = web.ssl_context() if web else None
+        if context is not None:
+            # The handshake then runs in the connection's own thread, not in the accepting one.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.scheme = "https" if context else "http"
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 

@@ -109,7 +109,6 @@ def observe(
         task_types.setdefault(task_type)
         statuses.setdefault(status)
         key = (status, task_type)
-        counts[key] = counts.get(key, 0) + 1
         terminal = status in _TERMINAL
         if len(tasks) >= limit:
             untracked.add(task.task_id)
@@ -132,8 +131,7 @@ def observe(
                 duration = max(0.0, end - start)
                 histogram = completions.get(key) or Histogram.empty(previous.buckets)
                 completions[key] = histogram.observe(duration, Exemplar(task.task_id, duration, end))
-        if not terminal and started is not None and started < oldest.get(key, started + 1):
-            oldest[key] = started
+        _tally(counts, oldest, key, None if terminal else started)
 
     for task_id, tracked in previous.tasks.items():
         if tracked.finished and task_id not in tasks and task_id not in untracked:
@@ -165,3 +163,41 @@ def _start(task: Task, before: TrackedTask | None, last_poll: float) -> float:
     if before is not None:
         return before.first_seen
     return last_poll
+
+
+def restore(
+    *,
+    buckets: tuple[float, ...],
+    polled_at: float,
+    tasks: Mapping[str, TrackedTask],
+    gone: Mapping[str, float],
+    task_types: tuple[str, ...],
+    statuses: tuple[str, ...],
+    transitions: Mapping[Key, int],
+    completions: Mapping[Key, Histogram],
+) -> NamespaceState:
+    """A state read back from the state file; until the next poll, gauges are those of its tracked tasks."""
+    counts: dict[Key, int] = {}
+    oldest: dict[Key, float] = {}
+    for tracked in tasks.values():
+        active = tracked.status not in _TERMINAL
+        _tally(counts, oldest, (tracked.status, tracked.task_type), tracked.started if active else None)
+    return NamespaceState(
+        buckets=buckets,
+        polled_at=polled_at,
+        tasks=tasks,
+        gone=gone,
+        task_types=task_types,
+        statuses=statuses,
+        counts=counts,
+        oldest_active=oldest,
+        transitions=transitions,
+        completions=completions,
+    )
+
+
+def _tally(counts: dict[Key, int], oldest: dict[Key, float], key: Key, active_since: float | None) -> None:
+    """Count one task in the gauges; `active_since` is its start when it is non-terminal and known."""
+    counts[key] = counts.get(key, 0) + 1
+    if active_since is not None and active_since < oldest.get(key, active_since + 1):
+        oldest[key] = active_since

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,6 +16,7 @@ from exporter.config import DEFAULT_BUCKETS
 from exporter.metrics import SnapshotCollector
 from exporter.poller import Poller, PollPlan
 from exporter.simulator import FakeClock
+from exporter.statefile import StateFile
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -90,12 +92,15 @@ def build_exporter(
     page_size: int = 1000,
     transport: httpx.AsyncBaseTransport | None = None,
     event_hooks: Mapping[str, list[object]] | None = None,
+    state_file: Path | None = None,
+    max_tracked: int | None = None,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
     client = MixpeekClient(http, lambda: SecretStr(key), page_size=page_size, clock=clock, sleep=sleeps)
-    plan = PollPlan(namespaces, organization, interval=30.0, concurrency=4, buckets=DEFAULT_BUCKETS)
-    poller = Poller(client, plan, clock=clock)
+    plan = PollPlan(namespaces, organization, 30.0, 4, DEFAULT_BUCKETS, max_tracked)
+    store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
+    poller = Poller(client, plan, clock=clock, state_file=store)
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock))
     return Exporter(poller, client, http, registry, sleeps)

@@ -25,6 +25,9 @@ from exporter.simulator import SimulatorServer
         (["--listen", "localhost"], "MIXPEEK_LISTEN"),
         (["--histogram-buckets", "5,1"], "MIXPEEK_HISTOGRAM_BUCKETS"),
         (["--scope", "galaxy"], "MIXPEEK_SCOPE"),
+        (["--state-file", "/nonexistent/dir/state.json"], "MIXPEEK_STATE_FILE"),
+        (["--web-config-file", "/nonexistent/web.yml"], "MIXPEEK_WEB_CONFIG_FILE"),
+        (["--max-retries", "-1"], "MIXPEEK_MAX_RETRIES"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line(

@@ -45,12 +45,17 @@ def test_metrics_table_matches_code() -> None:
 
 
 async def test_exposition_has_exactly_the_documented_families(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: Callable[..., Exporter]
+    clock: FakeClock,
+    world: World,
+    api: SimulatorServer,
+    make_exporter: Callable[..., Exporter],
+    tmp_path: Path,
 ) -> None:
     task_id = world.create_task("prod", "thumbnail", status="PROCESSING")
     world.create_task("prod", "thumbnail", status="PENDING")
-    exporter = make_exporter(api, namespaces=("prod", "ghost"))
+    exporter = make_exporter(api, namespaces=("prod", "ghost"), state_file=tmp_path / "state.json")
     await exporter.poll()
+    await exporter.poller.flush()
     world.set_status(task_id, "FAILED")
     clock.advance(30)
     await exporter.poll()

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import socket
+import ssl
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
+import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from support import Exporter
 
+from exporter.config import ConfigError
 from exporter.server import MetricsServer
 from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.webconfig import load_web_config
 
 MakeExporter = Callable[..., Exporter]
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -82,3 +91,119 @@ def test_plain_text_and_gzip(base_url: str) -> None:
             assert zipped.headers["Content-Encoding"] == "gzip"
             body = gzip.decompress(b"".join(zipped.iter_raw()))
         assert b"mixpeek_exporter_build_info" in body
+
+
+async def test_two_hundred_concurrent_scrapes_while_polls_run(exporter: Exporter, base_url: str) -> None:
+    await exporter.poll()
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+        scrapes = [http.get("/metrics") for _ in range(200)]
+        results = await asyncio.gather(exporter.poll(), *scrapes, exporter.poll())
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    assert len(responses) == 200
+    assert all(r.status_code == 200 and "mixpeek_up" in r.text for r in responses)
+
+
+def test_a_stalled_client_does_not_block_others(base_url: str) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as stalled:
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never finishes the request
+        with httpx.Client(base_url=base_url, timeout=5) as http:
+            assert http.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", 431),
+        (b"BREW /pot HTTP/1.1\r\n\r\n", 405),
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+    ],
+    ids=["long-path", "huge-header", "many-headers", "odd-method", "not-http"],
+)
+def test_hostile_requests_get_a_4xx_and_no_trace(
+    base_url: str, request_bytes: bytes, status: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(request_bytes)
+        answer = raw.recv(4096)
+    # A request that is not HTTP/1.x gets an HTTP/0.9-style answer: the error page without a status line.
+    assert str(status).encode() in answer[:16] or f"Error code: {status}".encode() in answer, answer[:80]
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def web_config(path: Path, cert: Path, key: Path) -> Path:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    config = {"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}}
+    path.write_text(yaml.safe_dump({**config, "basic_auth_users": {"prometheus": hashed}}))
+    return path
+
+
+def test_tls_and_basic_auth(exporter: Exporter, tls_files: tuple[Path, Path], tmp_path: Path) -> None:
+    cert, key = tls_files
+    web = load_web_config(web_config(tmp_path / "web.yml", cert, key))
+    server = MetricsServer("127.0.0.1", 0, exporter.registry, exporter.poller.ready, web)
+    server.start()
+    try:
+        url = f"https://127.0.0.1:{server.port}"
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=cert)) as https:
+            assert https.get("/metrics").status_code == 401
+            assert https.get("/metrics").headers["WWW-Authenticate"].startswith("Basic")
+            assert https.get("/metrics", auth=("prometheus", "wrong")).status_code == 401
+            assert https.get("/metrics", auth=("prometheus", "s3cret")).status_code == 200
+            assert https.get("/metrics", auth=("prometheus", "s3cret")).status_code == 200  # cached
+            assert https.get("/healthz").status_code == 200  # probes need no credentials
+        with pytest.raises(httpx.HTTPError), httpx.Client() as plain:
+            plain.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("tls_server_config: [", "not YAML"),
+        ("basic_auth_users:\n  bob: plaintext\n", "not a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\n", "TLS files unusable"),
+        ("unknown_key: 1\n", "unknown_key"),
+    ],
+)
+def test_bad_web_config_is_one_clear_line(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_web_config(path)
+    assert "\n" not in str(caught.value) and "MIXPEEK_WEB_CONFIG_FILE" in str(caught.value)

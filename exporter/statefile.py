@@ -1,0 +1,175 @@
+"""The optional state file: what the exporter knows of each namespace, kept across restarts.
+
+With it, the first poll after a restart is not a baseline: a task that finished while the exporter was
+down is counted once, and none twice, and counters carry on from where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from exporter.histogram import Histogram
+from exporter.state import NamespaceState, TrackedTask, restore
+
+FORMAT = "mixpeek-exporter-state/1"
+
+
+class StateFileError(Exception):
+    """The file is not one of ours, is for another API or scope, or is damaged."""
+
+
+def encode(namespaces: Mapping[str, NamespaceState], identity: str) -> bytes:
+    body = {
+        "format": FORMAT,
+        "identity": identity,
+        "namespaces": {name: _encode_state(state) for name, state in namespaces.items() if state.polled_at},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, identity: str, buckets: tuple[float, ...]) -> dict[str, NamespaceState]:
+    try:
+        body = json.loads(data)
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise StateFileError("not a mixpeek-exporter state file")
+        if body.get("identity") != identity:
+            raise StateFileError(f"written for {body.get('identity')!r}, not {identity!r}")
+        return {name: _decode_state(raw, buckets) for name, raw in body["namespaces"].items()}
+    except StateFileError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise StateFileError(f"damaged: {type(exc).__name__}: {exc}") from None
+
+
+def _encode_state(state: NamespaceState) -> dict[str, Any]:
+    return {
+        "polled_at": state.polled_at,
+        "buckets": list(state.buckets),
+        "task_types": list(state.task_types),
+        "statuses": list(state.statuses),
+        "tasks": [
+            [task_id, t.status, t.task_type, t.first_seen, t.created_at, t.finished]
+            for task_id, t in state.tasks.items()
+        ],
+        "gone": list(state.gone.items()),
+        "transitions": [[status, task_type, n] for (status, task_type), n in state.transitions.items()],
+        "completions": [
+            [status, task_type, list(h.counts), h.total]
+            for (status, task_type), h in state.completions.items()
+        ],
+    }
+
+
+def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
+    same_buckets = tuple(raw["buckets"]) == buckets
+    completions = {}
+    if same_buckets:  # histograms with other bounds cannot be carried over; counters can
+        for status, task_type, counts, total in raw["completions"]:
+            if len(counts) != len(buckets) + 1:
+                raise ValueError("histogram size does not match its buckets")
+            empty = Histogram.empty(buckets)
+            completions[(status, task_type)] = Histogram(
+                buckets, tuple(counts), float(total), empty.exemplars
+            )
+    return restore(
+        buckets=buckets,
+        polled_at=float(raw["polled_at"]),
+        tasks={
+            str(task_id): TrackedTask(
+                str(status), str(task_type), float(first), _opt(created), bool(finished)
+            )
+            for task_id, status, task_type, first, created, finished in raw["tasks"]
+        },
+        gone={str(task_id): float(when) for task_id, when in raw["gone"]},
+        task_types=tuple(map(str, raw["task_types"])),
+        statuses=tuple(map(str, raw["statuses"])),
+        transitions={(str(s), str(t)): int(n) for s, t, n in raw["transitions"]},
+        completions=completions,
+    )
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+class StateFile:
+    """Loads at start; saves after polls atomically (write, fsync, rename), one at a time, in a thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        identity: str,
+        buckets: tuple[float, ...],
+        *,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self.path = path
+        self._identity = identity
+        self._buckets = buckets
+        self._log = logger or structlog.get_logger("exporter.statefile")
+        self._pending: Mapping[str, NamespaceState] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.writes: Counter[str] = Counter()
+        """Saves by result, "ok" or "error"."""
+
+    def load(self) -> dict[str, NamespaceState]:
+        """The saved state, or nothing (said once in the log) when the file is absent, foreign or damaged."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            self._log.info("no state file yet; the first poll is a baseline", path=str(self.path))
+            return {}
+        except OSError as exc:
+            self._log.error("state file unreadable; starting afresh", path=str(self.path), error=str(exc))
+            return {}
+        try:
+            namespaces = decode(data, self._identity, self._buckets)
+        except StateFileError as exc:
+            self._log.error("state file ignored; starting afresh", path=str(self.path), error=str(exc))
+            return {}
+        self._log.info("state restored", path=str(self.path), namespaces=sorted(namespaces))
+        return namespaces
+
+    def save_soon(self, namespaces: Mapping[str, NamespaceState]) -> None:
+        """Queue a save of this state; saves coalesce, so a burst of polls costs one or two writes."""
+        self._pending = namespaces
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def flush(self) -> None:
+        """Wait until every queued save is on disk."""
+        if self._writer is not None:
+            await self._writer
+
+    async def _drain(self) -> None:
+        while self._pending is not None:
+            namespaces, self._pending = self._pending, None
+            try:
+                await asyncio.to_thread(self.save, namespaces)
+            except OSError as exc:
+                self.writes["error"] += 1
+                self._log.error("state file not saved", path=str(self.path), error=str(exc))
+            else:
+                self.writes["ok"] += 1
+
+    def save(self, namespaces: Mapping[str, NamespaceState]) -> None:
+        data = encode(namespaces, self._identity)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself must survive a crash
+        finally:
+            os.close(directory)
