@@ -118,13 +118,15 @@ async def api_target(settings: Settings, keys: ApiKeySource | None) -> AsyncIter
         demo.stop()
 
 
-def _api_client(settings: Settings, http: httpx.AsyncClient, target: Target) -> MixpeekClient:
+def _api_client(
+    settings: Settings, http: httpx.AsyncClient, target: Target, *, retries: bool = True
+) -> MixpeekClient:
     rate = settings.max_requests_per_second
     return MixpeekClient(
         http,
         target.key,
         page_size=settings.page_size,
-        retry=RetryPolicy(attempts=settings.max_retries + 1),
+        retry=RetryPolicy(attempts=settings.max_retries + 1 if retries else 1),
         limiter=RateLimiter(rate, burst=max(1, int(rate))) if rate else None,
     )
 
@@ -193,7 +195,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
 async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextIO) -> int:
     """One authenticated listing request per namespace, one line each: the first thing to run."""
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
-        client = _api_client(settings, http, target)
+        client = _api_client(settings, http, target, retries=False)  # one request each, answers at once
         if target.demo:
             print(f"no API key: checking the built-in demo API at {target.url}", file=out)
         if settings.scope is Scope.ORGANIZATION:

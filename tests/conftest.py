@@ -36,7 +36,7 @@ async def make_exporter(clock: FakeClock) -> AsyncIterator[Callable[..., Exporte
     """Build exporters against a server (the `api` fixture by default); closes their clients after."""
     built: list[Exporter] = []
 
-    def make(server: SimulatorServer, key: str = API_KEY, **options: Any) -> Exporter:
+    def make(server: SimulatorServer, key: Any = API_KEY, **options: Any) -> Exporter:
         exporter = build_exporter(server.url, key, clock, **options)
         built.append(exporter)
         return exporter

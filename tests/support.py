@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +84,7 @@ class Exporter:
 
 def build_exporter(
     url: str,
-    key: str,
+    key: str | Callable[[], SecretStr],
     clock: FakeClock,
     *,
     namespaces: tuple[str, ...] = (),
@@ -97,7 +97,8 @@ def build_exporter(
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
-    client = MixpeekClient(http, lambda: SecretStr(key), page_size=page_size, clock=clock, sleep=sleeps)
+    keys = key if callable(key) else (lambda: SecretStr(key))
+    client = MixpeekClient(http, keys, page_size=page_size, clock=clock, sleep=sleeps)
     plan = PollPlan(namespaces, organization, 30.0, 4, DEFAULT_BUCKETS, max_tracked)
     store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
     poller = Poller(client, plan, clock=clock, state_file=store)
