@@ -126,6 +126,18 @@ class Task:
     created_at: float | None
     finished_at: float | None
 
+    @property
+    def item_id(self) -> str:
+        return self.task_id
+
+    @property
+    def group(self) -> str:
+        return self.task_type
+
+    @property
+    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+        return ()
+
 
 @dataclass(frozen=True, slots=True)
 class Listing:

@@ -116,7 +116,7 @@ class SnapshotCollector(Collector):
         oldest = GaugeMetricFamily(OLDEST_ACTIVE_AGE, _HELP[OLDEST_ACTIVE_AGE], labels=TASK_LABELS)
         now = self._now()
         for namespace, state in sorted(namespaces.items()):
-            for task_type in state.task_types:
+            for task_type in state.groups:
                 for status in state.statuses:
                     tasks.add_metric((namespace, status, task_type), state.counts.get((status, task_type), 0))
                 for status in TERMINAL_STATUSES:

@@ -1,6 +1,7 @@
-"""What the exporter remembers of one namespace between polls, and how a new listing changes it.
+"""What the exporter remembers of a namespace's tasks (or batches) between polls, and how a listing changes it.
 
-Pure: `observe(previous, tasks, now)` returns a new state; no I/O, no clock reads, nothing mutated.
+Pure: `observe(previous, items, now)` returns a new state; no I/O, no clock reads, nothing mutated. Tasks and
+batches share it: each item has a status and a group (the task type, or the batch's bucket).
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from exporter.api import Task
 from exporter.histogram import Exemplar, Histogram
 
 # Terminal statuses as documented: a task in one of them will not change again.
@@ -39,7 +40,26 @@ EMPTY_LABEL = "none"
 GONE_TTL_SECONDS = 24 * 3600.0
 
 Key = tuple[str, str]
-"""(status, task_type)"""
+"""(status, group)"""
+Tally = tuple[tuple[str, ...], int]
+"""A count an item adds when its transition is counted, e.g. (("failed",), 12) objects of a batch."""
+
+
+class Item(Protocol):
+    """What a listing gives of one task or batch."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def created_at(self) -> float | None: ...
+    @property
+    def finished_at(self) -> float | None: ...
+    @property
+    def tallies(self) -> tuple[Tally, ...]: ...
 
 
 def label_value(raw: str) -> str:
@@ -49,9 +69,9 @@ def label_value(raw: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackedTask:
+class Tracked:
     status: str
-    task_type: str
+    group: str
     first_seen: float
     created_at: float | None
     finished: bool
@@ -67,23 +87,27 @@ class NamespaceState:
     buckets: tuple[float, ...]
     polled_at: float | None = None
     """When the last complete listing was taken; None until the baseline poll."""
-    tasks: Mapping[str, TrackedTask] = field(default_factory=dict)
+    tasks: Mapping[str, Tracked] = field(default_factory=dict)
+    """Tracked items by id, newest first."""
     untracked: int = 0
     """Tasks of the last listing past the tracking cap: counted in gauges, their transitions not seen."""
     gone: Mapping[str, float] = field(default_factory=dict)
-    task_types: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    """Task types (or buckets) seen so far, in order of first sight."""
     statuses: tuple[str, ...] = KNOWN_STATUSES
     counts: Mapping[Key, int] = field(default_factory=dict)
     oldest_active: Mapping[Key, float] = field(default_factory=dict)
     transitions: Mapping[Key, int] = field(default_factory=dict)
     completions: Mapping[Key, Histogram] = field(default_factory=dict)
+    tallies: Mapping[tuple[str, ...], int] = field(default_factory=dict)
+    """(group, *tally key) -> running total of the tallies of counted transitions."""
 
     def completion(self, key: Key) -> Histogram:
         return self.completions.get(key) or Histogram.empty(self.buckets)
 
 
 def observe(
-    previous: NamespaceState, listing: Iterable[Task], now: float, max_tracked: int | None = None
+    previous: NamespaceState, listing: Iterable[Item], now: float, max_tracked: int | None = None
 ) -> NamespaceState:
     """Fold one complete listing, newest task first, into the state.
 
@@ -94,35 +118,36 @@ def observe(
     """
     baseline = previous.polled_at is None
     limit = max_tracked if max_tracked is not None else sys.maxsize
-    tasks: dict[str, TrackedTask] = {}
+    tasks: dict[str, Tracked] = {}
     untracked: set[str] = set()
     counts: dict[Key, int] = {}
     oldest: dict[Key, float] = {}
     transitions = dict(previous.transitions)
     completions = dict(previous.completions)
-    task_types = dict.fromkeys(previous.task_types)
+    groups = dict.fromkeys(previous.groups)
+    tallies = dict(previous.tallies)
     statuses = dict.fromkeys(previous.statuses)
     gone = dict(previous.gone)
 
     for task in listing:
-        status, task_type = label_value(task.status), label_value(task.task_type)
-        task_types.setdefault(task_type)
+        status, group = label_value(task.status), label_value(task.group)
+        groups.setdefault(group)
         statuses.setdefault(status)
-        key = (status, task_type)
+        key = (status, group)
         terminal = status in _TERMINAL
         if len(tasks) >= limit:
-            untracked.add(task.task_id)
+            untracked.add(task.item_id)
             started: float | None = task.created_at
         else:
-            before = previous.tasks.get(task.task_id)
+            before = previous.tasks.get(task.item_id)
             if before is None:
-                returned = gone.pop(task.task_id, None) is not None
+                returned = gone.pop(task.item_id, None) is not None
                 was_finished = returned or (baseline and terminal)
                 first_seen = now
             else:
                 was_finished, first_seen = before.finished, before.first_seen
-            tracked = TrackedTask(status, task_type, first_seen, task.created_at, was_finished or terminal)
-            tasks[task.task_id] = tracked
+            tracked = Tracked(status, group, first_seen, task.created_at, was_finished or terminal)
+            tasks[task.item_id] = tracked
             started = tracked.started
             if terminal and not was_finished:
                 transitions[key] = transitions.get(key, 0) + 1
@@ -130,7 +155,10 @@ def observe(
                 end = task.finished_at if task.finished_at is not None else now
                 duration = max(0.0, end - start)
                 histogram = completions.get(key) or Histogram.empty(previous.buckets)
-                completions[key] = histogram.observe(duration, Exemplar(task.task_id, duration, end))
+                completions[key] = histogram.observe(duration, Exemplar(task.item_id, duration, end))
+                for tally, amount in task.tallies:
+                    tally_key = (group, *(label_value(part) for part in tally))
+                    tallies[tally_key] = tallies.get(tally_key, 0) + amount
         _tally(counts, oldest, key, None if terminal else started)
 
     for task_id, tracked in previous.tasks.items():
@@ -146,16 +174,17 @@ def observe(
         tasks=tasks,
         untracked=len(untracked),
         gone=gone,
-        task_types=tuple(task_types),
+        groups=tuple(groups),
         statuses=tuple(statuses),
         counts=counts,
         oldest_active=oldest,
         transitions=transitions,
         completions=completions,
+        tallies=tallies,
     )
 
 
-def _start(task: Task, before: TrackedTask | None, last_poll: float) -> float:
+def _start(task: Item, before: Tracked | None, last_poll: float) -> float:
     """Creation time: the payload's, else when first seen; a task born and finished between two polls
     gets the previous poll's time, so its duration is an upper bound of at most one poll interval."""
     if task.created_at is not None:
@@ -169,30 +198,32 @@ def restore(
     *,
     buckets: tuple[float, ...],
     polled_at: float,
-    tasks: Mapping[str, TrackedTask],
+    tasks: Mapping[str, Tracked],
     gone: Mapping[str, float],
-    task_types: tuple[str, ...],
+    groups: tuple[str, ...],
     statuses: tuple[str, ...],
     transitions: Mapping[Key, int],
     completions: Mapping[Key, Histogram],
+    tallies: Mapping[tuple[str, ...], int],
 ) -> NamespaceState:
     """A state read back from the state file; until the next poll, gauges are those of its tracked tasks."""
     counts: dict[Key, int] = {}
     oldest: dict[Key, float] = {}
     for tracked in tasks.values():
         active = tracked.status not in _TERMINAL
-        _tally(counts, oldest, (tracked.status, tracked.task_type), tracked.started if active else None)
+        _tally(counts, oldest, (tracked.status, tracked.group), tracked.started if active else None)
     return NamespaceState(
         buckets=buckets,
         polled_at=polled_at,
         tasks=tasks,
         gone=gone,
-        task_types=task_types,
+        groups=groups,
         statuses=statuses,
         counts=counts,
         oldest_active=oldest,
         transitions=transitions,
         completions=completions,
+        tallies=tallies,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from exporter.histogram import Histogram
-from exporter.state import NamespaceState, TrackedTask, restore
+from exporter.state import NamespaceState, Tracked, restore
 
 FORMAT = "mixpeek-exporter-state/1"
 
@@ -53,46 +53,44 @@ def _encode_state(state: NamespaceState) -> dict[str, Any]:
     return {
         "polled_at": state.polled_at,
         "buckets": list(state.buckets),
-        "task_types": list(state.task_types),
+        "groups": list(state.groups),
         "statuses": list(state.statuses),
         "tasks": [
-            [task_id, t.status, t.task_type, t.first_seen, t.created_at, t.finished]
-            for task_id, t in state.tasks.items()
+            [item_id, t.status, t.group, t.first_seen, t.created_at, t.finished]
+            for item_id, t in state.tasks.items()
         ],
         "gone": list(state.gone.items()),
-        "transitions": [[status, task_type, n] for (status, task_type), n in state.transitions.items()],
+        "transitions": [[status, group, n] for (status, group), n in state.transitions.items()],
         "completions": [
-            [status, task_type, list(h.counts), h.total]
-            for (status, task_type), h in state.completions.items()
+            [status, group, list(h.counts), h.total] for (status, group), h in state.completions.items()
         ],
+        "tallies": [[*key, n] for key, n in state.tallies.items()],
     }
 
 
 def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
-    same_buckets = tuple(raw["buckets"]) == buckets
     completions = {}
-    if same_buckets:  # histograms with other bounds cannot be carried over; counters can
-        for status, task_type, counts, total in raw["completions"]:
+    if tuple(raw["buckets"]) == buckets:  # histograms with other bounds cannot be carried over; counters can
+        for status, group, counts, total in raw["completions"]:
             if len(counts) != len(buckets) + 1:
                 raise ValueError("histogram size does not match its buckets")
-            empty = Histogram.empty(buckets)
-            completions[(status, task_type)] = Histogram(
-                buckets, tuple(counts), float(total), empty.exemplars
+            exemplars = Histogram.empty(buckets).exemplars
+            completions[(str(status), str(group))] = Histogram(
+                buckets, tuple(counts), float(total), exemplars
             )
     return restore(
         buckets=buckets,
         polled_at=float(raw["polled_at"]),
         tasks={
-            str(task_id): TrackedTask(
-                str(status), str(task_type), float(first), _opt(created), bool(finished)
-            )
-            for task_id, status, task_type, first, created, finished in raw["tasks"]
+            str(item_id): Tracked(str(status), str(group), float(first), _opt(created), bool(finished))
+            for item_id, status, group, first, created, finished in raw["tasks"]
         },
-        gone={str(task_id): float(when) for task_id, when in raw["gone"]},
-        task_types=tuple(map(str, raw["task_types"])),
+        gone={str(item_id): float(when) for item_id, when in raw["gone"]},
+        groups=tuple(map(str, raw["groups"])),
         statuses=tuple(map(str, raw["statuses"])),
-        transitions={(str(s), str(t)): int(n) for s, t, n in raw["transitions"]},
+        transitions={(str(s), str(g)): int(n) for s, g, n in raw["transitions"]},
         completions=completions,
+        tallies={tuple(map(str, row[:-1])): int(row[-1]) for row in raw["tallies"]},
     )
 
 

@@ -30,7 +30,7 @@ def test_baseline_counts_nothing_already_terminal() -> None:
         ("FAILED", "thumbnail"): 1,
         ("PENDING", "thumbnail"): 1,
     }
-    assert state.task_types == ("thumbnail",)
+    assert state.groups == ("thumbnail",)
 
 
 def test_transition_counted_once_across_polls() -> None:
@@ -91,7 +91,7 @@ def test_unknown_status_and_type_are_kept_sanitised() -> None:
     state = observe(fresh(), [task("a", "RETRYING", task_type="brand new/type\n")], now=0.0)
     assert "RETRYING" in state.statuses
     assert state.statuses[: len(KNOWN_STATUSES)] == KNOWN_STATUSES
-    assert state.task_types == ("brand_new_type",)
+    assert state.groups == ("brand_new_type",)
 
 
 def test_label_value_is_bounded() -> None:
