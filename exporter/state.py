@@ -1,4 +1,4 @@
-"""What the exporter remembers of a namespace's tasks (or batches) between polls, and how a listing changes it.
+"""What the exporter remembers of a namespace's tasks (or batches) between polls; how a listing changes it.
 
 Pure: `observe(previous, items, now)` returns a new state; no I/O, no clock reads, nothing mutated. Tasks and
 batches share it: each item has a status and a group (the task type, or the batch's bucket).
