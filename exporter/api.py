@@ -10,11 +10,11 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import structlog
@@ -24,12 +24,21 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from exporter.ratelimit import RateLimiter
 
 TASKS_LIST = "/v1/tasks/list"
+BATCHES_LIST = "/v1/batches/list"
 NAMESPACES_LIST = "/v1/namespaces/list"
 # The API refuses offsets above this; deeper listings need a cursor or a created_at window.
 MAX_OFFSET = 10_000
 # Fields the payload may carry when the task finished; the documented model has none of them.
 FINISH_FIELDS = ("completed_at", "finished_at", "updated_at")
 NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
+# FailureCategory of SDK 1.3.783; anything else is counted as "unknown", which keeps the label bounded.
+FAILURE_CATEGORIES = frozenset(
+    {"timeout", "infrastructure", "orphaned", "pipeline", "mvs_durability", "validation", "unknown"}
+)
+
+T = TypeVar("T")
+P = TypeVar("P", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -104,6 +113,46 @@ class _TaskPage(BaseModel):
     pagination: _Pagination | None = None
 
 
+class _TierPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    started_at: str | float | None = None
+    completed_at: str | float | None = None
+
+
+class _ProgressPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    total: int | None = None
+    objects_failed: int | None = None
+
+
+class _BatchPayload(BaseModel):
+    """One BatchModel, reduced to what the exporter reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    batch_id: str = Field(min_length=1)
+    bucket_id: str
+    status: str = "DRAFT"  # the SDK's default for a batch that has none yet
+    created_at: str | float | None = None
+    updated_at: str | float | None = None
+    last_activity_at: str | float | None = None
+    tier_tasks: list[_TierPayload] | None = None
+    object_ids: list[Any] | None = None
+    loaded_object_ids: list[Any] | None = None
+    progress: _ProgressPayload | None = None
+    failed_object_count: int | None = None
+    failure_category: str | None = None
+
+
+class _BatchPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    results: list[_BatchPayload]
+    pagination: _Pagination | None = None
+
+
 class _NamespacePayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -140,10 +189,42 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
-class Listing:
-    """Every task of one scope, each once, as listed by one complete poll."""
+class Batch:
+    """One batch: an ingestion run of many objects through the tiers of a bucket's pipeline."""
 
-    tasks: dict[str, Task]
+    batch_id: str
+    status: str
+    bucket_id: str
+    created_at: float | None
+    finished_at: float | None
+    objects: int | None
+    failed_objects: int
+    failure_category: str | None
+
+    @property
+    def item_id(self) -> str:
+        return self.batch_id
+
+    @property
+    def group(self) -> str:
+        return self.bucket_id
+
+    @property
+    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+        """What a finished batch adds to the object and failure counters."""
+        counts: list[tuple[tuple[str, ...], int]] = [(("failed",), self.failed_objects)]
+        if self.objects is not None:
+            counts.append((("processed",), max(0, self.objects - self.failed_objects)))
+        if self.failure_category is not None:
+            counts.append((("category", self.failure_category), 1))
+        return tuple(counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Generic[T]):
+    """Every item (task or batch) of one scope, each once, as listed by one complete poll, newest first."""
+
+    items: dict[str, T]
     pages: int
 
 
@@ -191,6 +272,28 @@ def _error_object(body: Any) -> dict[str, Any]:
     detail = body.get("detail")
     error = detail.get("error") if isinstance(detail, dict) else body.get("error")
     return error if isinstance(error, dict) else {}
+
+
+def _to_batch(payload: _BatchPayload) -> Batch:
+    tiers = payload.tier_tasks or []
+    tier_ends = [ts for ts in (parse_timestamp(t.completed_at) for t in tiers) if ts is not None]
+    fallback = parse_timestamp(payload.last_activity_at) or parse_timestamp(payload.updated_at)
+    progress = payload.progress or _ProgressPayload()
+    ids = payload.loaded_object_ids if payload.loaded_object_ids is not None else payload.object_ids
+    objects = progress.total if progress.total is not None else (len(ids) if ids is not None else None)
+    category = payload.failure_category
+    return Batch(
+        batch_id=payload.batch_id,
+        status=payload.status,
+        bucket_id=payload.bucket_id,
+        created_at=parse_timestamp(payload.created_at),
+        finished_at=max(tier_ends) if tier_ends else fallback,
+        objects=objects,
+        failed_objects=payload.failed_object_count or progress.objects_failed or 0,
+        failure_category=None
+        if category is None
+        else (category if category in FAILURE_CATEGORIES else "unknown"),
+    )
 
 
 def error_message(body: Any) -> str:
@@ -278,49 +381,78 @@ class MixpeekClient:
         self.requests: Counter[tuple[str, str]] = Counter()
         """Responses by (endpoint, HTTP status), "error" where none came back."""
 
-    async def list_tasks(self, namespace: str | None) -> Listing:
+    async def list_tasks(self, namespace: str | None) -> Listing[Task]:
         """Every task, newest first, following cursors; without cursors, offset windows by created_at.
 
         Newest first means a task created while we page lands before our position and never shifts
         an unread page, and a task expiring at the tail never hides one we have not read yet.
         """
-        tasks: dict[str, Task] = {}
-        body: dict[str, Any] = {"sort": NEWEST_FIRST}
+
+        async def fetch(
+            paging: dict[str, Any], narrowing: dict[str, Any]
+        ) -> tuple[list[_TaskPayload], str | None]:
+            page = await self._task_page(namespace, paging, {"sort": NEWEST_FIRST, **narrowing})
+            return page.results, page.pagination.next_cursor if page.pagination else None
+
+        payloads, pages = await self._walk(fetch, lambda p: p.task_id, self._older_window)
+        return Listing({task_id: _to_task(p) for task_id, p in payloads.items()}, pages)
+
+    async def list_batches(self, namespace: str) -> Listing[Batch]:
+        """Every batch of a namespace (POST /v1/batches/list with X-Namespace); paging goes in the body."""
+
+        async def fetch(
+            paging: dict[str, Any], narrowing: dict[str, Any]
+        ) -> tuple[list[_BatchPayload], str | None]:
+            raw = await self._post(BATCHES_LIST, namespace, {}, paging)
+            page = _validated(_BatchPage, raw, BATCHES_LIST, paging["limit"])
+            return page.results, page.pagination.next_cursor if page.pagination else None
+
+        payloads, pages = await self._walk(fetch, lambda p: p.batch_id, None)
+        return Listing({batch_id: _to_batch(p) for batch_id, p in payloads.items()}, pages)
+
+    async def _walk(
+        self,
+        fetch: Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[list[P], str | None]]],
+        key: Callable[[P], str],
+        narrow: Callable[[list[P]], dict[str, Any]] | None,
+    ) -> tuple[dict[str, P], int]:
+        """Read every page: by cursor when the API gives one, else by offset up to MAX_OFFSET, then by
+        `narrow`ed windows (each starting again at offset 0). De-duplicates by `key`; a repeated cursor,
+        a page of nothing new, or a window that adds nothing ends the walk rather than loop forever."""
+        items: dict[str, P] = {}
+        narrowing: dict[str, Any] = {}
         seen_cursors: set[str] = set()
         cursor: str | None = None
         offset = window_new = pages = 0
         while True:
-            params: dict[str, Any] = {"limit": self._page_size}
+            paging: dict[str, Any] = {"limit": self._page_size}
             if cursor is not None:
-                params["cursor"] = cursor
+                paging["cursor"] = cursor
             elif offset:
-                params["offset"] = offset
-            page = await self._task_page(namespace, params, body)
+                paging["offset"] = offset
+            results, next_cursor = await fetch(paging, narrowing)
             pages += 1
-            new = self._merge(tasks, page.results)
+            before = len(items)
+            items.update((key(item), item) for item in results)
+            new = len(items) - before
             window_new += new
-            next_cursor = page.pagination.next_cursor if page.pagination else None
             if next_cursor:
-                if next_cursor in seen_cursors or (page.results and not new):
+                if next_cursor in seen_cursors or (results and not new):
                     raise InvalidResponse("the API repeated a cursor or a whole page; listing abandoned")
                 seen_cursors.add(next_cursor)
                 cursor = next_cursor
                 continue
-            if cursor is not None or len(page.results) < self._page_size:
-                return Listing(tasks=tasks, pages=pages)
-            offset += len(page.results)
+            if cursor is not None or len(results) < self._page_size:
+                return items, pages
+            offset += len(results)
             if offset > MAX_OFFSET:
+                if narrow is None:
+                    raise PaginationLimit(f"more than {MAX_OFFSET} items and the API gives no cursor")
                 if not window_new:
                     raise PaginationLimit(
-                        "an offset window added no task; cannot page deeper without a cursor"
+                        "an offset window added nothing; cannot page deeper without a cursor"
                     )
-                body, offset, window_new = self._older_window(page.results), 0, 0
-
-    def _merge(self, tasks: dict[str, Task], results: Iterable[_TaskPayload]) -> int:
-        before = len(tasks)
-        for payload in results:
-            tasks[payload.task_id] = _to_task(payload)
-        return len(tasks) - before
+                narrowing, offset, window_new = narrow(results), 0, 0
 
     @staticmethod
     def _older_window(results: list[_TaskPayload]) -> dict[str, Any]:
@@ -330,8 +462,7 @@ class MixpeekClient:
             raise PaginationLimit(
                 f"more than {MAX_OFFSET} tasks, and the API gives neither a cursor nor created_at to page on"
             )
-        condition = {"field": "created_at", "operator": "lte", "value": oldest}
-        return {"sort": NEWEST_FIRST, "filters": {"AND": [condition]}}
+        return {"filters": {"AND": [{"field": "created_at", "operator": "lte", "value": oldest}]}}
 
     async def probe_tasks(self, namespace: str | None) -> int:
         """One authenticated one-item listing: does the key work for this namespace?"""
@@ -344,10 +475,7 @@ class MixpeekClient:
         while True:
             body = {"limit": self._page_size, "offset": offset}
             raw = await self._post(NAMESPACES_LIST, None, {}, body)
-            try:
-                page = _NamespacePage.model_validate(raw)
-            except ValidationError as exc:
-                raise InvalidResponse(f"namespaces/list: {_first_error(exc)}") from None
+            page = _validated(_NamespacePage, raw, NAMESPACES_LIST, self._page_size)
             namespaces.extend(Namespace(item.namespace_id, item.namespace_name) for item in page.results)
             offset += len(page.results)
             if len(page.results) < self._page_size or offset > MAX_OFFSET - self._page_size:
@@ -357,15 +485,7 @@ class MixpeekClient:
         self, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
     ) -> _TaskPage:
         raw = await self._post(TASKS_LIST, namespace, params, body)
-        try:
-            page = _TaskPage.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidResponse(f"tasks/list: {_first_error(exc)}") from None
-        if len(page.results) > params["limit"]:
-            raise InvalidResponse(
-                f"tasks/list returned {len(page.results)} items for limit {params['limit']}"
-            )
-        return page
+        return _validated(_TaskPage, raw, TASKS_LIST, params["limit"])
 
     async def _post(
         self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
@@ -427,6 +547,18 @@ class MixpeekClient:
         if decoded is None:
             raise InvalidResponse(f"{endpoint} answered 200 with a body that is not JSON")
         return decoded
+
+
+def _validated(model: type[M], raw: Any, endpoint: str, limit: int) -> M:
+    """The page as `model`, or InvalidResponse: a body that is not what the API promises changes nothing."""
+    try:
+        page = model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidResponse(f"{endpoint}: {_first_error(exc)}") from None
+    results = getattr(page, "results", [])
+    if len(results) > limit:
+        raise InvalidResponse(f"{endpoint} returned {len(results)} items for limit {limit}")
+    return page
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -102,7 +103,7 @@ class Poller:
         result = await self._timed_listing((namespace,), namespace)
         if result is not None:
             listing, duration = result
-            self._apply({namespace: listing.tasks.values()}, listing, duration)
+            self._apply({namespace: listing.items.values()}, listing, duration)
 
     async def poll_organization(self) -> None:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
@@ -113,7 +114,7 @@ class Poller:
         listing, duration = result
         wanted = set(self._plan.namespaces)
         by_namespace: dict[str, list[Task]] = {ns: [] for ns in self.snapshot.namespaces}
-        for task in listing.tasks.values():
+        for task in listing.items.values():
             namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
             if not wanted or namespace in wanted:
                 by_namespace.setdefault(namespace, []).append(task)
@@ -148,7 +149,7 @@ class Poller:
 
     async def _timed_listing(
         self, labels: tuple[str, ...], namespace: str | None
-    ) -> tuple[Listing, float] | None:
+    ) -> tuple[Listing[Task], float] | None:
         """List tasks and time it; on failure record it against `labels` and return None."""
         async with self._limit:
             started = time.perf_counter()
@@ -159,7 +160,7 @@ class Poller:
                 return None
         return listing, time.perf_counter() - started
 
-    def _apply(self, listings: Mapping[str, Iterable[Task]], listing: Listing, duration: float) -> None:
+    def _apply(self, listings: Mapping[str, Iterable[Task]], listing: Listing[Any], duration: float) -> None:
         now = self._clock()
         namespaces = dict(self.snapshot.namespaces)
         health = dict(self.snapshot.health)

@@ -65,7 +65,7 @@ async def test_follows_cursor_and_sends_only_declared_keys() -> None:
 
     client = client_for(handler)
     listing = await client.list_tasks("prod")
-    assert sorted(listing.tasks) == ["a", "b", "c"] and listing.pages == 2
+    assert sorted(listing.items) == ["a", "b", "c"] and listing.pages == 2
     assert seen[1].url.params["cursor"] == "c1"
     for request in seen:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -208,7 +208,7 @@ async def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
     handler, seen = scripted(httpx.Response(503), httpx.Response(502), page([item("a")]))
     sleeps = Sleeps()
     listing = await client_for(handler, sleeps=sleeps).list_tasks("prod")
-    assert list(listing.tasks) == ["a"] and len(seen) == 3
+    assert list(listing.items) == ["a"] and len(seen) == 3
     assert 1 <= sleeps.waits[0] <= 2 and 2 <= sleeps.waits[1] <= 3
 
 
