@@ -437,7 +437,9 @@ class MixpeekClient:
             new = len(items) - before
             window_new += new
             if next_cursor:
-                if next_cursor in seen_cursors or (results and not new):
+                # A cursor must lead somewhere new: a repeated one, or one on a page that added nothing
+                # (an empty page included), would page forever.
+                if next_cursor in seen_cursors or not new:
                     raise InvalidResponse("the API repeated a cursor or a whole page; listing abandoned")
                 seen_cursors.add(next_cursor)
                 cursor = next_cursor
@@ -534,6 +536,9 @@ class MixpeekClient:
         except httpx.TransportError as exc:
             self.requests[(endpoint, "error")] += 1
             raise ApiUnreachable(f"{endpoint}: {type(exc).__name__}: {exc}") from None
+        except httpx.HTTPError as exc:  # e.g. a body whose Content-Encoding does not decode
+            self.requests[(endpoint, "error")] += 1
+            raise InvalidResponse(f"{endpoint}: {type(exc).__name__}: {exc}") from None
         self.requests[(endpoint, str(response.status_code))] += 1
         try:
             decoded = response.json()

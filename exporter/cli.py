@@ -25,11 +25,12 @@ from exporter.api import ApiError, MixpeekClient, RetryPolicy
 from exporter.apikey import ApiKeySource
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.logs import configure_logging
-from exporter.metrics import SnapshotCollector
+from exporter.metrics import SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
 from exporter.statefile import StateFile
+from exporter.views import capped
 from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "mixpeek-exporter"
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{field.description} [env {env_name(name)}; default: {_shown_default(name)}]"
         if field.annotation is bool:
             parser.add_argument(
-                flag, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
         else:
             parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
@@ -158,6 +159,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             concurrency=settings.concurrency,
             buckets=tuple(settings.histogram_buckets),
             max_tracked=settings.max_tracked_tasks,
+            batches=settings.batches,
         )
         state_file = None
         if settings.state_file is not None:
@@ -165,7 +167,8 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             state_file = StateFile(settings.state_file, identity, plan.buckets)
         poller = Poller(client, plan, state_file=state_file)
         registry = CollectorRegistry()
-        registry.register(SnapshotCollector(lambda: poller.snapshot, __version__, time.time))
+        fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
+        registry.register(SnapshotCollector(lambda: poller.snapshot, __version__, time.time, fold))
         host, port = settings.listen_address
         server = MetricsServer(host, port, registry, poller.ready, web)
         server.start()

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat | None = Field(None, description="json or console (console when stderr is a TTY)")
     log_level: str = Field("info", description="debug, info, warning or error")
+    batches: bool = Field(True, description="also list every batch of each namespace (POST /v1/batches/list)")
+    batch_bucket_label: bool = Field(
+        True, description="label batch metrics by bucket_id; off aggregates them per namespace"
+    )
+    max_buckets_per_namespace: int = Field(
+        200, ge=1, description="bucket_id values shown per namespace; the rest are folded into _other"
+    )
     demo: bool = Field(False, description="run against the built-in simulated API even with a key")
 
     @field_validator("namespaces", mode="before")

@@ -56,3 +56,16 @@ def _le(bound: float) -> str:
     if math.isinf(bound):
         return "+Inf"
     return repr(float(bound))
+
+
+def merged(histograms: list[Histogram]) -> Histogram:
+    """The sum of histograms with the same bounds (e.g. over buckets folded into one label value)."""
+    first = histograms[0]
+    if len(histograms) == 1:
+        return first
+    counts = tuple(sum(column) for column in zip(*(h.counts for h in histograms), strict=True))
+    exemplars = tuple(
+        max((e for e in column if e is not None), key=lambda e: e.timestamp, default=None)
+        for column in zip(*(h.exemplars for h in histograms), strict=True)
+    )
+    return Histogram(first.bounds, counts, sum(h.total for h in histograms), exemplars)

@@ -19,8 +19,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
+from exporter.api import FAILURE_CATEGORIES
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import TERMINAL_STATUSES, NamespaceState
+from exporter.views import View, view
 
 TASKS = "mixpeek_tasks"
 TERMINAL_TRANSITIONS = "mixpeek_task_terminal_transitions"  # exposed with _total
@@ -36,8 +38,17 @@ UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
 
+BATCHES = "mixpeek_batches"
+BATCH_TERMINAL_TRANSITIONS = "mixpeek_batch_terminal_transitions"  # exposed with _total
+BATCH_COMPLETION_SECONDS = "mixpeek_batch_completion_seconds"
+BATCH_OBJECTS = "mixpeek_batch_objects"  # exposed with _total
+BATCH_FAILURES = "mixpeek_batch_failures"  # exposed with _total
+BATCH_OLDEST_ACTIVE_AGE = "mixpeek_batch_oldest_active_age_seconds"
+
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TASK_LABELS = ("namespace", "status", "task_type")
+BATCH_LABELS = ("namespace", "bucket_id", "status")
+OUTCOMES = ("processed", "failed")
 
 # name as exposed, type, labels, help: the README's metrics table is checked against this.
 METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -50,6 +61,32 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ),
     (COMPLETION_SECONDS, "histogram", TASK_LABELS, "Time from task creation to its terminal status."),
     (OLDEST_ACTIVE_AGE, "gauge", TASK_LABELS, "Age of the oldest task in each non-terminal status."),
+    (BATCHES, "gauge", BATCH_LABELS, "Batches listed in each status by the last complete poll."),
+    (
+        f"{BATCH_TERMINAL_TRANSITIONS}_total",
+        "counter",
+        BATCH_LABELS,
+        "Batches observed entering a terminal status.",
+    ),
+    (
+        BATCH_COMPLETION_SECONDS,
+        "histogram",
+        ("namespace", "status"),
+        "Time from batch creation to its terminal status (the last tier's completion when known).",
+    ),
+    (
+        f"{BATCH_OBJECTS}_total",
+        "counter",
+        ("namespace", "bucket_id", "outcome"),
+        "Objects of finished batches, by outcome (processed, failed).",
+    ),
+    (
+        f"{BATCH_FAILURES}_total",
+        "counter",
+        ("namespace", "bucket_id", "failure_category"),
+        "Finished batches that carry a failure category, by category.",
+    ),
+    (BATCH_OLDEST_ACTIVE_AGE, "gauge", BATCH_LABELS, "Age of the oldest batch in each non-terminal status."),
     (UP, "gauge", ("namespace",), "1 if the last poll of the namespace succeeded, else 0."),
     (LAST_SUCCESS, "gauge", ("namespace",), "Unix time of the last complete poll of the namespace."),
     (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
@@ -88,46 +125,116 @@ class Snapshot:
     """Everything /metrics shows, as of the end of the last poll of each namespace."""
 
     namespaces: Mapping[str, NamespaceState] = field(default_factory=dict)
+    batches: Mapping[str, NamespaceState] = field(default_factory=dict)
     health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
     state_writes: Mapping[str, int] = field(default_factory=dict)
 
 
+Fold = Callable[[NamespaceState], Callable[[str], str]]
+
+
+def keep_all(state: NamespaceState) -> Callable[[str], str]:
+    return lambda group: group
+
+
+def drop_group(state: NamespaceState) -> Callable[[str], str]:
+    """Aggregate every group into one series per namespace (an empty label, which Prometheus drops)."""
+    return lambda group: ""
+
+
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], version: str, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        version: str,
+        now: Callable[[], float],
+        bucket_fold: Fold = keep_all,
+    ) -> None:
         self._snapshot = snapshot
         self._version = version
         self._now = now
+        self._bucket_fold = bucket_fold
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
         yield from self._task_families(snapshot.namespaces)
+        yield from self._batch_families(snapshot.batches)
         yield from self._health_families(snapshot)
         info = GaugeMetricFamily(BUILD_INFO, _HELP[BUILD_INFO], labels=("version", "python_version"))
         info.add_metric((self._version, platform.python_version()), 1)
         yield info
 
     def _task_families(self, namespaces: Mapping[str, NamespaceState]) -> Iterator[Metric]:
-        tasks = GaugeMetricFamily(TASKS, _HELP[TASKS], labels=TASK_LABELS)
-        transitions = CounterMetricFamily(
-            TERMINAL_TRANSITIONS, _HELP[TERMINAL_TRANSITIONS], labels=TASK_LABELS
-        )
         completions = HistogramMetricFamily(COMPLETION_SECONDS, _HELP[COMPLETION_SECONDS], labels=TASK_LABELS)
-        oldest = GaugeMetricFamily(OLDEST_ACTIVE_AGE, _HELP[OLDEST_ACTIVE_AGE], labels=TASK_LABELS)
-        now = self._now()
-        for namespace, state in sorted(namespaces.items()):
-            for task_type in state.groups:
-                for status in state.statuses:
-                    tasks.add_metric((namespace, status, task_type), state.counts.get((status, task_type), 0))
+        views = {namespace: view(state, keep_all(state)) for namespace, state in sorted(namespaces.items())}
+        for namespace, tasks in views.items():
+            for task_type in tasks.groups:
                 for status in TERMINAL_STATUSES:
-                    key = (status, task_type)
-                    labels = (namespace, status, task_type)
-                    transitions.add_metric(labels, state.transitions.get(key, 0))
-                    histogram = state.completion(key)
-                    completions.add_metric(labels, _buckets(histogram), histogram.total)
-            for (status, task_type), started in sorted(state.oldest_active.items()):
-                oldest.add_metric((namespace, status, task_type), max(0.0, now - started))
-        yield from (tasks, transitions, completions, oldest)
+                    histogram = tasks.completion((status, task_type))
+                    completions.add_metric(
+                        (namespace, status, task_type), _buckets(histogram), histogram.total
+                    )
+        names = (TASKS, TERMINAL_TRANSITIONS, OLDEST_ACTIVE_AGE)
+        gauge, counter, oldest = self._status_families(views, names, TASK_LABELS)
+        yield from (gauge, counter, completions, oldest)
+
+    def _batch_families(self, namespaces: Mapping[str, NamespaceState]) -> Iterator[Metric]:
+        views = {ns: view(state, self._bucket_fold(state)) for ns, state in sorted(namespaces.items())}
+        names = (BATCHES, BATCH_TERMINAL_TRANSITIONS, BATCH_OLDEST_ACTIVE_AGE)
+        gauge, counter, oldest = self._status_families(views, names, BATCH_LABELS)
+        completions = HistogramMetricFamily(
+            BATCH_COMPLETION_SECONDS, _HELP[BATCH_COMPLETION_SECONDS], labels=("namespace", "status")
+        )
+        objects = CounterMetricFamily(
+            BATCH_OBJECTS, _HELP[BATCH_OBJECTS], labels=("namespace", "bucket_id", "outcome")
+        )
+        failures = CounterMetricFamily(
+            BATCH_FAILURES, _HELP[BATCH_FAILURES], labels=("namespace", "bucket_id", "failure_category")
+        )
+        for namespace, batches in views.items():
+            per_namespace = view(namespaces[namespace], drop_group(namespaces[namespace]))
+            for status in TERMINAL_STATUSES if batches.groups else ():
+                histogram = per_namespace.completion((status, ""))
+                completions.add_metric((namespace, status), _buckets(histogram), histogram.total)
+            for bucket in batches.groups:
+                for outcome in OUTCOMES:
+                    objects.add_metric(
+                        (namespace, bucket, outcome), batches.tallies.get((bucket, outcome), 0)
+                    )
+                for category in sorted(FAILURE_CATEGORIES):
+                    count = batches.tallies.get((bucket, "category", category), 0)
+                    failures.add_metric((namespace, bucket, category), count)
+        yield from (gauge, counter, completions, objects, failures, oldest)
+
+    def _status_families(
+        self, views: Mapping[str, View], names: tuple[str, str, str], labels: tuple[str, str, str]
+    ) -> tuple[GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        """Gauge by status, terminal-transition counter and oldest-active age, with every known status
+        exported at 0 for each seen group. `labels` names the group label (task_type, bucket_id) and
+        the order: tasks and batches order their labels differently."""
+        gauge_name, counter_name, oldest_name = names
+        group_label = next(label for label in labels if label not in ("namespace", "status"))
+        gauge = GaugeMetricFamily(gauge_name, _HELP[gauge_name], labels=labels)
+        counter = CounterMetricFamily(counter_name, _HELP[counter_name], labels=labels)
+        oldest = GaugeMetricFamily(oldest_name, _HELP[oldest_name], labels=labels)
+        now = self._now()
+
+        def order(namespace: str, status: str, group: str) -> tuple[str, ...]:
+            values = {"namespace": namespace, "status": status, group_label: group}
+            return tuple(values[label] for label in labels)
+
+        for namespace, numbers in views.items():
+            for group in numbers.groups:
+                for status in numbers.statuses:
+                    gauge.add_metric(order(namespace, status, group), numbers.counts.get((status, group), 0))
+                for status in TERMINAL_STATUSES:
+                    counter.add_metric(
+                        order(namespace, status, group), numbers.transitions.get((status, group), 0)
+                    )
+            for (status, group), started in sorted(numbers.oldest_active.items()):
+                oldest.add_metric(order(namespace, status, group), max(0.0, now - started))
+        return gauge, counter, oldest
 
     def _health_families(self, snapshot: Snapshot) -> Iterator[Metric]:
         up = GaugeMetricFamily(UP, _HELP[UP], labels=("namespace",))

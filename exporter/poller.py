@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import structlog
 
-from exporter.api import ApiError, Listing, MixpeekClient, Task
+from exporter.api import ApiError, Batch, MixpeekClient, Task
 from exporter.histogram import Histogram
 from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot
 from exporter.state import NamespaceState, label_value, observe
@@ -33,6 +32,16 @@ class PollPlan:
     concurrency: int
     buckets: tuple[float, ...]
     max_tracked: int | None = None
+    batches: bool = False
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Everything one poll listed, by namespace, before any of it is applied."""
+
+    tasks: Mapping[str, list[Task]]
+    batches: Mapping[str, list[Batch]]
+    pages: int
 
 
 class Poller:
@@ -52,10 +61,11 @@ class Poller:
         self._limit = asyncio.Semaphore(plan.concurrency)
         self._discovered: tuple[str, ...] | None = None
         self._state_file = state_file
-        restored = state_file.load() if state_file else {}
+        tasks, batches = state_file.load() if state_file else ({}, {})
         if plan.namespaces:
-            restored = {ns: state for ns, state in restored.items() if ns in plan.namespaces}
-        self.snapshot = Snapshot(namespaces=restored)
+            tasks = {ns: state for ns, state in tasks.items() if ns in plan.namespaces}
+            batches = {ns: state for ns, state in batches.items() if ns in plan.namespaces}
+        self.snapshot = Snapshot(namespaces=tasks, batches=batches)
 
     @property
     def targets(self) -> tuple[str, ...] | None:
@@ -100,25 +110,36 @@ class Poller:
             await asyncio.gather(*(self.poll_namespace(ns) for ns in targets))
 
     async def poll_namespace(self, namespace: str) -> None:
-        result = await self._timed_listing((namespace,), namespace)
-        if result is not None:
-            listing, duration = result
-            self._apply({namespace: listing.items.values()}, listing, duration)
+        async def fetch() -> Fetched:
+            tasks = await self._client.list_tasks(namespace)
+            return Fetched(
+                {namespace: list(tasks.items.values())}, await self._batches((namespace,)), tasks.pages
+            )
+
+        await self._poll((namespace,), fetch)
 
     async def poll_organization(self) -> None:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
-        known = tuple(self.snapshot.namespaces) or self._plan.namespaces or (UNKNOWN_NAMESPACE,)
-        result = await self._timed_listing(known, None)
-        if result is None:
-            return
-        listing, duration = result
-        wanted = set(self._plan.namespaces)
-        by_namespace: dict[str, list[Task]] = {ns: [] for ns in self.snapshot.namespaces}
-        for task in listing.items.values():
-            namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
-            if not wanted or namespace in wanted:
-                by_namespace.setdefault(namespace, []).append(task)
-        self._apply(by_namespace, listing, duration)
+
+        async def fetch() -> Fetched:
+            listing = await self._client.list_tasks(None)
+            wanted = set(self._plan.namespaces)
+            by_namespace: dict[str, list[Task]] = {ns: [] for ns in self.snapshot.namespaces}
+            for task in listing.items.values():
+                namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
+                if not wanted or namespace in wanted:
+                    by_namespace.setdefault(namespace, []).append(task)
+            batches = await self._batches(tuple(ns for ns in by_namespace if ns != UNKNOWN_NAMESPACE))
+            return Fetched(by_namespace, batches, listing.pages)
+
+        await self._poll(
+            tuple(self.snapshot.namespaces) or self._plan.namespaces or (UNKNOWN_NAMESPACE,), fetch
+        )
+
+    async def _batches(self, namespaces: tuple[str, ...]) -> dict[str, list[Batch]]:
+        if not self._plan.batches:
+            return {}
+        return {ns: list((await self._client.list_batches(ns)).items.values()) for ns in namespaces}
 
     async def run(self) -> None:
         """Poll until cancelled: one loop per namespace, discovery refreshed every interval."""
@@ -147,24 +168,28 @@ class Poller:
                 await self.poll_namespace(target)
             await asyncio.sleep(max(0.0, self._plan.interval - (time.monotonic() - started)))
 
-    async def _timed_listing(
-        self, labels: tuple[str, ...], namespace: str | None
-    ) -> tuple[Listing[Task], float] | None:
-        """List tasks and time it; on failure record it against `labels` and return None."""
+    async def _poll(self, labels: tuple[str, ...], fetch: Callable[[], Awaitable[Fetched]]) -> None:
+        """Fetch every listing of a poll, then apply them all; if any fails, record it and change nothing."""
         async with self._limit:
             started = time.perf_counter()
             try:
-                listing = await self._client.list_tasks(namespace)
+                fetched = await fetch()
             except ApiError as exc:
                 self._failed(labels, exc)
-                return None
-        return listing, time.perf_counter() - started
+                return
+        self._apply(fetched, time.perf_counter() - started)
 
-    def _apply(self, listings: Mapping[str, Iterable[Task]], listing: Listing[Any], duration: float) -> None:
+    def _apply(self, fetched: Fetched, duration: float) -> None:
         now = self._clock()
         namespaces = dict(self.snapshot.namespaces)
+        batches = dict(self.snapshot.batches)
         health = dict(self.snapshot.health)
-        for namespace, tasks in listings.items():
+        if self._plan.organization:  # the listing says which namespaces exist; drop placeholders
+            health = {ns: h for ns, h in health.items() if ns in fetched.tasks}
+        for namespace, items in fetched.batches.items():
+            previous = batches.get(namespace) or NamespaceState(buckets=self._plan.buckets)
+            batches[namespace] = observe(previous, items, now, self._plan.max_tracked)
+        for namespace, tasks in fetched.tasks.items():
             previous = namespaces.get(namespace) or NamespaceState(buckets=self._plan.buckets)
             namespaces[namespace] = state = observe(previous, tasks, now, self._plan.max_tracked)
             before = health.get(namespace) or _new_health()
@@ -189,13 +214,14 @@ class Poller:
             self._log.info(
                 "poll complete",
                 namespace=namespace,
-                pages=listing.pages,
+                pages=fetched.pages,
                 tasks=len(state.tasks),
+                batches=len(batches[namespace].tasks) if namespace in fetched.batches else None,
                 duration_seconds=round(duration, 3),
             )
-        self._publish(namespaces=namespaces, health=health)
+        self._publish(namespaces=namespaces, batches=batches, health=health)
         if self._state_file is not None:
-            self._state_file.save_soon(namespaces)
+            self._state_file.save_soon(namespaces, batches)
 
     async def flush(self) -> None:
         """Wait until the state file holds the last poll (no-op without one)."""
@@ -225,18 +251,21 @@ class Poller:
         """Drop the series of namespaces that no longer exist."""
         keep = set(names)
         namespaces = {ns: s for ns, s in self.snapshot.namespaces.items() if ns in keep}
+        batches = {ns: s for ns, s in self.snapshot.batches.items() if ns in keep}
         health = {ns: h for ns, h in self.snapshot.health.items() if ns in keep}
-        self._publish(namespaces=namespaces, health=health)
+        self._publish(namespaces=namespaces, batches=batches, health=health)
 
     def _publish(
         self,
         namespaces: Mapping[str, NamespaceState] | None = None,
+        batches: Mapping[str, NamespaceState] | None = None,
         health: Mapping[str, NamespaceHealth] | None = None,
     ) -> None:
         """Swap in a new snapshot in one assignment: readers see the old one or the new one."""
         current = self.snapshot
         self.snapshot = Snapshot(
             namespaces=current.namespaces if namespaces is None else namespaces,
+            batches=current.batches if batches is None else batches,
             health=current.health if health is None else health,
             api_requests=dict(self._client.requests),
             state_writes=dict(self._state_file.writes) if self._state_file else {},

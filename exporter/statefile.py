@@ -26,23 +26,30 @@ class StateFileError(Exception):
     """The file is not one of ours, is for another API or scope, or is damaged."""
 
 
-def encode(namespaces: Mapping[str, NamespaceState], identity: str) -> bytes:
+States = Mapping[str, NamespaceState]
+
+
+def encode(tasks: States, batches: States, identity: str) -> bytes:
     body = {
         "format": FORMAT,
         "identity": identity,
-        "namespaces": {name: _encode_state(state) for name, state in namespaces.items() if state.polled_at},
+        "namespaces": {name: _encode_state(state) for name, state in tasks.items() if state.polled_at},
+        "batches": {name: _encode_state(state) for name, state in batches.items() if state.polled_at},
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, identity: str, buckets: tuple[float, ...]) -> dict[str, NamespaceState]:
+def decode(data: bytes, identity: str, buckets: tuple[float, ...]) -> tuple[States, States]:
+    """(task states, batch states) by namespace."""
     try:
         body = json.loads(data)
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise StateFileError("not a mixpeek-exporter state file")
         if body.get("identity") != identity:
             raise StateFileError(f"written for {body.get('identity')!r}, not {identity!r}")
-        return {name: _decode_state(raw, buckets) for name, raw in body["namespaces"].items()}
+        tasks = {name: _decode_state(raw, buckets) for name, raw in body["namespaces"].items()}
+        batches = {name: _decode_state(raw, buckets) for name, raw in body["batches"].items()}
+        return tasks, batches
     except StateFileError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -113,32 +120,33 @@ class StateFile:
         self._identity = identity
         self._buckets = buckets
         self._log = logger or structlog.get_logger("exporter.statefile")
-        self._pending: Mapping[str, NamespaceState] | None = None
+        self._pending: tuple[States, States] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.writes: Counter[str] = Counter()
         """Saves by result, "ok" or "error"."""
 
-    def load(self) -> dict[str, NamespaceState]:
-        """The saved state, or nothing (said once in the log) when the file is absent, foreign or damaged."""
+    def load(self) -> tuple[States, States]:
+        """The saved task and batch states, or nothing (said once in the log) when the file is absent,
+        foreign or damaged."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             self._log.info("no state file yet; the first poll is a baseline", path=str(self.path))
-            return {}
+            return {}, {}
         except OSError as exc:
             self._log.error("state file unreadable; starting afresh", path=str(self.path), error=str(exc))
-            return {}
+            return {}, {}
         try:
-            namespaces = decode(data, self._identity, self._buckets)
+            tasks, batches = decode(data, self._identity, self._buckets)
         except StateFileError as exc:
             self._log.error("state file ignored; starting afresh", path=str(self.path), error=str(exc))
-            return {}
-        self._log.info("state restored", path=str(self.path), namespaces=sorted(namespaces))
-        return namespaces
+            return {}, {}
+        self._log.info("state restored", path=str(self.path), namespaces=sorted(tasks))
+        return tasks, batches
 
-    def save_soon(self, namespaces: Mapping[str, NamespaceState]) -> None:
+    def save_soon(self, tasks: States, batches: States) -> None:
         """Queue a save of this state; saves coalesce, so a burst of polls costs one or two writes."""
-        self._pending = namespaces
+        self._pending = (tasks, batches)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -149,17 +157,17 @@ class StateFile:
 
     async def _drain(self) -> None:
         while self._pending is not None:
-            namespaces, self._pending = self._pending, None
+            (tasks, batches), self._pending = self._pending, None
             try:
-                await asyncio.to_thread(self.save, namespaces)
+                await asyncio.to_thread(self.save, tasks, batches)
             except OSError as exc:
                 self.writes["error"] += 1
                 self._log.error("state file not saved", path=str(self.path), error=str(exc))
             else:
                 self.writes["ok"] += 1
 
-    def save(self, namespaces: Mapping[str, NamespaceState]) -> None:
-        data = encode(namespaces, self._identity)
+    def save(self, tasks: States, batches: States) -> None:
+        data = encode(tasks, batches, self._identity)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with open(temporary, "wb") as handle:
             handle.write(data)

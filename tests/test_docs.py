@@ -31,7 +31,7 @@ def table_rows(first_header: str) -> list[list[str]]:
 def test_configuration_table_matches_settings() -> None:
     documented = {row[0]: row for row in table_rows("env var")}
     expected = {env_name(name): name for name in Settings.model_fields}
-    assert set(documented) == set(expected)
+    assert set(documented) == set(expected), "run: python docs/update_readme_tables.py"
     for env, name in expected.items():
         assert documented[env][1] == f"--{name.replace('_', '-')}"
         assert documented[env][3] == _shown_default(name), env

@@ -124,9 +124,9 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     )
     state = observe(state, [Task("a", "FAILED", "t", None, None, None)], 30.0)
     path = tmp_path / "state.json"
-    StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state})
-    same = StateFile(path, "id", DEFAULT_BUCKETS).load()["prod"]
+    StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state}, {})
+    same = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
     assert same.transitions == {("FAILED", "t"): 1} and same.completion(("FAILED", "t")).count == 1
-    other = StateFile(path, "id", (1.0, 2.0)).load()["prod"]
+    other = StateFile(path, "id", (1.0, 2.0)).load()[0]["prod"]
     assert other.transitions == {("FAILED", "t"): 1} and other.completion(("FAILED", "t")).count == 0
     assert other.counts == {("FAILED", "t"): 1}
