@@ -53,10 +53,15 @@ async def test_exposition_has_exactly_the_documented_families(
 ) -> None:
     task_id = world.create_task("prod", "thumbnail", status="PROCESSING")
     world.create_task("prod", "thumbnail", status="PENDING")
-    exporter = make_exporter(api, namespaces=("prod", "ghost"), state_file=tmp_path / "state.json")
+    batch_id = world.create_batch("prod", status="PROCESSING")
+    world.create_batch("prod", status="PENDING")
+    exporter = make_exporter(
+        api, namespaces=("prod", "ghost"), state_file=tmp_path / "state.json", batches=True
+    )
     await exporter.poll()
     await exporter.poller.flush()
     world.set_status(task_id, "FAILED")
+    world.set_batch_status(batch_id, "FAILED", failed_objects=3, failure_category="timeout")
     clock.advance(30)
     await exporter.poll()
     exposed = {

@@ -28,8 +28,17 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def world(clock: FakeClock) -> World:
-    """Two namespaces after half an hour of traffic; no QUEUED, which API 0.81 did not know yet."""
-    world = World(clock, seed=21, spawn_rate_per_s=0.2, failure_ratio=0.2, queue_ratio=0.0)
+    """Two namespaces after half an hour of traffic (tasks and batches); no QUEUED, which API 0.81 did not
+    know yet."""
+    world = World(
+        clock,
+        seed=21,
+        spawn_rate_per_s=0.2,
+        failure_ratio=0.2,
+        queue_ratio=0.0,
+        batch_rate_per_s=0.05,
+        batch_failure_ratio=0.3,
+    )
     world.add_namespace("prod")
     world.add_namespace("dev", spawn_rate_per_s=0.05)
     clock.advance(1800)
@@ -126,6 +135,115 @@ def test_sdk_lists_namespaces(api: Any, world: World) -> None:
         list_namespaces_request=mixpeek.ListNamespacesRequest(limit=1, offset=1)
     )
     assert [ns.namespace_name for ns in second.results] == ["dev"]
+
+
+def sdk_batches(
+    fetch: Any, request: dict[str, Any] | None = None, namespace: str | None = None, limit: int = 25
+) -> list[Any]:
+    """All batches of a listing through one of the SDK's batch list calls, following the cursor."""
+    headers = {"X-Namespace": namespace} if namespace else None
+    results: list[Any] = []
+    cursor = None
+    while True:
+        body = mixpeek.ListBatchesRequest.from_dict((request or {}) | {"limit": limit, "cursor": cursor})
+        page = fetch(list_batches_request=body, _headers=headers)
+        assert isinstance(page, mixpeek.ListBatchesResponse)
+        assert all(isinstance(batch, mixpeek.BatchModel) for batch in page.results)
+        assert len(page.results) <= limit
+        results += page.results
+        cursor = page.pagination["next_cursor"]
+        if not cursor:
+            return results
+
+
+def test_sdk_lists_every_batch_of_the_organisation_and_of_a_namespace(api: Any, world: World) -> None:
+    """The SDK calls it `list_all_batches` (POST /v1/batches/list)."""
+    batches_api = mixpeek.BatchesApi(api)
+    everything = sdk_batches(batches_api.list_all_batches)
+    truth = world.batches()
+    assert len(truth) > 100 and len({b.status for b in truth}) >= 4
+    assert sorted(b.batch_id for b in everything) == sorted(b.batch_id for b in truth)
+    assert [b.created_at for b in everything] == sorted((b.created_at for b in everything), reverse=True)
+    by_id = {b.batch_id: b for b in truth}
+    for got in everything:
+        want = by_id[got.batch_id]
+        assert (got.status.value, got.bucket_id, got.namespace_id) == (
+            want.status,
+            want.bucket_id,
+            want.namespace_id,
+        )
+        assert (got.total_tiers, got.current_tier, got.failed_object_count) == (
+            want.total_tiers,
+            want.current_tier,
+            want.failed_object_count,
+        )
+        assert (got.failure_category.value if got.failure_category else None) == want.failure_category
+        assert [tier.source_type for tier in got.tier_tasks] == [t.source_type for t in want.tier_tasks]
+        assert (got.progress is None) == (not want.started)
+    prod = world.namespace("prod")
+    assert prod is not None
+    scoped = sdk_batches(batches_api.list_all_batches, namespace="prod", limit=1000)
+    assert sorted(b.batch_id for b in scoped) == sorted(b.batch_id for b in world.batches("prod"))
+    failed = sdk_batches(
+        batches_api.list_all_batches, {"status": "FAILED", "namespace_id": prod.namespace_id}
+    )
+    assert len(failed) == sum(b.status == "FAILED" for b in world.batches("prod")) > 0
+    assert all(b.failure_category and b.failure_reason for b in failed)
+
+
+def test_sdk_lists_one_buckets_batches_and_the_buckets(api: Any, world: World) -> None:
+    prod = world.namespace("prod")
+    assert prod is not None
+    bucket_id = prod.bucket_ids[1]
+    bucket_api = mixpeek.BucketBatchesApi(api)
+    listed = sdk_batches(
+        lambda **kw: bucket_api.list_batches_buckets(bucket_id, **kw), namespace="prod", limit=10
+    )
+    assert sorted(b.batch_id for b in listed) == sorted(
+        b.batch_id for b in world.batches("prod") if b.bucket_id == bucket_id
+    )
+    buckets = mixpeek.BucketsApi(api).list_buckets(
+        list_buckets_request=mixpeek.ListBucketsRequest(limit=2), _headers={"X-Namespace": "prod"}
+    )
+    assert isinstance(buckets, mixpeek.ListBucketsResponse)
+    assert all(isinstance(bucket, mixpeek.BucketResponse) for bucket in buckets.results)
+    assert [b.bucket_id for b in buckets.results] == list(prod.bucket_ids[:2])
+    assert buckets.total_count == 3 and isinstance(buckets.stats, mixpeek.BucketListStats)
+    second = buckets.results[1]
+    assert second.batch_stats is not None and second.batch_stats.total == len(listed)
+    assert second.object_count == sum(
+        b.object_count for b in world.batches("prod") if b.bucket_id == bucket_id
+    )
+
+
+def test_sdk_raises_its_own_exceptions_for_batch_errors(api: Any, world: World) -> None:
+    batches_api, bucket_api = mixpeek.BatchesApi(api), mixpeek.BucketBatchesApi(api)
+    with pytest.raises(mixpeek.exceptions.BadRequestException):
+        batches_api.list_all_batches(
+            list_batches_request=mixpeek.ListBatchesRequest(namespace_id="dev"),
+            _headers={"X-Namespace": "prod"},
+        )
+    with pytest.raises(mixpeek.exceptions.NotFoundException) as missing:
+        bucket_api.list_batches_buckets("bkt_nope", _headers={"X-Namespace": "prod"})
+    assert missing.value.data.error.type == "NotFoundError"
+    extra = mixpeek.ListBatchesRequest.from_dict({"sort": {"field": "created_at"}})  # kept as an extra key
+    with pytest.raises(mixpeek.exceptions.UnprocessableEntityException):
+        batches_api.list_all_batches(list_batches_request=extra)
+
+
+def test_sdk_parses_the_older_batch_listing(world: World) -> None:
+    """API 0.81's ListBatchesResponse: results and total_count, no pagination; clients page by offset."""
+    with (
+        SimulatorServer(world, cursor_pagination=False) as older,
+        sdk_client(older.url, older.api_key) as client,
+    ):
+        page = mixpeek.BatchesApi(client).list_all_batches(
+            list_batches_request=mixpeek.ListBatchesRequest(offset=5, limit=10)
+        )
+    assert page.pagination is None and page.total_count == len(world.batches())
+    assert [b.batch_id for b in page.results] == [
+        b.batch_id for b in sorted(world.batches(), key=lambda b: (b.created_at, b.batch_id), reverse=True)
+    ][5:15]
 
 
 def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: SimulatorServer) -> None:
@@ -251,6 +369,17 @@ def test_responses_match_the_openapi_spec(spec: OpenApi, http: httpx.Client, wor
         ("/v1/namespaces/list", "post", http.post("/v1/namespaces/list", json={})),
     ]
     assert [response.status_code for *_, response in exchanges] == [200, 422, 404, 401, 200, 200]
+    prod = {"X-Namespace": "prod"}
+    bucket_id = world.buckets("prod")[0].bucket_id
+    bucket_batches = "/v1/buckets/{bucket_identifier}/batches/list"
+    exchanges += [
+        ("/v1/buckets/list", "post", http.post("/v1/buckets/list", json={}, headers=prod)),
+        ("/v1/buckets/list", "post", http.post("/v1/buckets/list", json={}, headers={"X-Namespace": "nope"})),
+        (bucket_batches, "post", http.post(f"/v1/buckets/{bucket_id}/batches/list", json={}, headers=prod)),
+        (bucket_batches, "post", http.post("/v1/buckets/bkt_nope/batches/list", json={}, headers=prod)),
+    ]
+    assert [response.status_code for *_, response in exchanges[-4:]] == [200, 404, 200, 404]
+    assert exchanges[-2][2].json()["total_count"] > 0
     for path, method, response in exchanges:
         schema = spec.response_schema(path, method, response.status_code)
         assert spec.errors(response.json(), schema) == [], (path, response.status_code)

@@ -11,13 +11,16 @@ from typing import Final
 from .server import SimulatorServer
 from .world import World
 
-# name, new tasks per second, share of runs that fail: a busy healthy prod, a flakier staging and dev.
+_PER_HOUR: Final = 1 / 3600
+# name, new tasks per second, share of tasks that fail, new batches per second, share of batches that fail:
+# a busy healthy prod, a flakier staging and dev.
 DEMO_NAMESPACES: Final = (
-    ("demo-prod", 0.04, 0.03),
-    ("demo-staging", 0.015, 0.10),
-    ("demo-dev", 0.008, 0.25),
+    ("demo-prod", 0.04, 0.03, 8 * _PER_HOUR, 0.05),
+    ("demo-staging", 0.015, 0.10, 4 * _PER_HOUR, 0.15),
+    ("demo-dev", 0.008, 0.25, 3 * _PER_HOUR, 0.35),
 )
-HISTORY_S: Final = 2 * 3600.0  # simulated past at start: a few hundred tasks, most already finished
+# Simulated past at start: a few hundred tasks and a few dozen batches, most already finished.
+HISTORY_S: Final = 2 * 3600.0
 TICK_S: Final = 1.0
 
 
@@ -59,8 +62,14 @@ class DemoSimulator:
 def start_demo(seed: int = 0) -> DemoSimulator:
     """Build the demo organisation with its history, serve it on 127.0.0.1 (free port), start its clock."""
     world = World(seed=seed)
-    for name, rate, failures in DEMO_NAMESPACES:
-        world.add_namespace(name, spawn_rate_per_s=rate, failure_ratio=failures)
+    for name, rate, failures, batch_rate, batch_failures in DEMO_NAMESPACES:
+        world.add_namespace(
+            name,
+            spawn_rate_per_s=rate,
+            failure_ratio=failures,
+            batch_rate_per_s=batch_rate,
+            batch_failure_ratio=batch_failures,
+        )
     world.advance(HISTORY_S)
     server = SimulatorServer(world)
     server.start()

@@ -69,6 +69,17 @@ TASK_TYPES: Final = (
     "model_custom",
 )
 
+# FailureCategory: why a batch as a whole failed (BatchModel.failure_category).
+FAILURE_CATEGORIES: Final = (
+    "timeout",
+    "infrastructure",
+    "orphaned",
+    "pipeline",
+    "mvs_durability",
+    "validation",
+    "unknown",
+)
+
 # Task types whose additional_data carries bucket_id and batch_id (SDK TaskResponse docs).
 BATCH_TASK_TYPES: Final = frozenset({"api_buckets_batches_process", "api_buckets_batches_submit"})
 

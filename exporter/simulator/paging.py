@@ -8,6 +8,7 @@ neither repeat nor push others out of the listing, which offset paging cannot pr
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from bisect import bisect_left, bisect_right
@@ -41,9 +42,13 @@ def encode_cursor(key: SortKey, fingerprint: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, fingerprint: str) -> SortKey:
-    """The key a cursor points after; 422 when it is not ours or belongs to another query."""
-    loc = ("query", "cursor")
+def query_fingerprint(*identity: object) -> str:
+    """A short digest of what defines a listing (scope, filters, order), to bind its cursors to it."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def decode_cursor(cursor: str, fingerprint: str, loc: tuple[str, ...] = ("query", "cursor")) -> SortKey:
+    """The key a cursor points after; 422 (at `loc`) when it is not ours or belongs to another query."""
     try:
         decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error):

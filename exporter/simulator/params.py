@@ -35,14 +35,21 @@ class Paging:
 
 
 def parse_paging(
-    query: Mapping[str, str], errors: Errors, body: Mapping[str, object] | None = None
+    query: Mapping[str, str],
+    errors: Errors,
+    body: Mapping[str, object] | None = None,
+    *,
+    default_limit: int = DEFAULT_LIMIT,
 ) -> Paging:
-    """Read limit/page_size, offset/page, the cursor and include_total; body values (namespaces) win."""
+    """Read limit/page_size, offset/page, the cursor and include_total; body values (namespaces) win.
+
+    Routes that document another default page size (batches: 100) pass it as `default_limit`.
+    """
     limit = _integer("limit", query, body, errors, bounds=(1, MAX_LIMIT))
     page_size = _integer("page_size", query, body, errors, bounds=(1, MAX_LIMIT))
     offset = _integer("offset", query, body, errors, bounds=(0, MAX_OFFSET))
     page = _integer("page", query, body, errors, bounds=(1, None))
-    size = limit or page_size or DEFAULT_LIMIT  # `limit` wins over its alias
+    size = limit or page_size or default_limit  # `limit` wins over its alias
     if offset is None:
         offset = (page - 1) * size if page else 0
     cursor = next((query[name] for name in CURSOR_PARAMS if query.get(name)), None)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote
 
+from .batch_listing import list_batches, parse_batch_request
+from .bucket_listing import list_buckets
 from .errors import ApiError, ValidationFailed, field_error
 from .namespace_listing import list_namespaces
 from .render import task_json
@@ -66,6 +68,14 @@ class Routes:
             ("POST", re.compile(r"/v1/tasks/list"), self._list_tasks, True),
             ("GET", re.compile(r"/v1/tasks/(?P<task_id>[^/]+)"), self._get_task, True),
             ("POST", re.compile(r"/v1/namespaces/list"), self._list_namespaces, True),
+            ("POST", re.compile(r"/v1/buckets/list"), self._list_buckets, True),
+            (
+                "POST",
+                re.compile(r"/v1/buckets/(?P<bucket>[^/]+)/batches/list"),
+                self._list_bucket_batches,
+                True,
+            ),
+            ("POST", re.compile(r"/v1/batches/list"), self._list_batches, True),
         )
 
     def handle(self, request: Request) -> Response:
@@ -113,12 +123,33 @@ class Routes:
         ref = headers.get("x-namespace")
         if not self._tasks_honour_namespace or not ref:
             return None
+        return self._namespace_id(ref)
+
+    def _namespace_id(self, ref: str) -> str:
+        """The id of the namespace a name or id refers to; 404 when there is none."""
         namespace = self._world.namespace(ref)
         if namespace is None:
             raise ApiError(
                 404, "NotFoundError", f"Namespace '{ref}' not found", {"resource": "namespace", "id": ref}
             )
         return namespace.namespace_id
+
+    def _required_namespace(self, headers: Mapping[str, str]) -> str:
+        """Bucket and batch routes are namespaced: X-Namespace is required there."""
+        ref = headers.get("x-namespace")
+        if not ref:
+            msg = "X-Namespace header is required: send the namespace name or ns_ id"
+            raise ApiError(400, "BadRequestError", msg, {"header": "X-Namespace"})
+        return self._namespace_id(ref)
+
+    def _batch_scope(self, header: str | None, body_ref: str | None) -> str | None:
+        """The namespace of a batch listing: from X-Namespace (already resolved) or the body's namespace_id;
+        when both are sent they must name the same namespace, else 400, as the SDK documents."""
+        from_body = self._namespace_id(body_ref) if body_ref else None
+        if header is not None and from_body is not None and header != from_body:
+            msg = f"X-Namespace and namespace_id name different namespaces ('{header}', '{from_body}')"
+            raise ApiError(400, "BadRequestError", msg, {"header": header, "namespace_id": body_ref})
+        return header or from_body
 
     def _health(self, _request: Request, _match: re.Match[str]) -> Response:
         return Response(200, {"status": "ok"})
@@ -148,6 +179,50 @@ class Routes:
 
     def _list_namespaces(self, request: Request, _match: re.Match[str]) -> Response:
         return Response(200, list_namespaces(self._world.namespaces(), _json_body(request), request.query))
+
+    def _list_buckets(self, request: Request, _match: re.Match[str]) -> Response:
+        body = _json_body(request)
+        namespace = self._required_namespace(request.headers)
+        return Response(200, list_buckets(self._world.buckets(namespace), body, request.query))
+
+    def _list_batches(self, request: Request, _match: re.Match[str]) -> Response:
+        """Organisation-wide, or one namespace by X-Namespace or the body's namespace_id."""
+        body = _json_body(request)
+        ref = request.headers.get("x-namespace")
+        header = self._namespace_id(ref) if ref else None
+        query = parse_batch_request(body)
+        scope = self._batch_scope(header, query.namespace)
+        page = list_batches(
+            self._world.batches(scope),
+            query,
+            scope=scope,
+            bucket=None,
+            cursor_pagination=self._cursor_pagination,
+        )
+        return Response(200, page)
+
+    def _list_bucket_batches(self, request: Request, match: re.Match[str]) -> Response:
+        """One bucket's batches; the bucket is named by id or name within the X-Namespace namespace."""
+        body = _json_body(request)
+        namespace = self._required_namespace(request.headers)
+        query = parse_batch_request(body)
+        self._batch_scope(namespace, query.namespace)  # refuses a body namespace_id that disagrees
+        ref = unquote(match["bucket"])
+        bucket = next(
+            (b for b in self._world.buckets(namespace) if ref in (b.bucket_id, b.bucket_name)), None
+        )
+        if bucket is None:
+            raise ApiError(
+                404, "NotFoundError", f"Bucket '{ref}' not found", {"resource": "bucket", "id": ref}
+            )
+        page = list_batches(
+            self._world.batches(namespace),
+            query,
+            scope=namespace,
+            bucket=bucket.bucket_id,
+            cursor_pagination=self._cursor_pagination,
+        )
+        return Response(200, page)
 
 
 def _json_body(request: Request) -> object:

@@ -1,4 +1,4 @@
-"""The simulated organisation: namespaces and tasks, the truth the fake API serves and tests compare with.
+"""The simulated organisation: namespaces, tasks and batches; the truth the fake API serves and tests check.
 
 Time has two sources on purpose. Timestamps come from the injected clock, but how much time passed is told
 explicitly: `advance(seconds)` simulates the window `(clock() - seconds, clock()]`, so a test advances its
@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from .batches import BatchBook, SimBatch
+from .buckets import SimBucket, bucket_views
 from .enums import BATCH_TASK_TYPES, TERMINAL_STATUSES
 
 # Tasks live about a day in the real API (Redis TTL), then vanish from listings.
@@ -52,6 +54,8 @@ class SimNamespace:
     spawn_rate_per_s: float
     failure_ratio: float
     bucket_ids: tuple[str, ...]
+    batch_rate_per_s: float = 0.0
+    batch_failure_ratio: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class World:
         mean_queued_s: float = 20.0,
         mean_running_s: float = 30.0,
         retention_s: float = DEFAULT_RETENTION_S,
+        batch_rate_per_s: float = 0.0,
+        batch_failure_ratio: float = 0.1,
     ) -> None:
         """Configure the lifecycle.
 
@@ -93,10 +99,16 @@ class World:
         creates). A running task ends FAILED with `failure_ratio`, COMPLETED_WITH_ERRORS with `partial_ratio`,
         CANCELED with `cancel_ratio`, else COMPLETED; a PENDING task passes through QUEUED with `queue_ratio`.
         Each state lasts an exponentially distributed time with the given mean.
+        `batch_rate_per_s` and `batch_failure_ratio` are the defaults of the namespaces' batches (see
+        batches.py); batches draw from their own RNG, so they leave the tasks' draws as they were.
         """
         _check_ratios(failure_ratio, partial_ratio, cancel_ratio)
         _check_ratios(queue_ratio)
-        if min(spawn_rate_per_s, retention_s) < 0 or min(mean_pending_s, mean_queued_s, mean_running_s) <= 0:
+        _check_ratios(batch_failure_ratio)
+        if (
+            min(spawn_rate_per_s, retention_s, batch_rate_per_s) < 0
+            or min(mean_pending_s, mean_queued_s, mean_running_s) <= 0
+        ):
             raise ValueError("rates, durations and retention must be positive")
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 - a reproducible simulation, not a secret
@@ -115,18 +127,30 @@ class World:
         self._counted: set[str] = set()
         self._transitions: Counter[tuple[str, str, str]] = Counter()
         self._oldest = float("inf")
+        self._batch_rate_per_s = batch_rate_per_s
+        self._batch_failure_ratio = batch_failure_ratio
+        self._batches = BatchBook(random.Random(f"batches:{seed}"))  # noqa: S311 - a simulation
 
     # Namespaces
 
     def add_namespace(
-        self, name: str, *, spawn_rate_per_s: float | None = None, failure_ratio: float | None = None
+        self,
+        name: str,
+        *,
+        spawn_rate_per_s: float | None = None,
+        failure_ratio: float | None = None,
+        batch_rate_per_s: float | None = None,
+        batch_failure_ratio: float | None = None,
     ) -> str:
         """Create a namespace and return its `ns_` id; the rates default to the world's."""
         rate = self._spawn_rate_per_s if spawn_rate_per_s is None else spawn_rate_per_s
         failures = self._failure_ratio if failure_ratio is None else failure_ratio
+        batch_rate = self._batch_rate_per_s if batch_rate_per_s is None else batch_rate_per_s
+        batch_failures = self._batch_failure_ratio if batch_failure_ratio is None else batch_failure_ratio
         _check_ratios(failures, self._partial_ratio, self._cancel_ratio)
-        if rate < 0:
-            raise ValueError("spawn_rate_per_s must not be negative")
+        _check_ratios(batch_failures)
+        if min(rate, batch_rate) < 0:
+            raise ValueError("spawn_rate_per_s and batch_rate_per_s must not be negative")
         with self._lock:
             if any(ns.namespace_name == name for ns in self._namespaces.values()):
                 raise ValueError(f"namespace {name!r} already exists")
@@ -137,6 +161,8 @@ class World:
                 spawn_rate_per_s=rate,
                 failure_ratio=failures,
                 bucket_ids=tuple(self._hex_id("bkt_") for _ in range(3)),
+                batch_rate_per_s=batch_rate,
+                batch_failure_ratio=batch_failures,
             )
             self._namespaces[namespace.namespace_id] = namespace
             return namespace.namespace_id
@@ -150,6 +176,14 @@ class World:
         """All namespaces, in creation order."""
         with self._lock:
             return list(self._namespaces.values())
+
+    def buckets(self, namespace: str) -> list[SimBucket]:
+        """The buckets of a namespace (name or id), with figures from their batches."""
+        with self._lock:
+            ns = self._namespace_or_raise(namespace)
+            return bucket_views(
+                ns.namespace_id, ns.bucket_ids, ns.created_at, self._batches.all(ns.namespace_id)
+            )
 
     # Tasks
 
@@ -207,6 +241,62 @@ class World:
             ns_id = self._namespace_or_raise(namespace).namespace_id
             return [task for task in self._tasks.values() if task.namespace_id == ns_id]
 
+    # Batches
+
+    def create_batch(
+        self,
+        namespace: str,
+        bucket_id: str | None = None,
+        objects: int = 100,
+        status: str = "DRAFT",
+        created_at: float | None = None,
+    ) -> str:
+        """Create a batch of `objects` objects in a bucket of the namespace (a random one by default).
+
+        Any status string is accepted; a batch created in a terminal status counts in the ground truth.
+        """
+        with self._lock:
+            when = self._clock() if created_at is None else created_at
+            return self._batches.create(self._namespace_or_raise(namespace), bucket_id, objects, status, when)
+
+    def set_batch_status(
+        self,
+        batch_id: str,
+        status: str,
+        failed_objects: int | None = None,
+        failure_category: str | None = None,
+    ) -> None:
+        """Move a batch to any status now. A terminal status may say how many objects failed and why (a
+        FAILED batch without a category gets `unknown`); the lifecycle picks up from there on `advance`."""
+        with self._lock:
+            self._batches.set_status(batch_id, status, self._clock(), failed_objects, failure_category)
+
+    def remove_batch(self, batch_id: str) -> None:
+        """Make a batch vanish (a deleted batch); it stays in the ground truth."""
+        with self._lock:
+            self._batches.remove(batch_id)
+
+    def fail_batch_burst(self, namespace: str, count: int, bucket_id: str | None = None) -> list[str]:
+        """Create `count` batches PROCESSING now that all turn FAILED, with a failure category, on the next
+        `advance`, for alert tests."""
+        with self._lock:
+            ns, now = self._namespace_or_raise(namespace), self._clock()
+            ids = [self._batches.create(ns, bucket_id, 100, "PROCESSING", now) for _ in range(count)]
+            self._batches.doom(ids)
+            return ids
+
+    def get_batch(self, batch_id: str) -> SimBatch | None:
+        """One batch, or None once removed."""
+        with self._lock:
+            return self._batches.get(batch_id)
+
+    def batches(self, namespace: str | None = None) -> list[SimBatch]:
+        """A consistent snapshot of the batches, in creation order, of one namespace or all."""
+        with self._lock:
+            if namespace is None:
+                return self._batches.all()
+            return self._batches.all(self._namespace_or_raise(namespace).namespace_id)
+
     # Time
 
     def advance(self, seconds: float) -> None:
@@ -228,6 +318,7 @@ class World:
                 if task.status not in TERMINAL_STATUSES:
                     self._evolve(task, start, now)
             self._expire(now)
+            self._batches.advance(self._namespaces.values(), start, now)
 
     # Ground truth
 
@@ -239,6 +330,26 @@ class World:
         """
         with self._lock:
             return Counter(self._transitions)
+
+    @property
+    def batch_transitions(self) -> Counter[tuple[str, str, str]]:
+        """Batches that entered each terminal status, keyed by (namespace_id, bucket_id, status); each batch
+        counts once, when it first becomes terminal, even if it is later removed."""
+        with self._lock:
+            return Counter(self._batches.transitions)
+
+    @property
+    def batch_objects(self) -> Counter[tuple[str, str, str]]:
+        """Objects of finished batches keyed by (namespace_id, bucket_id, outcome), outcome `processed`
+        (objects - failed) or `failed`, counted when each batch first becomes terminal."""
+        with self._lock:
+            return Counter(self._batches.objects)
+
+    @property
+    def batch_failures(self) -> Counter[tuple[str, str, str]]:
+        """Finished batches that carry a failure category, keyed by (namespace_id, bucket_id, category)."""
+        with self._lock:
+            return Counter(self._batches.failures)
 
     def status_counts(self, namespace: str | None = None) -> Counter[str]:
         """Live tasks per current status, of one namespace (name or id) or all."""
