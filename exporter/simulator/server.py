@@ -5,6 +5,8 @@ Stdlib `ThreadingHTTPServer` with daemon threads and keep-alive: a client exerci
 """
 
 import json
+import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from typing import Any, Final, Self
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError
+from .faults import TASKS_PATH, Drop, Fault, FaultPlan, Reply, Requests, Rule
 from .routes import Request, Response, Routes
 from .world import World
 
@@ -63,7 +66,8 @@ class SimulatorServer:
             tasks_honour_namespace=tasks_honour_namespace,
         )
         self.api_key = api_key
-        self._httpd = _HTTPServer((host, port), routes, self._record)
+        self._faults = FaultPlan()
+        self._httpd = _HTTPServer((host, port), routes, self._record, self._faults)
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)
         self._requests_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -86,6 +90,27 @@ class SimulatorServer:
         with self._requests_lock:
             self._requests.clear()
 
+    @property
+    def faults(self) -> FaultPlan:
+        """The faults in force (see `faults.py`); empty unless a test injects some."""
+        return self._faults
+
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        path: str | None = TASKS_PATH,
+        namespace: str | None = None,
+        requests: Requests | None = None,
+        times: int | None = None,
+    ) -> Rule:
+        """Switch a fault on for the matching requests (by default every `/v1/tasks/list` request)."""
+        return self._faults.add(fault, path=path, namespace=namespace, requests=requests, times=times)
+
+    def clear_faults(self) -> None:
+        """Switch every fault off: from the next request on, the server answers normally."""
+        self._faults.clear()
+
     def start(self) -> None:
         """Serve in a background daemon thread."""
         if self._thread is not None or self._stopped:
@@ -104,6 +129,7 @@ class SimulatorServer:
         if self._stopped:
             return
         self._stopped = True
+        self._faults.close()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
@@ -134,10 +160,17 @@ class SimulatorServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], routes: Routes, record: Callable[[Request], None]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        routes: Routes,
+        record: Callable[[Request], None],
+        faults: FaultPlan,
+    ) -> None:
         super().__init__(address, _Handler)
         self.routes = routes
         self.record = record
+        self.faults = faults
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -178,19 +211,35 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.server.record(request)
         try:
-            response = self.server.routes.handle(request)
+            outcome = self.server.faults.respond(request, self.server.routes.handle)
         except Exception:
             # A simulator bug: answer like the API's 500, then let socketserver print the traceback.
-            self._send(Response(500, ApiError(500, "InternalServerError", "simulator error").body()))
+            self._send(
+                Reply.json(Response(500, ApiError(500, "InternalServerError", "simulator error").body()))
+            )
             raise
-        self._send(response)
+        if isinstance(outcome, Drop):
+            self._drop(outcome)
+        else:
+            self._send(outcome)
 
-    def _send(self, response: Response) -> None:
-        payload = json.dumps(response.payload, separators=(",", ":")).encode()
-        self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in response.headers.items():
+    def _send(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(reply.body)
+
+    def _drop(self, drop: Drop) -> None:
+        """Answer nothing: hold the connection, then close it; a reset closes at once with an RST."""
+        self.close_connection = True
+        if drop.hold:
+            self.server.faults.wait(drop.hold)
+        if drop.reset:
+            # Linger 0: closing discards the connection with an RST instead of a FIN. rfile (a makefile)
+            # holds a reference to the socket, so it must close too or the descriptor stays open.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()
