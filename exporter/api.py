@@ -82,6 +82,8 @@ class ApiHTTPError(ApiError):
             return "rate_limited"
         if self.status_code == 404:
             return "not_found"
+        if self.status_code < 400:  # a redirect or other non-200 success: not what the API answers
+            return "unexpected_status"
         return "http_5xx" if self.status_code >= 500 else "http_4xx"
 
 
@@ -332,8 +334,9 @@ def _retry_advice(response: httpx.Response, body: Any, now: float) -> tuple[floa
     details = details if isinstance(details, dict) else {}
     advised = parse_retry_after(response.headers.get("Retry-After"), now)
     for key in ("retry_after_seconds", "retry_after"):
-        if advised is None and isinstance(details.get(key), int | float):
-            advised = max(0.0, float(details[key]))
+        hint = details.get(key)
+        if advised is None and isinstance(hint, int | float) and not isinstance(hint, bool):
+            advised = min(max(0.0, float(hint)), 86_400.0) if abs(hint) < 1e300 else None
     return advised, details.get("retryable") is not False
 
 
