@@ -22,6 +22,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from exporter.ratelimit import RateLimiter
+from exporter.vocabulary import FAILURE_CATEGORIES
 
 TASKS_LIST = "/v1/tasks/list"
 BATCHES_LIST = "/v1/batches/list"
@@ -31,10 +32,8 @@ MAX_OFFSET = 10_000
 # Fields the payload may carry when the task finished; the documented model has none of them.
 FINISH_FIELDS = ("completed_at", "finished_at", "updated_at")
 NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
-# FailureCategory of SDK 1.3.783; anything else is counted as "unknown", which keeps the label bounded.
-FAILURE_CATEGORIES = frozenset(
-    {"timeout", "infrastructure", "orphaned", "pipeline", "mvs_durability", "validation", "unknown"}
-)
+# Failure categories outside the API's enum count as "unknown", which keeps the label bounded.
+KNOWN_FAILURE_CATEGORIES = frozenset(FAILURE_CATEGORIES)
 
 T = TypeVar("T")
 P = TypeVar("P", bound=BaseModel)
@@ -294,7 +293,7 @@ def _to_batch(payload: _BatchPayload) -> Batch:
         failed_objects=payload.failed_object_count or progress.objects_failed or 0,
         failure_category=None
         if category is None
-        else (category if category in FAILURE_CATEGORIES else "unknown"),
+        else (category if category in KNOWN_FAILURE_CATEGORIES else "unknown"),
     )
 
 

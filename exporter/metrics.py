@@ -19,10 +19,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from exporter.api import FAILURE_CATEGORIES
 from exporter.histogram import Exemplar, Histogram
-from exporter.state import TERMINAL_STATUSES, NamespaceState
+from exporter.state import NamespaceState
 from exporter.views import View, view
+from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES
 
 TASKS = "mixpeek_tasks"
 TERMINAL_TRANSITIONS = "mixpeek_task_terminal_transitions"  # exposed with _total

@@ -13,25 +13,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.histogram import Exemplar, Histogram
+from exporter.vocabulary import TASK_STATUSES, TERMINAL_STATUSES
 
-# Terminal statuses as documented: a task in one of them will not change again.
-TERMINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED")
-# TaskStatusEnum of SDK 1.3.783. Values outside it are exported as they come (sanitised).
-KNOWN_STATUSES = (
-    "PENDING",
-    "QUEUED",
-    "IN_PROGRESS",
-    "PROCESSING",
-    *TERMINAL_STATUSES,
-    "INTERRUPTED",
-    "UNKNOWN",
-    "SKIPPED",
-    "DRAFT",
-    "ACTIVE",
-    "ARCHIVED",
-    "SUSPENDED",
-    "DEACTIVATED",
-)
+# Values outside TASK_STATUSES are exported as they come (sanitised).
+KNOWN_STATUSES = TASK_STATUSES
 _TERMINAL = frozenset(TERMINAL_STATUSES)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
 MAX_LABEL_LENGTH = 64

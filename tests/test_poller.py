@@ -12,7 +12,8 @@ from support import Exporter, FlakyTransport, select
 
 from exporter.api import TASKS_LIST
 from exporter.simulator import FakeClock, SimulatorServer, World
-from exporter.state import KNOWN_STATUSES, TERMINAL_STATUSES
+from exporter.state import KNOWN_STATUSES
+from exporter.vocabulary import TERMINAL_STATUSES
 
 MakeExporter = Callable[..., Exporter]
 TRANSITIONS = "mixpeek_task_terminal_transitions_total"

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.api import Task
-from exporter.state import TERMINAL_STATUSES, NamespaceState, observe
+from exporter.state import NamespaceState, observe
+from exporter.vocabulary import TERMINAL_STATUSES
 
 STATUSES = ("PENDING", "PROCESSING", *TERMINAL_STATUSES, "RETRYING")
 listing = st.dictionaries(

@@ -6,27 +6,17 @@ value is a 422), while the world accepts any string so tests can model enumerati
 
 from typing import Final
 
-TASK_STATUSES: Final = (
-    "PENDING",
-    "QUEUED",
-    "IN_PROGRESS",
-    "PROCESSING",
-    "COMPLETED",
-    "COMPLETED_WITH_ERRORS",
-    "FAILED",
-    "CANCELED",
-    "INTERRUPTED",
-    "UNKNOWN",
-    "SKIPPED",
-    "DRAFT",
-    "ACTIVE",
-    "ARCHIVED",
-    "SUSPENDED",
-    "DEACTIVATED",
-)
+from exporter.vocabulary import FAILURE_CATEGORIES, TASK_STATUSES, TERMINAL_STATUSES
 
-# Documented as terminal: once a task reaches one of these it never changes again.
-TERMINAL_STATUSES: Final = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"})
+__all__ = [
+    "BATCH_TASK_TYPES",
+    "FAILURE_CATEGORIES",
+    "FILTER_OPERATORS",
+    "SORT_DIRECTIONS",
+    "TASK_STATUSES",
+    "TASK_TYPES",
+    "TERMINAL_STATUSES",
+]
 
 TASK_TYPES: Final = (
     "api_namespaces_create",
@@ -67,17 +57,6 @@ TASK_TYPES: Final = (
     "materialize",
     "plugin_custom",
     "model_custom",
-)
-
-# FailureCategory: why a batch as a whole failed (BatchModel.failure_category).
-FAILURE_CATEGORIES: Final = (
-    "timeout",
-    "infrastructure",
-    "orphaned",
-    "pipeline",
-    "mvs_durability",
-    "validation",
-    "unknown",
 )
 
 # Task types whose additional_data carries bucket_id and batch_id (SDK TaskResponse docs).
