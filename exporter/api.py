@@ -36,8 +36,9 @@ NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
 KNOWN_FAILURE_CATEGORIES = frozenset(FAILURE_CATEGORIES)
 
 T = TypeVar("T")
-P = TypeVar("P", bound=BaseModel)
 M = TypeVar("M", bound=BaseModel)
+Page = tuple[list[T], str | None, str | float | None]
+"""One page: its items, the next cursor, and the last item's raw created_at (to narrow a window)."""
 
 
 class ApiError(Exception):
@@ -390,38 +391,38 @@ class MixpeekClient:
         an unread page, and a task expiring at the tail never hides one we have not read yet.
         """
 
-        async def fetch(
-            paging: dict[str, Any], narrowing: dict[str, Any]
-        ) -> tuple[list[_TaskPayload], str | None]:
+        async def fetch(paging: dict[str, Any], narrowing: dict[str, Any]) -> Page[Task]:
             page = await self._task_page(namespace, paging, {"sort": NEWEST_FIRST, **narrowing})
-            return page.results, page.pagination.next_cursor if page.pagination else None
+            tail = page.results[-1].created_at if page.results else None
+            cursor = page.pagination.next_cursor if page.pagination else None
+            return [_to_task(p) for p in page.results], cursor, tail
 
-        payloads, pages = await self._walk(fetch, lambda p: p.task_id, self._older_window)
-        return Listing({task_id: _to_task(p) for task_id, p in payloads.items()}, pages)
+        tasks, pages = await self._walk(fetch, lambda task: task.task_id, self._older_window)
+        return Listing(tasks, pages)
 
     async def list_batches(self, namespace: str) -> Listing[Batch]:
         """Every batch of a namespace (POST /v1/batches/list with X-Namespace); paging goes in the body."""
 
-        async def fetch(
-            paging: dict[str, Any], narrowing: dict[str, Any]
-        ) -> tuple[list[_BatchPayload], str | None]:
+        async def fetch(paging: dict[str, Any], narrowing: dict[str, Any]) -> Page[Batch]:
             raw = await self._post(BATCHES_LIST, namespace, {}, paging)
             page = _validated(_BatchPage, raw, BATCHES_LIST, paging["limit"])
-            return page.results, page.pagination.next_cursor if page.pagination else None
+            cursor = page.pagination.next_cursor if page.pagination else None
+            return [_to_batch(p) for p in page.results], cursor, None
 
-        payloads, pages = await self._walk(fetch, lambda p: p.batch_id, None)
-        return Listing({batch_id: _to_batch(p) for batch_id, p in payloads.items()}, pages)
+        batches, pages = await self._walk(fetch, lambda batch: batch.batch_id, None)
+        return Listing(batches, pages)
 
     async def _walk(
         self,
-        fetch: Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[list[P], str | None]]],
-        key: Callable[[P], str],
-        narrow: Callable[[list[P]], dict[str, Any]] | None,
-    ) -> tuple[dict[str, P], int]:
+        fetch: Callable[[dict[str, Any], dict[str, Any]], Awaitable[Page[T]]],
+        key: Callable[[T], str],
+        narrow: Callable[[str | float | None], dict[str, Any]] | None,
+    ) -> tuple[dict[str, T], int]:
         """Read every page: by cursor when the API gives one, else by offset up to MAX_OFFSET, then by
-        `narrow`ed windows (each starting again at offset 0). De-duplicates by `key`; a repeated cursor,
-        a page of nothing new, or a window that adds nothing ends the walk rather than loop forever."""
-        items: dict[str, P] = {}
+        windows `narrow`ed below the last item's created_at (each starting again at offset 0). Items are
+        converted page by page, so raw payloads never pile up. De-duplicates by `key`; a repeated
+        cursor, a page of nothing new, or a window that adds nothing ends the walk rather than loop."""
+        items: dict[str, T] = {}
         narrowing: dict[str, Any] = {}
         seen_cursors: set[str] = set()
         cursor: str | None = None
@@ -432,7 +433,7 @@ class MixpeekClient:
                 paging["cursor"] = cursor
             elif offset:
                 paging["offset"] = offset
-            results, next_cursor = await fetch(paging, narrowing)
+            results, next_cursor, tail = await fetch(paging, narrowing)
             pages += 1
             before = len(items)
             items.update((key(item), item) for item in results)
@@ -456,12 +457,11 @@ class MixpeekClient:
                     raise PaginationLimit(
                         "an offset window added nothing; cannot page deeper without a cursor"
                     )
-                narrowing, offset, window_new = narrow(results), 0, 0
+                narrowing, offset, window_new = narrow(tail), 0, 0
 
     @staticmethod
-    def _older_window(results: list[_TaskPayload]) -> dict[str, Any]:
+    def _older_window(oldest: str | float | None) -> dict[str, Any]:
         """The next offset window: tasks created no later than the last one read (dupes are merged)."""
-        oldest = results[-1].created_at
         if oldest is None or parse_timestamp(oldest) is None:
             raise PaginationLimit(
                 f"more than {MAX_OFFSET} tasks, and the API gives neither a cursor nor created_at to page on"
