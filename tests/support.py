@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from exporter.api import MixpeekClient
 from exporter.config import DEFAULT_BUCKETS
-from exporter.metrics import SnapshotCollector
+from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
 from exporter.simulator import FakeClock
 from exporter.statefile import StateFile
@@ -94,25 +107,23 @@ def build_exporter(
     event_hooks: Mapping[str, list[object]] | None = None,
     state_file: Path | None = None,
     max_tracked: int | None = None,
+    batches: bool = False,
+    bucket_fold: Fold = keep_all,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
     keys = key if callable(key) else (lambda: SecretStr(key))
     client = MixpeekClient(http, keys, page_size=page_size, clock=clock, sleep=sleeps)
-    plan = PollPlan(namespaces, organization, 30.0, 4, DEFAULT_BUCKETS, max_tracked)
+    plan = PollPlan(namespaces, organization, 30.0, 4, DEFAULT_BUCKETS, max_tracked, batches)
     store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
     poller = Poller(client, plan, clock=clock, state_file=store)
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock))
+    registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock, bucket_fold))
     return Exporter(poller, client, http, registry, sleeps)
 
 
 def require_binary(name: str) -> str:
     """Path of a tool the e2e tests need; CI installs it, so there its absence is a failure, not a skip."""
-    import os
-    import shutil
-
-    import pytest
 
     path = shutil.which(name)
     if path is None:
@@ -126,11 +137,6 @@ class ExporterProcess:
     """The real `python -m exporter` in a child process, its JSON log lines collected as they come."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        import json
-        import os
-        import subprocess
-        import sys
-        import threading
 
         base = {k: v for k, v in os.environ.items() if not k.startswith("MIXPEEK_")}
         self.lines: list[str] = []
@@ -172,7 +178,6 @@ class ExporterProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll /readyz until 200: the child polls on its own schedule, so this waits for a condition."""
-        import time
 
         self.wait_serving(timeout)
         deadline = time.monotonic() + timeout
@@ -183,7 +188,6 @@ class ExporterProcess:
         raise AssertionError(f"exporter never became ready: {''.join(self.lines)[-2000:]}")
 
     def terminate(self, timeout: float = 5.0) -> int:
-        import signal
 
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout)
@@ -198,7 +202,6 @@ class ExporterProcess:
 
 def promtool(*args: str, stdin: str | None = None) -> tuple[int, str]:
     """Run promtool; (exit code, stdout + stderr)."""
-    import subprocess
 
     result = subprocess.run(
         [require_binary("promtool"), *args],
@@ -227,3 +230,127 @@ class FlakyTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+# Deployment artefacts (deploy/): the chart, the rules and the dashboard generators, real Prometheus and
+# Alertmanager processes.
+
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+# prometheus-operator's CRDs live beside the repository, in shared/; they are never copied into it.
+CRDS = REPO.parent / "shared" / "crds"
+
+
+def deploy_module(relative: str) -> ModuleType:
+    """Import a generator under deploy/ (not a package: each runs as `python deploy/<x>/build.py`)."""
+    path = REPO / relative
+    name = "deploy_" + path.parent.name + "_" + path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a program that cannot listen on port 0 and tell us which it got."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Call `condition` until it returns something truthy (returned), or fail after `timeout` seconds.
+
+    Connection errors count as "not yet": the server being waited for may still be starting.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class ServiceProcess:
+    """A server (prometheus, alertmanager) on 127.0.0.1, its output kept in a file; the test stops it."""
+
+    def __init__(self, args: list[str], log_path: Path, ready_url: str, timeout: float = 30.0) -> None:
+        self.log_path = log_path
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self._ready(ready_url), timeout, f"{args[0]} to be ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"{args[0]} never became ready:\n{self.log()[-3000:]}") from None
+
+    def _ready(self, url: str) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return httpx.get(url, timeout=2).status_code == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def prometheus_query(base_url: str, expr: str) -> list[dict[str, object]]:
+    """An instant query's result vector; a PromQL syntax error fails with Prometheus's own message."""
+    answer = httpx.get(f"{base_url}/api/v1/query", params={"query": expr}, timeout=10)
+    body = answer.json()
+    if body.get("status") != "success":
+        raise AssertionError(f"{expr}: {body.get('errorType')}: {body.get('error')}")
+    return list(body["data"]["result"])
+
+
+def start_prometheus(
+    workdir: Path, targets: list[str], rule_files: tuple[Path, ...] = (), alertmanager: str | None = None
+) -> tuple[ServiceProcess, str]:
+    """A real Prometheus (Debian's) on 127.0.0.1 scraping `targets` every second and evaluating `rule_files`
+    every second; returns the process and its base URL. `honor_labels` keeps the exporter's `namespace`."""
+
+    port = free_port()
+    config: dict[str, object] = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            {"job_name": "mixpeek-exporter", "honor_labels": True, "static_configs": [{"targets": targets}]}
+        ],
+        "rule_files": [str(path) for path in rule_files],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    url = f"http://127.0.0.1:{port}"
+    server = ServiceProcess(
+        [
+            require_binary("prometheus"),
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        workdir / "prometheus.log",
+        f"{url}/-/ready",
+    )
+    return server, url

@@ -1,0 +1,191 @@
+{{/*
+Names, labels, and the exporter container shared by the Deployment and the sidecar template.
+
+The container and the names it uses read only .Values and .Release (never .Chart), so another chart can include
+"mixpeek-exporter.sidecar" with (dict "Values" <this chart's values> "Release" .Release), whatever its own
+chart is called or aliased.
+*/}}
+
+{{/* The image tag used when image.tag is empty; tests/deploy/test_chart.py keeps it equal to appVersion. */}}
+{{- define "mixpeek-exporter.appVersion" -}}0.1.0{{- end }}
+
+{{- define "mixpeek-exporter.name" -}}
+{{- default "mixpeek-exporter" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mixpeek-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "mixpeek-exporter.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mixpeek-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mixpeek-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mixpeek-exporter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "mixpeek-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: exporter
+{{- end }}
+
+{{- define "mixpeek-exporter.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default (include "mixpeek-exporter.appVersion" .) .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the API key: an existing one, the chart's own, or none (demo). */}}
+{{- define "mixpeek-exporter.secretName" -}}
+{{- if .Values.apiKey.existingSecret }}
+{{- .Values.apiKey.existingSecret }}
+{{- else if .Values.apiKey.value }}
+{{- include "mixpeek-exporter.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "mixpeek-exporter.keyDir" -}}/etc/mixpeek{{- end }}
+{{- define "mixpeek-exporter.stateDir" -}}/var/lib/mixpeek-exporter{{- end }}
+
+{{/*
+The exporter container. Context: a map with .Values and .Release; an optional key "readinessPath" overrides
+the readiness probe's path.
+*/}}
+{{- define "mixpeek-exporter.container" -}}
+{{- $v := .Values -}}
+- name: mixpeek-exporter
+  image: {{ include "mixpeek-exporter.image" . | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- with $v.extraArgs }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  env:
+    - name: MIXPEEK_LISTEN
+      value: {{ printf "0.0.0.0:%d" (int $v.port) | quote }}
+    - name: MIXPEEK_API_URL
+      value: {{ $v.mixpeek.apiUrl | quote }}
+    - name: MIXPEEK_NAMESPACES
+      value: {{ join "," $v.mixpeek.namespaces | quote }}
+    - name: MIXPEEK_SCOPE
+      value: {{ $v.mixpeek.scope | quote }}
+    - name: MIXPEEK_POLL_INTERVAL
+      value: {{ $v.mixpeek.pollInterval | toString | quote }}
+    - name: MIXPEEK_PAGE_SIZE
+      value: {{ $v.mixpeek.pageSize | toString | quote }}
+    - name: MIXPEEK_REQUEST_TIMEOUT
+      value: {{ $v.mixpeek.requestTimeout | toString | quote }}
+    - name: MIXPEEK_CONCURRENCY
+      value: {{ $v.mixpeek.concurrency | toString | quote }}
+    - name: MIXPEEK_MAX_REQUESTS_PER_SECOND
+      value: {{ $v.mixpeek.maxRequestsPerSecond | toString | quote }}
+    {{- with $v.mixpeek.histogramBuckets }}
+    - name: MIXPEEK_HISTOGRAM_BUCKETS
+      value: {{ join "," . | quote }}
+    {{- end }}
+    - name: MIXPEEK_LOG_LEVEL
+      value: {{ $v.mixpeek.logLevel | quote }}
+    - name: MIXPEEK_LOG_FORMAT
+      value: json
+    - name: MIXPEEK_DEMO
+      value: {{ $v.mixpeek.demo | toString | quote }}
+    {{- if include "mixpeek-exporter.secretName" . }}
+    - name: MIXPEEK_API_KEY_FILE
+      value: {{ printf "%s/%s" (include "mixpeek-exporter.keyDir" .) $v.apiKey.secretKey | quote }}
+    {{- end }}
+    {{- if $v.stateFile.enabled }}
+    - name: MIXPEEK_STATE_FILE
+      value: {{ printf "%s/state.json" (include "mixpeek-exporter.stateDir" .) | quote }}
+    {{- end }}
+    {{- with $v.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: metrics
+      containerPort: {{ $v.port }}
+      protocol: TCP
+  {{- with $v.livenessProbe }}
+  livenessProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.readinessProbe }}
+  readinessProbe:
+    {{- $probe := deepCopy . }}
+    {{- if and $.readinessPath $probe.httpGet }}
+    {{- $_ := set $probe.httpGet "path" $.readinessPath }}
+    {{- end }}
+    {{- toYaml $probe | nindent 4 }}
+  {{- end }}
+  {{- with $v.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if or (include "mixpeek-exporter.secretName" .) $v.stateFile.enabled }}
+  volumeMounts:
+    {{- if include "mixpeek-exporter.secretName" . }}
+    - name: mixpeek-api-key
+      mountPath: {{ include "mixpeek-exporter.keyDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.stateFile.enabled }}
+    - name: mixpeek-state
+      mountPath: {{ include "mixpeek-exporter.stateDir" . }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+
+{{/* The volumes the container mounts: the key's Secret (none in demo mode) and the state file's emptyDir. */}}
+{{- define "mixpeek-exporter.volumes" -}}
+{{- $secret := include "mixpeek-exporter.secretName" . -}}
+{{- if $secret }}
+- name: mixpeek-api-key
+  secret:
+    secretName: {{ $secret }}
+    items:
+      - key: {{ .Values.apiKey.secretKey }}
+        path: {{ .Values.apiKey.secretKey }}
+{{- end }}
+{{- if .Values.stateFile.enabled }}
+- name: mixpeek-state
+  emptyDir:
+    sizeLimit: {{ .Values.stateFile.sizeLimit }}
+{{- end }}
+{{- end }}
+
+{{/*
+Sidecar: the exporter container for another chart's pod spec. The other chart lists this one as a dependency
+(alias mixpeekExporter, deployment.enabled: false) and writes in its pod template:
+
+  containers:
+    - name: app
+      ...
+    {{- include "mixpeek-exporter.sidecar" (dict "Values" .Values.mixpeekExporter "Release" .Release) | nindent 4 }}
+  volumes:
+    {{- include "mixpeek-exporter.sidecarVolumes" (dict "Values" .Values.mixpeekExporter "Release" .Release) | nindent 4 }}
+
+Its readiness probe asks sidecar.readinessPath (/healthz), so the application's pods never wait on the Mixpeek
+API to become ready.
+*/}}
+{{- define "mixpeek-exporter.sidecar" -}}
+{{- include "mixpeek-exporter.container" (dict "Values" .Values "Release" .Release "readinessPath" .Values.sidecar.readinessPath) }}
+{{- end }}
+
+{{- define "mixpeek-exporter.sidecarVolumes" -}}
+{{- include "mixpeek-exporter.volumes" . }}
+{{- end }}

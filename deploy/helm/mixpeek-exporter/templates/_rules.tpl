@@ -1,0 +1,181 @@
+{{/*
+The alert rules: the one source of both the PrometheusRule (prometheusrule.yaml) and deploy/prometheus/rules.yaml
+(rendered from here with the default values by deploy/prometheus/build.py).
+
+Every expression aggregates with `max by (<the exporter's own labels>)` before anything else: two exporters that
+poll the same namespaces (replicas, or sidecars of a scaled application) export the same series under different
+`instance`/`pod` labels, and max keeps one copy of each, so nothing is double-counted or alerted twice.
+Prometheus templates in annotations are kept out of Helm's reach with {{` ... `}}.
+*/}}
+{{- define "mixpeek-exporter.rules" -}}
+{{- $a := .Values.alerts -}}
+{{- $runbook := $a.runbookUrl -}}
+groups:
+  - name: mixpeek-exporter
+    rules:
+{{- with $a.failedSpike }}{{ if .enabled }}
+      - alert: MixpeekTasksFailedSpike
+        expr: |-
+          (
+            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+              >= {{ .minFailures }}
+          )
+          and on (namespace, task_type)
+          (
+            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            /
+            sum by (namespace, task_type) (
+              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            )
+              >= {{ .minShare }}
+          )
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Spike of FAILED Mixpeek tasks
+          description: >-
+            {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.namespace }}`}} FAILED in the last {{ .window }}
+            (at least {{ .minFailures }} and at least {{ round (mulf .minShare 100) 2 }}% of the tasks that finished).
+          runbook_url: {{ $runbook }}#mixpeektasksfailedspike
+{{- end }}{{ end }}
+{{- with $a.failureRatio }}{{ if .enabled }}
+      - alert: MixpeekTasksFailureRatioHigh
+        expr: |-
+          (
+            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            /
+            sum by (namespace, task_type) (
+              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            )
+              > {{ .maxRatio }}
+          )
+          and on (namespace, task_type)
+          (
+            sum by (namespace, task_type) (
+              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            )
+              >= {{ .minTerminal }}
+          )
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Many Mixpeek tasks end FAILED
+          description: >-
+            {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.namespace }}`}}
+            over the last {{ .window }} FAILED (threshold {{ round (mulf .maxRatio 100) 2 }}%).
+          runbook_url: {{ $runbook }}#mixpeektasksfailureratiohigh
+{{- end }}{{ end }}
+{{- with $a.stuckQueued }}{{ if .enabled }}
+      - alert: MixpeekTasksStuckQueued
+        expr: |-
+          max by (namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+            > {{ .maxAgeSeconds }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek tasks wait too long to start
+          description: >-
+            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.namespace }}`}} has waited
+            {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
+          runbook_url: {{ $runbook }}#mixpeektasksstuckqueued
+{{- end }}{{ end }}
+{{- with $a.stuckRunning }}{{ if .enabled }}
+      - alert: MixpeekTasksStuckRunning
+        expr: |-
+          max by (namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
+            > {{ .maxAgeSeconds }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek tasks run too long
+          description: >-
+            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.namespace }}`}} has existed for
+            {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
+          runbook_url: {{ $runbook }}#mixpeektasksstuckrunning
+{{- end }}{{ end }}
+{{- with $a.pollFailing }}{{ if .enabled }}
+      - alert: MixpeekExporterPollFailing
+        expr: |-
+          max by (namespace) (mixpeek_up) == 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The Mixpeek exporter cannot poll a namespace
+          description: >-
+            Every exporter's last poll of namespace {{`{{ $labels.namespace }}`}} has failed for {{ .for }}: its task metrics are
+            frozen for every task_type. mixpeek_exporter_poll_errors_total{namespace="{{`{{ $labels.namespace }}`}}"} gives the reason.
+          runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
+{{- end }}{{ end }}
+{{- with $a.stale }}{{ if .enabled }}
+      - alert: MixpeekExporterDataStale
+        expr: |-
+          time() - max by (namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek task metrics are stale
+          description: >-
+            The last complete poll of namespace {{`{{ $labels.namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
+            (threshold {{ .maxAgeSeconds }}s): the metrics of every task_type there are out of date.
+          runbook_url: {{ $runbook }}#mixpeekexporterdatastale
+{{- end }}{{ end }}
+{{- with $a.absent }}{{ if .enabled }}
+      - alert: MixpeekExporterAbsent
+        expr: |-
+          absent(mixpeek_exporter_build_info)
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: No Mixpeek exporter is scraped
+          description: >-
+            Prometheus has scraped no mixpeek_exporter_build_info for {{ .for }}: no namespace or task_type is watched
+            and no other Mixpeek alert can fire.
+          runbook_url: {{ $runbook }}#mixpeekexporterabsent
+{{- end }}{{ end }}
+{{- with $a.rateLimited }}{{ if .enabled }}
+      - alert: MixpeekApiRateLimited
+        expr: |-
+          max by (namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
+            > {{ .maxErrors }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The Mixpeek API rate-limits the exporter
+          description: >-
+            {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
+            its metrics (every task_type) lag behind.
+          runbook_url: {{ $runbook }}#mixpeekapiratelimited
+{{- end }}{{ end }}
+{{- end }}
