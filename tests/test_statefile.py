@@ -94,6 +94,7 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
         assert [e["event"] for e in errors] == ["state file ignored; starting afresh"], content
         assert exporter.value("mixpeek_up", namespace="prod") == 1
         assert exporter.value(TRANSITIONS, **COMPLETED) == 0  # a baseline, as without a file
+        await exporter.poller.flush()  # its save must land before the next damaged file is written
     assert world.get_task(task_id) is not None
 
 
