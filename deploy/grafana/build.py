@@ -11,6 +11,10 @@ Two identical exporters (replicas, or sidecars of a scaled application) export t
 different `instance`/`pod` labels, so every panel first takes `max by (<the exporter's own labels>)`, which
 keeps one copy, and only then sums across namespaces or task types. The one exception is the API request
 panel: there each exporter's requests really reach the API, so they are summed.
+
+Batches finish a few an hour, not a few a second: the batch panels count their counters and histogram over a
+rolling hour (`increase(...[1h])`) rather than over $__rate_interval, which would draw isolated spikes between
+long gaps.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 TASKS = 'namespace=~"$namespace", task_type=~"$task_type"'
 NAMESPACES = 'namespace=~"$namespace"'
 TASK_KEY = "namespace, status, task_type"
+BATCH_KEY = "namespace, bucket_id, status"
+BATCH_WINDOW = "1h"
 
 
 def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -65,11 +71,16 @@ def series_panel(title: str, description: str, unit: str, *queries: prometheus.D
     return panel
 
 
-def deduplicated(metric: str, selector: str, by: str = TASK_KEY, rate: bool = False) -> str:
-    """One copy of each series however many exporters export it (see the module docstring)."""
+def deduplicated(
+    metric: str, selector: str, by: str = TASK_KEY, rate: bool = False, increase: str | None = None
+) -> str:
+    """One copy of each series however many exporters export it (see the module docstring); `rate` over
+    $__rate_interval, or `increase` over the given window."""
     inner = f"{metric}{{{selector}}}"
     if rate:
         inner = f"rate({inner}[$__rate_interval])"
+    elif increase:
+        inner = f"increase({inner}[{increase}])"
     return f"max by ({by}) ({inner})"
 
 
@@ -125,6 +136,71 @@ def task_panels() -> list[timeseries.Panel]:
                 deduplicated("mixpeek_exporter_tracked_tasks", NAMESPACES, by="namespace"), "{{namespace}}"
             ),
         ),
+    ]
+
+
+def batch_panels() -> list[timeseries.Panel]:
+    def over_the_hour(metric: str, by: str, selector: str = NAMESPACES) -> str:
+        return deduplicated(metric, selector, by=by, increase=BATCH_WINDOW)
+
+    transitions = over_the_hour("mixpeek_batch_terminal_transitions_total", BATCH_KEY)
+    failed_objects = over_the_hour(
+        "mixpeek_batch_objects_total", "namespace, bucket_id", NAMESPACES + ', outcome="failed"'
+    )
+    buckets = over_the_hour("mixpeek_batch_completion_seconds_bucket", "namespace, status, le")
+    failures = over_the_hour("mixpeek_batch_failures_total", "namespace, bucket_id, failure_category")
+    return [
+        series_panel(
+            "Batches by status",
+            "Batches listed in each status by the last complete poll (mixpeek_batches). The API keeps every "
+            "batch, so the terminal statuses only grow: click a status in the legend to see it alone.",
+            "short",
+            query(
+                f"sum by (status) ({deduplicated('mixpeek_batches', NAMESPACES, BATCH_KEY)})", "{{status}}"
+            ),
+        ),
+        series_panel(
+            "Batch terminal transitions by status",
+            "Batches that entered COMPLETED, COMPLETED_WITH_ERRORS, FAILED or CANCELED in the last hour, a "
+            "rolling count (alert: MixpeekBatchesFailed).",
+            "short",
+            query(f"sum by (status) ({transitions})", "{{status}}"),
+        ).min(0),
+        series_panel(
+            "Failed objects per hour by bucket",
+            "Objects that failed in the batches of each bucket that finished in the last hour, a rolling "
+            "count (alert: MixpeekBatchObjectsFailureRatioHigh).",
+            "short",
+            query(failed_objects, "{{namespace}} {{bucket_id}}"),
+        ).min(0),
+        series_panel(
+            "Batch time to completion",
+            "Quantiles of the time from batch creation to its terminal status "
+            "(mixpeek_batch_completion_seconds) over the batches that finished in the last hour; empty when "
+            "none did.",
+            "s",
+            *(
+                query(f"histogram_quantile({q}, sum by (le) ({buckets}))", f"p{round(q * 100)}", ref)
+                for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+            ),
+        ),
+        series_panel(
+            "Oldest active batch age",
+            "Age, from its creation, of the oldest batch in each non-terminal status per bucket (alerts: "
+            "MixpeekBatchesStuckQueued, MixpeekBatchesStuckRunning; DRAFT batches never alert).",
+            "s",
+            query(
+                deduplicated("mixpeek_batch_oldest_active_age_seconds", NAMESPACES, by=BATCH_KEY),
+                "{{namespace}} {{bucket_id}} {{status}}",
+            ),
+        ),
+        series_panel(
+            "Batch failures by category",
+            "FAILED batches by failure category (timeout, infrastructure, orphaned, pipeline, "
+            "mvs_durability, validation, unknown) in the last hour, a rolling count.",
+            "short",
+            query(f"sum by (failure_category) ({failures})", "{{failure_category}}"),
+        ).min(0),
     ]
 
 
@@ -224,7 +300,10 @@ def build() -> dashboard.Dashboard:
     board = (
         dashboard.Dashboard("Mixpeek tasks")
         .uid(UID)
-        .description("Mixpeek asynchronous tasks per namespace and task type, and the exporter's health.")
+        .description(
+            "Mixpeek asynchronous tasks per namespace and task type, batches per namespace and bucket, and "
+            "the exporter's health."
+        )
         .tags(["mixpeek", "prometheus-exporter"])
         .time("now-6h", "now")
         .refresh("30s")
@@ -232,14 +311,20 @@ def build() -> dashboard.Dashboard:
         .editable()
         .variables(variables())  # type: ignore[arg-type]
     )
-    # Stable, unique panel ids (the builder leaves them unset), so links to a panel (viewPanel=<id>) last.
+    # Stable, unique panel ids (the builder leaves them unset), so links to a panel (viewPanel=<id>) last: ids
+    # are handed out in the order the rows were added to the dashboard (Batches came last), while the Batches
+    # row is shown between Tasks and Exporter health.
     ids = iter(range(1, 100))
-    board = board.with_row(dashboard.Row("Tasks").id(next(ids)))
-    for panel in task_panels():
-        board = board.with_panel(panel.id(next(ids)))
-    board = board.with_row(dashboard.Row("Exporter health").id(next(ids)))
-    for health in health_panels():
-        board = board.with_panel(health.id(next(ids)))
+    tasks = (dashboard.Row("Tasks").id(next(ids)), [panel.id(next(ids)) for panel in task_panels()])
+    health = (
+        dashboard.Row("Exporter health").id(next(ids)),
+        [panel.id(next(ids)) for panel in health_panels()],
+    )
+    batches = (dashboard.Row("Batches").id(next(ids)), [panel.id(next(ids)) for panel in batch_panels()])
+    for row, panels in (tasks, batches, health):
+        board = board.with_row(row)
+        for panel in panels:
+            board = board.with_panel(panel)
     return board
 
 

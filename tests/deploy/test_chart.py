@@ -147,6 +147,10 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
         ({"mixpeek": {"pageSize": 5000}}, "at '/mixpeek/pageSize': maximum: got 5,000, want 1,000"),
         ({"replicaCount": "two"}, "at '/replicaCount': got string, want integer"),
         ({"alerts": {"failedSpike": {"window": "ten minutes"}}}, "at '/alerts/failedSpike/window'"),
+        (
+            {"alerts": {"batchObjectsFailureRatio": {"maxRatio": 10}}},
+            "at '/alerts/batchObjectsFailureRatio/maxRatio'",
+        ),
         ({"mixpeek": {"scope": "org"}}, "at '/mixpeek/scope'"),
         ({"serviceMonitr": {"enabled": True}}, "additional properties 'serviceMonitr' not allowed"),
         ({"securityContext": "privileged"}, "at '/securityContext': got string, want object"),
@@ -253,6 +257,25 @@ def test_alert_thresholds_are_values() -> None:
     (spike,) = [r for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "MixpeekTasksFailedSpike"]
     assert "[5m]" in spike["expr"] and ">= 50" in spike["expr"] and ">= 0.5" in spike["expr"]
     assert spike["labels"]["severity"] == "warning"
+
+
+def test_batch_alert_thresholds_are_values() -> None:
+    alerts = {
+        "batchesFailed": {"window": "6h", "minFailures": 7, "severity": "critical"},
+        "batchObjectsFailureRatio": {"window": "3h", "maxRatio": 0.02, "minObjects": 5000},
+        "batchesStuckQueued": {"maxAgeSeconds": 600, "for": "1m"},
+        "batchesStuckRunning": {"enabled": False},
+    }
+    (rule,) = kind(render({"prometheusRule": {"enabled": True}, "alerts": alerts}), "PrometheusRule")
+    rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    failed = rules["MixpeekBatchesFailed"]
+    assert "[6h]" in failed["expr"] and ">= 7" in failed["expr"]
+    assert failed["labels"]["severity"] == "critical"
+    objects = rules["MixpeekBatchObjectsFailureRatioHigh"]["expr"]
+    assert "[3h]" in objects and "> 0.02" in objects and ">= 5000" in objects
+    queued = rules["MixpeekBatchesStuckQueued"]
+    assert "> 600" in queued["expr"] and queued["for"] == "1m"
+    assert "MixpeekBatchesStuckRunning" not in rules
 
 
 def test_the_dashboard_config_map_is_the_generated_dashboard() -> None:

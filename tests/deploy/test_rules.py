@@ -63,6 +63,10 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "MixpeekExporterDataStale",
         "MixpeekExporterAbsent",
         "MixpeekApiRateLimited",
+        "MixpeekBatchesFailed",
+        "MixpeekBatchObjectsFailureRatioHigh",
+        "MixpeekBatchesStuckQueued",
+        "MixpeekBatchesStuckRunning",
     }
 
 
@@ -81,7 +85,10 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
         if name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.namespace }}" in annotations["description"], name
-        assert "task_type" in annotations["description"], name
+        if "mixpeek_batch" in alert["expr"]:  # batch alerts are per bucket
+            assert "$labels.bucket_id" in annotations["description"], name
+        else:
+            assert "task_type" in annotations["description"], name
 
 
 def test_rules_use_only_exported_metrics_and_deduplicate() -> None:

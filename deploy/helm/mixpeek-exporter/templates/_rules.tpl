@@ -10,6 +10,9 @@ Prometheus templates in annotations are kept out of Helm's reach with {{` ... `}
 {{- define "mixpeek-exporter.rules" -}}
 {{- $a := .Values.alerts -}}
 {{- $runbook := $a.runbookUrl -}}
+{{- /* The batch alerts' bucket, in Prometheus's template language: with MIXPEEK_BATCH_BUCKET_LABEL=false the
+exporter exports no bucket_id and aggregates each namespace's buckets. */ -}}
+{{- $bucket := `{{ with $labels.bucket_id }}bucket {{ . }}{{ else }}all buckets{{ end }}` -}}
 groups:
   - name: mixpeek-exporter
     rules:
@@ -177,5 +180,94 @@ groups:
             {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
+{{- end }}{{ end }}
+{{- with $a.batchesFailed }}{{ if .enabled }}
+      - alert: MixpeekBatchesFailed
+        expr: |-
+          max by (namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            >= {{ .minFailures }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek batches FAILED
+          description: >-
+            {{`{{ $value | humanize }}`}} batches of {{ $bucket }}
+            in namespace {{`{{ $labels.namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
+            their objects were not ingested.
+          runbook_url: {{ $runbook }}#mixpeekbatchesfailed
+{{- end }}{{ end }}
+{{- with $a.batchObjectsFailureRatio }}{{ if .enabled }}
+      - alert: MixpeekBatchObjectsFailureRatioHigh
+        expr: |-
+          (
+            max by (namespace, bucket_id) (increase(mixpeek_batch_objects_total{outcome="failed"}[{{ .window }}]))
+            /
+            sum by (namespace, bucket_id) (
+              max by (namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            )
+              > {{ .maxRatio }}
+          )
+          and on (namespace, bucket_id)
+          (
+            sum by (namespace, bucket_id) (
+              max by (namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            )
+              >= {{ .minObjects }}
+          )
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Many objects of Mixpeek batches fail
+          description: >-
+            {{`{{ $value | humanizePercentage }}`}} of the objects in the batches of {{ $bucket }}
+            in namespace {{`{{ $labels.namespace }}`}} that finished in the last {{ .window }} failed
+            (threshold {{ round (mulf .maxRatio 100) 2 }}%, at least {{ .minObjects }} objects).
+          runbook_url: {{ $runbook }}#mixpeekbatchobjectsfailureratiohigh
+{{- end }}{{ end }}
+{{- with $a.batchesStuckQueued }}{{ if .enabled }}
+      - alert: MixpeekBatchesStuckQueued
+        expr: |-
+          max by (namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+            > {{ .maxAgeSeconds }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek batches wait too long to start
+          description: >-
+            The oldest {{`{{ $labels.status }}`}} batch of {{ $bucket }}
+            in namespace {{`{{ $labels.namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
+            (threshold {{ .maxAgeSeconds }}s).
+          runbook_url: {{ $runbook }}#mixpeekbatchesstuckqueued
+{{- end }}{{ end }}
+{{- with $a.batchesStuckRunning }}{{ if .enabled }}
+      - alert: MixpeekBatchesStuckRunning
+        expr: |-
+          max by (namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
+            > {{ .maxAgeSeconds }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Mixpeek batches run too long
+          description: >-
+            The oldest {{`{{ $labels.status }}`}} batch of {{ $bucket }}
+            in namespace {{`{{ $labels.namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
+            (threshold {{ .maxAgeSeconds }}s).
+          runbook_url: {{ $runbook }}#mixpeekbatchesstuckrunning
 {{- end }}{{ end }}
 {{- end }}
