@@ -6,11 +6,12 @@ Filters here are the namespace route's simpler kind, on the fields of the render
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from .errors import ValidationFailed, field_error
 from .paging import cursor_pagination_json, rank
-from .params import Errors, object_body, parse_paging
+from .params import Errors, Paging, object_body, parse_paging
 from .render import namespace_json
 from .world import SimNamespace
 
@@ -27,35 +28,61 @@ NAMESPACE_BODY_KEYS: Final = (
 )
 
 Document = dict[str, object]
+_SEARCHED: Final = ("namespace_id", "namespace_name", "description")
+
+
+@dataclass(frozen=True)
+class DocumentQuery:
+    """A parsed ListNamespacesRequest-shaped body (buckets share it): paging, filters, search and sort."""
+
+    paging: Paging
+    tests: list[Callable[[Document], bool]]
+    search: str | None
+    sensitive: bool
+    sort_field: str | None
+    descending: bool
+
+    @classmethod
+    def parse(cls, body: object, query: Mapping[str, str], keys: Sequence[str]) -> "DocumentQuery":
+        """Raises ValidationFailed (422) for a bad parameter or body."""
+        errors: Errors = []
+        request = object_body(body, keys, errors)
+        paging = parse_paging(query, errors, body=request)
+        sensitive = request.get("case_sensitive") is True
+        tests = _filters(request.get("filters"), sensitive, errors)
+        search = request.get("search")
+        if search is not None and not isinstance(search, str):
+            errors.append(
+                field_error(("body", "search"), "Input should be a valid string", "string_type", search)
+            )
+        field, descending = _sort(request, errors)
+        if errors:
+            raise ValidationFailed(errors)
+        return cls(paging, tests, search if isinstance(search, str) else None, sensitive, field, descending)
+
+    def select(self, docs: list[Document], id_field: str, searched: Sequence[str]) -> list[Document]:
+        """Every matching document, sorted (not yet paged); ties and the default keep `docs`' order by id."""
+        kept = [doc for doc in docs if all(test(doc) for test in self.tests)]
+        if self.search is not None:
+            kept = [doc for doc in kept if _matches_search(doc, self.search, searched, self.sensitive)]
+        field = self.sort_field
+        if field is not None:
+            kept.sort(key=lambda doc: (rank(doc.get(field)), doc[id_field]), reverse=self.descending)
+        return kept
+
+    def page(self, docs: list[Document]) -> list[Document]:
+        return docs[self.paging.offset : self.paging.offset + self.paging.limit]
 
 
 def list_namespaces(
     namespaces: Sequence[SimNamespace], body: object, query: Mapping[str, str]
 ) -> dict[str, object]:
     """One ListNamespacesResponse page; raises ValidationFailed (422) for a bad parameter or body."""
-    errors: Errors = []
-    request = object_body(body, NAMESPACE_BODY_KEYS, errors)
-    paging = parse_paging(query, errors, body=request)
-    sensitive = request.get("case_sensitive") is True
-    tests = _filters(request.get("filters"), sensitive, errors)
-    search = request.get("search")
-    if search is not None and not isinstance(search, str):
-        errors.append(
-            field_error(("body", "search"), "Input should be a valid string", "string_type", search)
-        )
-    field, descending = _sort(request, errors)
-    if errors:
-        raise ValidationFailed(errors)
-    docs = [namespace_json(ns) for ns in namespaces]
-    docs = [doc for doc in docs if all(test(doc) for test in tests)]
-    if isinstance(search, str):
-        docs = [doc for doc in docs if _matches_search(doc, search, sensitive)]
-    if field is not None:
-        docs.sort(key=lambda doc: (rank(doc.get(field)), doc["namespace_id"]), reverse=descending)
-    page = docs[paging.offset : paging.offset + paging.limit]
+    request = DocumentQuery.parse(body, query, NAMESPACE_BODY_KEYS)
+    docs = request.select([namespace_json(ns) for ns in namespaces], "namespace_id", _SEARCHED)
     return {
-        "results": page,
-        "pagination": cursor_pagination_json(paging, len(docs), None),
+        "results": request.page(docs),
+        "pagination": cursor_pagination_json(request.paging, len(docs), None),
         "total_count": len(docs),
         "stats": None,
     }
@@ -107,11 +134,11 @@ def _equal_test(field: str, wanted: object, sensitive: bool) -> Callable[[Docume
     return test
 
 
-def _matches_search(doc: Document, term: str, sensitive: bool) -> bool:
-    texts = [value for value in (doc["namespace_id"], doc["namespace_name"], doc["description"]) if value]
+def _matches_search(doc: Document, term: str, searched: Sequence[str], sensitive: bool) -> bool:
+    texts = [str(doc[key]) for key in searched if doc.get(key)]
     if sensitive:
-        return any(term in str(text) for text in texts)
-    return any(term.casefold() in str(text).casefold() for text in texts)
+        return any(term in text for text in texts)
+    return any(term.casefold() in text.casefold() for text in texts)
 
 
 def _sort(request: Mapping[str, object], errors: Errors) -> tuple[str | None, bool]:
