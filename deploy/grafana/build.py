@@ -48,6 +48,14 @@ def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
 
 
+def quantiles(buckets: str) -> list[prometheus.Dataquery]:
+    """p50, p90 and p99 of a histogram's `buckets` expression (already deduplicated by the caller)."""
+    return [
+        query(f"histogram_quantile({q}, sum by (le) ({buckets}))", f"p{round(q * 100)}", ref)
+        for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+    ]
+
+
 def series_panel(title: str, description: str, unit: str, *queries: prometheus.Dataquery) -> timeseries.Panel:
     panel = (
         timeseries.Panel()
@@ -113,10 +121,7 @@ def task_panels() -> list[timeseries.Panel]:
             "Quantiles of the time from task creation to its terminal status "
             "(mixpeek_task_completion_seconds); an upper bound when the API gives no timestamps.",
             "s",
-            *(
-                query(f"histogram_quantile({q}, sum by (le) ({buckets}))", f"p{round(q * 100)}", ref)
-                for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
-            ),
+            *quantiles(buckets),
         ),
         series_panel(
             "Oldest active task age",
@@ -179,10 +184,7 @@ def batch_panels() -> list[timeseries.Panel]:
             "(mixpeek_batch_completion_seconds) over the batches that finished in the last hour; empty when "
             "none did.",
             "s",
-            *(
-                query(f"histogram_quantile({q}, sum by (le) ({buckets}))", f"p{round(q * 100)}", ref)
-                for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
-            ),
+            *quantiles(buckets),
         ),
         series_panel(
             "Oldest active batch age",
