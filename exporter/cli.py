@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,20 +16,21 @@ from typing import Any, TextIO
 
 import httpx
 import structlog
-from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.api import ApiError, MixpeekClient, RetryPolicy
 from exporter.apikey import ApiKeySource
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
+from exporter.exposition import Exposition
 from exporter.logs import configure_logging
 from exporter.metrics import SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
+from exporter.sharding import NamespaceFilter
 from exporter.statefile import StateFile
-from exporter.views import capped
+from exporter.views import capped, task_type_filter
 from exporter.webconfig import WebConfig, load_web_config
 
 PROG = "mixpeek-exporter"
@@ -127,6 +127,7 @@ def _api_client(
         http,
         target.key,
         page_size=settings.page_size,
+        page_concurrency=settings.page_concurrency,
         retry=RetryPolicy(attempts=settings.max_retries + 1 if retries else 1),
         limiter=RateLimiter(rate, burst=max(1, int(rate))) if rate else None,
     )
@@ -160,17 +161,25 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             buckets=tuple(settings.histogram_buckets),
             max_tracked=settings.max_tracked_tasks,
             batches=settings.batches,
+            reconcile_every=settings.reconcile_every,
+            namespace_filter=namespace_filter(settings),
         )
         state_file = None
         if settings.state_file is not None:
             identity = f"{target.url}|{settings.scope.value}"
             state_file = StateFile(settings.state_file, identity, plan.buckets)
         poller = Poller(client, plan, state_file=state_file)
-        registry = CollectorRegistry()
         fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
-        registry.register(SnapshotCollector(lambda: poller.snapshot, __version__, time.time, fold))
+        collector = SnapshotCollector(
+            lambda: poller.snapshot,
+            __version__,
+            fold,
+            task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
+            histogram_task_type=settings.histogram_task_type,
+            max_series=settings.max_series_per_metric,
+        )
         host, port = settings.listen_address
-        server = MetricsServer(host, port, registry, poller.ready, web)
+        server = MetricsServer(host, port, Exposition(collector), poller.ready, web)
         server.start()
         log.info(
             "serving",
@@ -178,6 +187,8 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             tls=server.scheme == "https",
             version=__version__,
             scope=settings.scope.value,
+            shard=settings.shard,
+            total_shards=settings.total_shards,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -204,15 +215,15 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
         if settings.scope is Scope.ORGANIZATION:
             names: list[str | None] = [None]
         elif settings.namespaces:
-            names = list(settings.namespaces)
+            names = owned(settings, settings.namespaces, out)
         else:
             try:
                 found = await client.list_namespaces()
             except ApiError as exc:
                 print(f"namespace discovery: {describe(exc)}", file=out)
                 return 1
-            names = [ns.name for ns in found]
-            print(f"namespace discovery: ok, {len(names)} namespaces", file=out)
+            print(f"namespace discovery: ok, {len(found)} namespaces", file=out)
+            names = owned(settings, [ns.name for ns in found], out)
         failures = 0
         for name in names:
             label = name or "organization"
@@ -224,6 +235,25 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
             else:
                 print(f"{label}: ok", file=out)
         return 1 if failures or not names else 0
+
+
+def namespace_filter(settings: Settings) -> NamespaceFilter:
+    return NamespaceFilter(
+        settings.shard, settings.total_shards, settings.namespace_allow, settings.namespace_deny
+    )
+
+
+def owned(settings: Settings, names: Sequence[str], out: TextIO) -> list[str | None]:
+    """The namespaces this replica polls; one line says how many its shard and allow/deny leave out."""
+    owns = namespace_filter(settings).owns
+    kept: list[str | None] = [name for name in names if owns(name)]
+    if left_out := len(names) - len(kept):
+        print(
+            f"{left_out} of {len(names)} namespaces left out: other shards' (this is shard {settings.shard} "
+            f"of {settings.total_shards}, counting from 0) or not matching namespace_allow/deny",
+            file=out,
+        )
+    return kept
 
 
 def describe(exc: ApiError) -> str:

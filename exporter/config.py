@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from exporter.sharding import pod_ordinal
 
 ENV_PREFIX = "MIXPEEK_"
 MAX_PAGE_SIZE = 1000
@@ -111,6 +114,46 @@ class Settings(BaseSettings):
     max_buckets_per_namespace: int = Field(
         200, ge=1, description="bucket_id values shown per namespace; the rest are folded into _other"
     )
+    reconcile_every: int = Field(
+        10,
+        ge=1,
+        description="polls per full listing; the polls between fetch only what changed (1: always list all)",
+    )
+    page_concurrency: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="offset pages of one listing requested at once (cursor pages go one by one)",
+    )
+    shard: int = Field(
+        0, ge=0, description="this replica's shard, 0..total_shards-1; unset: pod_name's ordinal, else 0"
+    )
+    total_shards: int = Field(
+        1, ge=1, description="replicas sharing the namespaces; each polls those whose stable hash falls to it"
+    )
+    pod_name: str | None = Field(
+        None,
+        description="StatefulSet pod name (the chart sets it from metadata.name); when shard is unset, "
+        "its trailing -N ordinal is the shard",
+    )
+    namespace_allow: str | None = Field(
+        None, description="regex: only namespaces fully matching it are polled"
+    )
+    namespace_deny: str | None = Field(None, description="regex: namespaces fully matching it are not polled")
+    task_type_allow: str | None = Field(
+        None, description="regex: task types not fully matching it are exported as _other"
+    )
+    task_type_deny: str | None = Field(
+        None, description="regex: task types fully matching it are exported as _other"
+    )
+    histogram_task_type: bool = Field(
+        True, description="label mixpeek_task_completion_seconds by task_type; off sums types per namespace"
+    )
+    max_series_per_metric: int = Field(
+        100_000,
+        ge=0,
+        description="series one metric may expose; the rest are dropped and counted (0: no cap)",
+    )
     demo: bool = Field(False, description="run against the built-in simulated API even with a key")
 
     @field_validator("namespaces", mode="before")
@@ -132,6 +175,52 @@ class Settings(BaseSettings):
             raise ValueError("buckets must be finite and positive")
         if any(a >= b for a, b in itertools.pairwise(value)):
             raise ValueError("buckets must be strictly increasing")
+        return value
+
+    @field_validator("namespace_allow", "namespace_deny", "task_type_allow", "task_type_deny")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("total_shards")
+    @classmethod
+    def _shard_in_range(cls, value: int, info: ValidationInfo) -> int:
+        shard = info.data.get("shard")
+        if shard is not None and shard >= value:
+            raise ValueError(f"shard {shard} is out of range for {value} shards (0..{value - 1})")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shard_from_pod_name(cls, data: Any) -> Any:
+        """A StatefulSet pod without an explicit shard takes its ordinal, as kube-state-metrics does."""
+        if not isinstance(data, dict) or data.get("shard") is not None or data.get("pod_name") is None:
+            return data
+        pod = str(data["pod_name"])
+        ordinal = pod_ordinal(pod)
+        if ordinal is None:
+            return data  # the pod_name validator names the problem
+        try:
+            total = int(data.get("total_shards", 1))
+        except (TypeError, ValueError):
+            total = None  # the total_shards validator names the problem
+        if total is not None and ordinal >= total:
+            raise ValueError(
+                f"{env_name('pod_name')}: the ordinal {ordinal} of pod {pod} is out of range for "
+                f"{env_name('total_shards')}={total}; the StatefulSet's replicas must equal total_shards"
+            )
+        return {**data, "shard": ordinal}
+
+    @field_validator("pod_name")
+    @classmethod
+    def _pod_name_has_ordinal(cls, value: str | None) -> str | None:
+        if value is not None and pod_ordinal(value) is None:
+            raise ValueError("must end in -<ordinal>, as a StatefulSet pod's name does (mixpeek-exporter-2)")
         return value
 
     @field_validator("state_file")

@@ -1,15 +1,25 @@
 """Metric names (a contract: dashboards and alerts use them), the published Snapshot, and its collector.
 
-The poller swaps in a new immutable Snapshot after each poll; `collect()` reads the reference once and
-yields fresh families from it, so a scrape never sees half a poll and never blocks one.
+The poller swaps in a new immutable Snapshot after each poll; the collector reads the reference once and
+describes its families as parts, one per immutable object of the snapshot (a namespace's state, its
+health), so a scrape never sees half a poll and an exposition can keep the text of parts that did not
+change (exporter/exposition.py). Every value is a function of the snapshot alone, none of the scrape's
+time: the ages are as of the namespace's last complete poll, like every other number.
+
+Cardinality controls (task type folding, the histogram's task_type label, the per-metric series cap) are
+applied here, on the way out: the state keeps everything.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Mapping
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
+import structlog
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,7 +32,7 @@ from prometheus_client.samples import Exemplar as PromExemplar
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
 from exporter.views import View, view
-from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES
+from exporter.vocabulary import FAILURE_CATEGORIES, TASK_STATUSES, TERMINAL_STATUSES
 
 TASKS = "mixpeek_tasks"
 TERMINAL_TRANSITIONS = "mixpeek_task_terminal_transitions"  # exposed with _total
@@ -36,6 +46,7 @@ API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
 TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
 UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
+SERIES_DROPPED = "mixpeek_exporter_series_dropped"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
 
 BATCHES = "mixpeek_batches"
@@ -60,7 +71,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Tasks observed entering a terminal status (COMPLETED, COMPLETED_WITH_ERRORS, FAILED, CANCELED).",
     ),
     (COMPLETION_SECONDS, "histogram", TASK_LABELS, "Time from task creation to its terminal status."),
-    (OLDEST_ACTIVE_AGE, "gauge", TASK_LABELS, "Age of the oldest task in each non-terminal status."),
+    (
+        OLDEST_ACTIVE_AGE,
+        "gauge",
+        TASK_LABELS,
+        "Age of the oldest task in each non-terminal status, as of the namespace's last complete poll.",
+    ),
     (BATCHES, "gauge", BATCH_LABELS, "Batches listed in each status by the last complete poll."),
     (
         f"{BATCH_TERMINAL_TRANSITIONS}_total",
@@ -86,7 +102,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("namespace", "bucket_id", "failure_category"),
         "Finished batches that carry a failure category, by category.",
     ),
-    (BATCH_OLDEST_ACTIVE_AGE, "gauge", BATCH_LABELS, "Age of the oldest batch in each non-terminal status."),
+    (
+        BATCH_OLDEST_ACTIVE_AGE,
+        "gauge",
+        BATCH_LABELS,
+        "Age of the oldest batch in each non-terminal status, as of the namespace's last complete poll.",
+    ),
     (UP, "gauge", ("namespace",), "1 if the last poll of the namespace succeeded, else 0."),
     (LAST_SUCCESS, "gauge", ("namespace",), "Unix time of the last complete poll of the namespace."),
     (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
@@ -105,9 +126,17 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("result",),
         "Saves of MIXPEEK_STATE_FILE by result (ok, error); absent without a state file.",
     ),
+    (
+        f"{SERIES_DROPPED}_total",
+        "counter",
+        ("metric",),
+        "Series left out by MIXPEEK_MAX_SERIES_PER_METRIC, by metric, added up over each new poll result "
+        "rendered; a histogram's label set (its buckets, sum and count) counts as one series.",
+    ),
     (BUILD_INFO, "gauge", ("version", "python_version"), "Always 1; labels carry the exporter's build."),
 )
 _HELP = {name.removesuffix("_total"): text for name, _, _, text in METRICS}
+_EXPOSED = {name.removesuffix("_total"): name for name, _, _, _ in METRICS}
 
 
 @dataclass(frozen=True)
@@ -143,126 +172,380 @@ def drop_group(state: NamespaceState) -> Callable[[str], str]:
     return lambda group: ""
 
 
+Buckets = list[tuple[str, float] | tuple[str, float, PromExemplar]]
+Row = tuple[tuple[str, ...], float, Buckets | None]
+"""One series: its label values, its value (a histogram's sum), a histogram's cumulative buckets."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """The series of one family that come from one immutable object of the snapshot.
+
+    The same `source` (a namespace's NamespaceState or NamespaceHealth) always gives the same rows, so
+    an exposition may keep their rendered text for as long as the snapshot holds that object.
+    """
+
+    namespace: str
+    source: object
+    rows: Callable[[], Sequence[Row]]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """As in METRICS, without a counter's _total."""
+    kind: str
+    labels: tuple[str, ...]
+    parts: tuple[Part, ...]
+
+    def build(self, rows: Iterable[Row]) -> Metric:
+        """The prometheus_client family holding `rows`."""
+        if self.kind == "histogram":
+            histogram = HistogramMetricFamily(self.name, _HELP[self.name], labels=self.labels)
+            for labels, total, buckets in rows:
+                histogram.add_metric(labels, buckets or [], total)
+            return histogram
+        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        family = kind(self.name, _HELP[self.name], labels=self.labels)
+        for labels, value, _ in rows:
+            family.add_metric(labels, value)
+        return family
+
+
+Layout = list[tuple[Family, list[tuple[Part, int | None]]]]
+"""Families in exposition order, each with the parts it shows and how many of a part's rows to keep
+(None: all of them)."""
+
+
 class SnapshotCollector(Collector):
+    """Yields the families of the current snapshot, with the cardinality controls applied.
+
+    `bucket_fold` and `task_type_fold` rename groups (e.g. to `_other`) before series are made, so
+    folded values add up and no counter is lost; `histogram_task_type=False` merges the task
+    completion histograms of every task type per namespace and status; `max_series` (0: no cap) keeps
+    the first series of each family in exposition order and counts the rest in
+    mixpeek_exporter_series_dropped_total, once per snapshot.
+    """
+
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],
         version: str,
-        now: Callable[[], float],
         bucket_fold: Fold = keep_all,
+        *,
+        task_type_fold: Fold = keep_all,
+        histogram_task_type: bool = True,
+        max_series: int = 0,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._snapshot = snapshot
-        self._version = version
-        self._now = now
+        self._build = (version, platform.python_version())
         self._bucket_fold = bucket_fold
+        self._task_type_fold = task_type_fold
+        self._histogram_task_type = histogram_task_type
+        self._max_series = max_series
+        self._log = logger or structlog.get_logger("exporter.metrics")
+        self._lock = threading.Lock()
+        self._counted: Snapshot | None = None
+        self._dropped: dict[str, int] = {}
+        self._dropping: set[str] = set()
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot()
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
-        yield from self._task_families(snapshot.namespaces)
-        yield from self._batch_families(snapshot.batches)
-        yield from self._health_families(snapshot)
-        info = GaugeMetricFamily(BUILD_INFO, _HELP[BUILD_INFO], labels=("version", "python_version"))
-        info.add_metric((self._version, platform.python_version()), 1)
-        yield info
+        rows: dict[int, Sequence[Row]] = {}
 
-    def _task_families(self, namespaces: Mapping[str, NamespaceState]) -> Iterator[Metric]:
-        completions = HistogramMetricFamily(COMPLETION_SECONDS, _HELP[COMPLETION_SECONDS], labels=TASK_LABELS)
-        views = {namespace: view(state, keep_all(state)) for namespace, state in sorted(namespaces.items())}
-        for namespace, tasks in views.items():
-            for task_type in tasks.groups:
-                for status in TERMINAL_STATUSES:
-                    histogram = tasks.completion((status, task_type))
-                    completions.add_metric(
-                        (namespace, status, task_type), _buckets(histogram), histogram.total
-                    )
-        names = (TASKS, TERMINAL_TRANSITIONS, OLDEST_ACTIVE_AGE)
-        gauge, counter, oldest = self._status_families(views, names, TASK_LABELS)
-        yield from (gauge, counter, completions, oldest)
+        def rows_of(part: Part) -> Sequence[Row]:
+            if id(part) not in rows:
+                rows[id(part)] = part.rows()
+            return rows[id(part)]
 
-    def _batch_families(self, namespaces: Mapping[str, NamespaceState]) -> Iterator[Metric]:
-        views = {ns: view(state, self._bucket_fold(state)) for ns, state in sorted(namespaces.items())}
-        names = (BATCHES, BATCH_TERMINAL_TRANSITIONS, BATCH_OLDEST_ACTIVE_AGE)
-        gauge, counter, oldest = self._status_families(views, names, BATCH_LABELS)
-        completions = HistogramMetricFamily(
-            BATCH_COMPLETION_SECONDS, _HELP[BATCH_COMPLETION_SECONDS], labels=("namespace", "status")
+        for family, parts in self.layout(snapshot, lambda family, part: len(rows_of(part))):
+            yield family.build(row for part, keep in parts for row in rows_of(part)[:keep])
+
+    def layout(self, snapshot: Snapshot, size: Callable[[Family, Part], int]) -> Layout:
+        """The snapshot's families with the series cap applied; `size` counts a part's rows (asked only
+        when there is a cap). A snapshot's dropped series are added to the counter once, however many
+        times it is laid out."""
+        families = self.families(snapshot)
+        layout: Layout = []
+        dropped: dict[str, int] = {}
+        for family in families:
+            room = self._max_series or sys.maxsize
+            shown: list[tuple[Part, int | None]] = []
+            lost = 0
+            for part in family.parts:
+                if not self._max_series:
+                    shown.append((part, None))
+                    continue
+                count = size(family, part)
+                keep = min(count, room)
+                room -= keep
+                lost += count - keep
+                if keep:
+                    shown.append((part, None if keep == count else keep))
+            layout.append((family, shown))
+            dropped[family.name] = lost
+        totals = self._count_dropped(snapshot, dropped)
+        counter = Family(
+            SERIES_DROPPED, "counter", ("metric",), (Part("", totals, lambda: _dropped_rows(totals)),)
         )
-        objects = CounterMetricFamily(
-            BATCH_OBJECTS, _HELP[BATCH_OBJECTS], labels=("namespace", "bucket_id", "outcome")
-        )
-        failures = CounterMetricFamily(
-            BATCH_FAILURES, _HELP[BATCH_FAILURES], labels=("namespace", "bucket_id", "failure_category")
-        )
-        for namespace, batches in views.items():
-            per_namespace = view(namespaces[namespace], drop_group(namespaces[namespace]))
-            for status in TERMINAL_STATUSES if batches.groups else ():
-                histogram = per_namespace.completion((status, ""))
-                completions.add_metric((namespace, status), _buckets(histogram), histogram.total)
-            for bucket in batches.groups:
-                for outcome in OUTCOMES:
-                    objects.add_metric(
-                        (namespace, bucket, outcome), batches.tallies.get((bucket, outcome), 0)
+        layout.insert(len(layout) - 1, (counter, [(counter.parts[0], None)]))  # before the build info
+        return layout
+
+    def _count_dropped(self, snapshot: Snapshot, dropped: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+        with self._lock:
+            if snapshot is not self._counted:
+                self._counted = snapshot
+                for name, lost in dropped.items():
+                    self._dropped[name] = self._dropped.get(name, 0) + lost
+                dropping = {name for name, lost in dropped.items() if lost}
+                for name in sorted(dropping - self._dropping):
+                    self._log.warning(
+                        "series cap reached: dropping series",
+                        metric=_EXPOSED[name],
+                        max_series_per_metric=self._max_series,
+                        dropped=dropped[name],
                     )
-                for category in sorted(FAILURE_CATEGORIES):
-                    count = batches.tallies.get((bucket, "category", category), 0)
-                    failures.add_metric((namespace, bucket, category), count)
-        yield from (gauge, counter, completions, objects, failures, oldest)
+                for name in sorted(self._dropping - dropping):
+                    self._log.info("series cap no longer reached", metric=_EXPOSED[name])
+                self._dropping = dropping
+            return tuple((name, self._dropped.get(name, 0)) for name in dropped)
 
-    def _status_families(
-        self, views: Mapping[str, View], names: tuple[str, str, str], labels: tuple[str, str, str]
-    ) -> tuple[GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
-        """Gauge by status, terminal-transition counter and oldest-active age, with every known status
-        exported at 0 for each seen group. `labels` names the group label (task_type, bucket_id) and
-        the order: tasks and batches order their labels differently."""
-        gauge_name, counter_name, oldest_name = names
-        group_label = next(label for label in labels if label not in ("namespace", "status"))
-        gauge = GaugeMetricFamily(gauge_name, _HELP[gauge_name], labels=labels)
-        counter = CounterMetricFamily(counter_name, _HELP[counter_name], labels=labels)
-        oldest = GaugeMetricFamily(oldest_name, _HELP[oldest_name], labels=labels)
-        now = self._now()
+    def families(self, snapshot: Snapshot) -> list[Family]:
+        """Every family, in exposition order, the build info last."""
+        tasks, batches = self._task_families(snapshot.namespaces), self._batch_families(snapshot.batches)
+        build = self._build
+        info = Family(
+            BUILD_INFO, "gauge", ("version", "python_version"), (Part("", build, lambda: [(build, 1, None)]),)
+        )
+        return [*tasks, *batches, *_health_families(snapshot), info]
 
-        def order(namespace: str, status: str, group: str) -> tuple[str, ...]:
-            values = {"namespace": namespace, "status": status, group_label: group}
-            return tuple(values[label] for label in labels)
+    def _task_families(self, namespaces: Mapping[str, NamespaceState]) -> list[Family]:
+        items = sorted(namespaces.items())
+        views = {namespace: _lazy_view(state, self._task_type_fold) for namespace, state in items}
+        if self._histogram_task_type:
+            completions = _completion_family(COMPLETION_SECONDS, items, views, TASK_LABELS)
+        else:
+            merged = {namespace: _lazy_view(state, drop_group) for namespace, state in items}
+            completions = _completion_family(COMPLETION_SECONDS, items, merged, TASK_LABELS)
+        return [
+            *_status_families((TASKS, TERMINAL_TRANSITIONS), items, views, TASK_LABELS),
+            completions,
+            _oldest_family(OLDEST_ACTIVE_AGE, items, views, TASK_LABELS),
+        ]
 
-        for namespace, numbers in views.items():
-            for group in numbers.groups:
-                for status in numbers.statuses:
-                    gauge.add_metric(order(namespace, status, group), numbers.counts.get((status, group), 0))
-                for status in TERMINAL_STATUSES:
-                    counter.add_metric(
-                        order(namespace, status, group), numbers.transitions.get((status, group), 0)
-                    )
-            for (status, group), started in sorted(numbers.oldest_active.items()):
-                oldest.add_metric(order(namespace, status, group), max(0.0, now - started))
-        return gauge, counter, oldest
-
-    def _health_families(self, snapshot: Snapshot) -> Iterator[Metric]:
-        up = GaugeMetricFamily(UP, _HELP[UP], labels=("namespace",))
-        last = GaugeMetricFamily(LAST_SUCCESS, _HELP[LAST_SUCCESS], labels=("namespace",))
-        durations = HistogramMetricFamily(POLL_DURATION, _HELP[POLL_DURATION], labels=("namespace",))
-        errors = CounterMetricFamily(POLL_ERRORS, _HELP[POLL_ERRORS], labels=("namespace", "reason"))
-        tracked = GaugeMetricFamily(TRACKED_TASKS, _HELP[TRACKED_TASKS], labels=("namespace",))
-        untracked = GaugeMetricFamily(UNTRACKED_TASKS, _HELP[UNTRACKED_TASKS], labels=("namespace",))
-        for namespace, health in sorted(snapshot.health.items()):
-            up.add_metric((namespace,), 1 if health.up else 0)
-            if health.last_success is not None:
-                last.add_metric((namespace,), health.last_success)
-            durations.add_metric((namespace,), _buckets(health.poll_durations), health.poll_durations.total)
-            for reason, count in sorted(health.errors.items()):
-                errors.add_metric((namespace, reason), count)
-        for namespace, state in sorted(snapshot.namespaces.items()):
-            tracked.add_metric((namespace,), len(state.tasks))
-            untracked.add_metric((namespace,), state.untracked)
-        requests = CounterMetricFamily(API_REQUESTS, _HELP[API_REQUESTS], labels=("endpoint", "code"))
-        for (endpoint, code), count in sorted(snapshot.api_requests.items()):
-            requests.add_metric((endpoint, code), count)
-        writes = CounterMetricFamily(STATE_WRITES, _HELP[STATE_WRITES], labels=("result",))
-        for result, count in sorted(snapshot.state_writes.items()):
-            writes.add_metric((result,), count)
-        yield from (up, last, durations, errors, tracked, untracked, requests, writes)
+    def _batch_families(self, namespaces: Mapping[str, NamespaceState]) -> list[Family]:
+        items = sorted(namespaces.items())
+        views = {namespace: _lazy_view(state, self._bucket_fold) for namespace, state in items}
+        merged = {namespace: _lazy_view(state, drop_group) for namespace, state in items}
+        return [
+            *_status_families((BATCHES, BATCH_TERMINAL_TRANSITIONS), items, views, BATCH_LABELS),
+            _completion_family(BATCH_COMPLETION_SECONDS, items, merged, ("namespace", "status")),
+            Family(
+                BATCH_OBJECTS,
+                "counter",
+                ("namespace", "bucket_id", "outcome"),
+                _parts(items, views, _object_rows),
+            ),
+            Family(
+                BATCH_FAILURES,
+                "counter",
+                ("namespace", "bucket_id", "failure_category"),
+                _parts(items, views, _failure_rows),
+            ),
+            _oldest_family(BATCH_OLDEST_ACTIVE_AGE, items, views, BATCH_LABELS),
+        ]
 
 
-def _buckets(histogram: Histogram) -> list[tuple[str, float] | tuple[str, float, PromExemplar]]:
+LazyView = Callable[[], View]
+Rows = Callable[[str, View, tuple[str, ...]], list[Row]]
+"""(namespace, view, labels) -> the rows of one namespace."""
+
+
+def _lazy_view(state: NamespaceState, fold: Fold) -> LazyView:
+    """The view of a state, made on first use: a cached exposition never asks for most of them."""
+    made: list[View] = []
+
+    def get() -> View:
+        if not made:
+            made.append(view(state, fold(state)))
+        return made[0]
+
+    return get
+
+
+def _parts(
+    items: Sequence[tuple[str, NamespaceState]],
+    views: Mapping[str, LazyView],
+    rows: Rows,
+    labels: tuple[str, ...] = (),
+) -> tuple[Part, ...]:
+    def of(namespace: str) -> list[Row]:
+        return rows(namespace, views[namespace](), labels)
+
+    return tuple(Part(namespace, state, partial(of, namespace)) for namespace, state in items)
+
+
+def _ordered(labels: tuple[str, ...], namespace: str, status: str, group: str) -> tuple[str, ...]:
+    """Label values in the family's order; tasks and batches order theirs differently."""
+    values = {"namespace": namespace, "status": status}
+    return tuple(values.get(label, group) for label in labels)
+
+
+def _status_families(
+    names: tuple[str, str],
+    items: Sequence[tuple[str, NamespaceState]],
+    views: Mapping[str, LazyView],
+    labels: tuple[str, ...],
+) -> list[Family]:
+    """Gauge by status and terminal-transition counter, every known status at 0 for each seen group."""
+    gauge, counter = names
+    return [
+        Family(gauge, "gauge", labels, _parts(items, views, _count_rows, labels)),
+        Family(counter, "counter", labels, _parts(items, views, _transition_rows, labels)),
+    ]
+
+
+def _count_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
+    return [
+        (_ordered(labels, namespace, status, group), numbers.counts.get((status, group), 0), None)
+        for group in numbers.groups
+        for status in numbers.statuses
+    ]
+
+
+def _transition_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
+    return [
+        (_ordered(labels, namespace, status, group), numbers.transitions.get((status, group), 0), None)
+        for group in numbers.groups
+        for status in TERMINAL_STATUSES
+    ]
+
+
+def _oldest_family(
+    name: str,
+    items: Sequence[tuple[str, NamespaceState]],
+    views: Mapping[str, LazyView],
+    labels: tuple[str, ...],
+) -> Family:
+    """Exported for each non-terminal (status, group) that has items, valued at the namespace's last
+    complete poll, not at the scrape: every number of a scrape then describes the same instant and
+    nothing is extrapolated past what the exporter saw (a task may have finished since), and a
+    namespace's text can be kept until its next poll. The age now, should a rule want it, is this plus
+    time() - mixpeek_exporter_last_success_timestamp_seconds."""
+
+    def rows(namespace: str, state: NamespaceState) -> list[Row]:
+        if state.polled_at is None:
+            return []
+        return [
+            (_ordered(labels, namespace, status, group), max(0.0, state.polled_at - started), None)
+            for (status, group), started in sorted(views[namespace]().oldest_active.items())
+        ]
+
+    return Family(
+        name, "gauge", labels, tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in items)
+    )
+
+
+def _completion_family(
+    name: str,
+    items: Sequence[tuple[str, NamespaceState]],
+    views: Mapping[str, LazyView],
+    labels: tuple[str, ...],
+) -> Family:
+    """One histogram per terminal status and group, once a namespace has seen a group; with every
+    group folded into "" (drop_group) one per terminal status."""
+
+    def rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
+        return [
+            _histogram_row(_ordered(labels, namespace, status, group), numbers.completion((status, group)))
+            for group in numbers.groups
+            for status in TERMINAL_STATUSES
+        ]
+
+    return Family(name, "histogram", labels, _parts(items, views, rows, labels))
+
+
+def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
+    return [
+        ((namespace, bucket, outcome), numbers.tallies.get((bucket, outcome), 0), None)
+        for bucket in numbers.groups
+        for outcome in OUTCOMES
+    ]
+
+
+def _failure_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
+    return [
+        ((namespace, bucket, category), numbers.tallies.get((bucket, "category", category), 0), None)
+        for bucket in numbers.groups
+        for category in sorted(FAILURE_CATEGORIES)
+    ]
+
+
+def _health_families(snapshot: Snapshot) -> list[Family]:
+    health = sorted(snapshot.health.items())
+    states = sorted(snapshot.namespaces.items())
+
+    def of_health(
+        name: str, kind: str, labels: tuple[str, ...], rows: Callable[[str, NamespaceHealth], list[Row]]
+    ) -> Family:
+        parts = tuple(Part(ns, h, partial(rows, ns, h)) for ns, h in health)
+        return Family(name, kind, labels, parts)
+
+    def of_state(name: str, rows: Callable[[str, NamespaceState], list[Row]]) -> Family:
+        parts = tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in states)
+        return Family(name, "gauge", ("namespace",), parts)
+
+    requests, writes = snapshot.api_requests, snapshot.state_writes
+    return [
+        of_health(UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
+        of_health(
+            LAST_SUCCESS,
+            "gauge",
+            ("namespace",),
+            lambda ns, h: [] if h.last_success is None else [((ns,), h.last_success, None)],
+        ),
+        of_health(
+            POLL_DURATION,
+            "histogram",
+            ("namespace",),
+            lambda ns, h: [_histogram_row((ns,), h.poll_durations)],
+        ),
+        of_health(
+            POLL_ERRORS,
+            "counter",
+            ("namespace", "reason"),
+            lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
+        ),
+        of_state(TRACKED_TASKS, lambda ns, state: [((ns,), len(state.tasks), None)]),
+        of_state(UNTRACKED_TASKS, lambda ns, state: [((ns,), state.untracked, None)]),
+        Family(
+            API_REQUESTS,
+            "counter",
+            ("endpoint", "code"),
+            (Part("", requests, lambda: [(key, count, None) for key, count in sorted(requests.items())]),),
+        ),
+        Family(
+            STATE_WRITES,
+            "counter",
+            ("result",),
+            (Part("", writes, lambda: [((result,), n, None) for result, n in sorted(writes.items())]),),
+        ),
+    ]
+
+
+def _dropped_rows(totals: tuple[tuple[str, int], ...]) -> list[Row]:
+    return [((_EXPOSED[name],), count, None) for name, count in totals]
+
+
+def _histogram_row(labels: tuple[str, ...], histogram: Histogram) -> Row:
+    return (labels, histogram.total, _buckets(histogram))
+
+
+def _buckets(histogram: Histogram) -> Buckets:
     return [_bucket(le, count, exemplar) for le, count, exemplar in histogram.cumulative()]
 
 
@@ -273,3 +556,51 @@ def _bucket(
     if exemplar is None or len(exemplar.task_id) > 100:
         return (le, count)
     return (le, count, PromExemplar({"task_id": exemplar.task_id}, exemplar.value, exemplar.timestamp))
+
+
+def series_count(
+    namespaces: int,
+    task_types: int,
+    *,
+    buckets: int = 14,
+    statuses: int = len(TASK_STATUSES),
+    active: int | None = None,
+    histogram_task_type: bool = True,
+    batch_buckets: int = 0,
+    active_batches: int | None = None,
+) -> dict[str, int]:
+    """Series (sample lines) of each family that grows with the setup, as the README's formula says.
+
+    Per namespace: `task_types` task types seen (after folding), `statuses` known statuses (16 plus
+    any unknown one seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
+    +Inf, plus _sum and _count), `batch_buckets` bucket_id values shown (0 without batches). `active`
+    and `active_batches` count the non-terminal (status, group) pairs that have items now, summed over
+    namespaces; None takes every one (the upper bound). Families that depend on history (poll errors by
+    reason, API requests by code, state writes) and the fixed ones (build info, series dropped) are not
+    counted.
+    """
+    histogram = buckets + 3
+    terminal = len(TERMINAL_STATUSES)
+    active_statuses = statuses - terminal
+    types = task_types if histogram_task_type else min(task_types, 1)
+    counts = {
+        TASKS: statuses * task_types,
+        f"{TERMINAL_TRANSITIONS}_total": terminal * task_types,
+        COMPLETION_SECONDS: terminal * types * histogram,
+        BATCHES: statuses * batch_buckets,
+        f"{BATCH_TERMINAL_TRANSITIONS}_total": terminal * batch_buckets,
+        BATCH_COMPLETION_SECONDS: terminal * histogram if batch_buckets else 0,
+        f"{BATCH_OBJECTS}_total": len(OUTCOMES) * batch_buckets,
+        f"{BATCH_FAILURES}_total": len(FAILURE_CATEGORIES) * batch_buckets,
+        UP: 1,
+        LAST_SUCCESS: 1,
+        POLL_DURATION: len(POLL_DURATION_BUCKETS) + 3,
+        TRACKED_TASKS: 1,
+        UNTRACKED_TASKS: 1,
+    }
+    totals = {name: count * namespaces for name, count in counts.items()}
+    totals[OLDEST_ACTIVE_AGE] = namespaces * active_statuses * task_types if active is None else active
+    totals[BATCH_OLDEST_ACTIVE_AGE] = (
+        namespaces * active_statuses * batch_buckets if active_batches is None else active_batches
+    )
+    return totals

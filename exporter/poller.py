@@ -10,16 +10,22 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import structlog
 
-from exporter.api import ApiError, Batch, MixpeekClient, Task
+from exporter.api import ApiError, MixpeekClient, Task
 from exporter.histogram import Histogram
 from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot
-from exporter.state import NamespaceState, label_value, observe
+from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
+from exporter.state import NamespaceState, Observation, label_value
 from exporter.statefile import StateFile
+from exporter.vocabulary import TERMINAL_STATUSES
 
 UNKNOWN_NAMESPACE = "unknown"
+# An incremental poll re-reads tasks created this long before the newest it knows, for tasks that show
+# up in listings a little after their created_at (or with a clock a little behind).
+BIRTH_SLACK_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,21 @@ class PollPlan:
     buckets: tuple[float, ...]
     max_tracked: int | None = None
     batches: bool = False
+    reconcile_every: int = 1
+    """Polls per full listing of a namespace's tasks; the polls between fetch only what changed."""
+    namespace_filter: NamespaceFilter = ALL_NAMESPACES
+    """The namespaces this replica owns (its shard, allow, deny); the others get no series at all."""
 
 
 @dataclass(frozen=True)
 class Fetched:
     """Everything one poll listed, by namespace, before any of it is applied."""
 
-    tasks: Mapping[str, list[Task]]
-    batches: Mapping[str, list[Batch]]
+    tasks: Mapping[str, Observation]
+    batches: Mapping[str, Observation]
     pages: int
+    full: bool = True
+    """Whether the tasks were listed completely (else: an incremental poll, see `_list_changes`)."""
 
 
 class Poller:
@@ -60,18 +72,26 @@ class Poller:
         self._log = logger or structlog.get_logger("exporter.poller")
         self._limit = asyncio.Semaphore(plan.concurrency)
         self._discovered: tuple[str, ...] | None = None
+        self._since_full: dict[str, int] = {}
+        """Incremental polls since each namespace's last full listing."""
+        self._listed = False
+        """An organization listing has succeeded (in organization scope, that is readiness)."""
         self._state_file = state_file
         tasks, batches = state_file.load() if state_file else ({}, {})
         if plan.namespaces:
             tasks = {ns: state for ns, state in tasks.items() if ns in plan.namespaces}
             batches = {ns: state for ns, state in batches.items() if ns in plan.namespaces}
+        # A state file written under other sharding or filter settings holds namespaces not owned here.
+        owns = plan.namespace_filter.owns
+        tasks = {ns: state for ns, state in tasks.items() if owns(ns)}
+        batches = {ns: state for ns, state in batches.items() if owns(ns)}
         self.snapshot = Snapshot(namespaces=tasks, batches=batches)
 
     @property
     def targets(self) -> tuple[str, ...] | None:
-        """The namespaces to poll, or None while discovery has not succeeded yet."""
+        """The namespaces to poll (those this replica owns), or None while discovery has not succeeded yet."""
         if self._plan.organization or self._plan.namespaces:
-            return self._plan.namespaces
+            return tuple(ns for ns in self._plan.namespaces if self._plan.namespace_filter.owns(ns))
         return self._discovered
 
     def ready(self) -> bool:
@@ -79,8 +99,8 @@ class Poller:
         targets = self.targets
         if targets is None:
             return False
-        if self._plan.organization:
-            return any(h.last_success is not None for h in self.snapshot.health.values())
+        if self._plan.organization:  # owning none of the listed namespaces is fine, once listed
+            return self._listed
         health = self.snapshot.health
         return all(ns in health and health[ns].last_success is not None for ns in targets)
 
@@ -93,7 +113,7 @@ class Poller:
         except ApiError as exc:
             self._log.warning("namespace discovery failed", reason=exc.reason, error=str(exc))
         else:
-            names = tuple(sorted({ns.name for ns in found}))
+            names = tuple(sorted({ns.name for ns in found if self._plan.namespace_filter.owns(ns.name)}))
             if names != self._discovered:
                 self._log.info("namespaces discovered", namespaces=list(names))
             self._discovered = names
@@ -111,10 +131,18 @@ class Poller:
 
     async def poll_namespace(self, namespace: str) -> None:
         async def fetch() -> Fetched:
-            tasks = await self._client.list_tasks(namespace)
-            return Fetched(
-                {namespace: list(tasks.items.values())}, await self._batches((namespace,)), tasks.pages
-            )
+            now = self._clock()
+            previous = {namespace: self._previous(self.snapshot.namespaces, namespace)}
+            incremental = self._incremental(previous)
+            observation = Observation(previous[namespace], now, self._plan.max_tracked, partial=incremental)
+            if incremental:
+                pages = await self._list_changes(
+                    namespace, previous, {namespace: observation}, observation.add
+                )
+            else:
+                pages = await self._client.walk_tasks(namespace, observation.add)
+            batches = await self._batches((namespace,), now)
+            return Fetched({namespace: observation}, batches, pages, full=not incremental)
 
         await self._poll((namespace,), fetch)
 
@@ -122,24 +150,94 @@ class Poller:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
 
         async def fetch() -> Fetched:
-            listing = await self._client.list_tasks(None)
+            now = self._clock()
             wanted = set(self._plan.namespaces)
-            by_namespace: dict[str, list[Task]] = {ns: [] for ns in self.snapshot.namespaces}
-            for task in listing.items.values():
-                namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
-                if not wanted or namespace in wanted:
-                    by_namespace.setdefault(namespace, []).append(task)
-            batches = await self._batches(tuple(ns for ns in by_namespace if ns != UNKNOWN_NAMESPACE))
-            return Fetched(by_namespace, batches, listing.pages)
+            states = self.snapshot.namespaces
+            incremental = self._incremental(states)
+            observations = {
+                ns: Observation(self._previous(states, ns), now, self._plan.max_tracked, partial=incremental)
+                for ns in states
+            }
 
-        await self._poll(
-            tuple(self.snapshot.namespaces) or self._plan.namespaces or (UNKNOWN_NAMESPACE,), fetch
+            def route(tasks: list[Task]) -> int:
+                by_namespace: dict[str, list[Task]] = {}
+                for task in tasks:
+                    namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
+                    if (not wanted or namespace in wanted) and self._plan.namespace_filter.owns(namespace):
+                        by_namespace.setdefault(namespace, []).append(task)
+                new = 0
+                for namespace, items in by_namespace.items():
+                    if namespace not in observations:
+                        previous = self._previous(states, namespace)
+                        observations[namespace] = Observation(
+                            previous, now, self._plan.max_tracked, partial=incremental
+                        )
+                    new += observations[namespace].add(items)
+                return new
+
+            if incremental:
+                pages = await self._list_changes(None, states, observations, route)
+            else:
+                pages = await self._client.walk_tasks(None, route)
+            batches = await self._batches(tuple(ns for ns in observations if ns != UNKNOWN_NAMESPACE), now)
+            return Fetched(observations, batches, pages, full=not incremental)
+
+        await self._poll(tuple(self.snapshot.namespaces) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
+
+    def _incremental(self, states: Mapping[str, NamespaceState]) -> bool:
+        """Between full listings, and only once there is a baseline to build on: a state with untracked
+        tasks (the cap) or without creation times cannot be followed by changes alone."""
+        if not states:
+            return False
+        for namespace, state in states.items():
+            since_full = self._since_full.get(namespace)  # None: no full listing yet in this process
+            if since_full is None or since_full + 1 >= self._plan.reconcile_every:
+                return False
+            if state.polled_at is None or state.untracked:
+                return False
+        return any(state.newest is not None for state in states.values())
+
+    async def _list_changes(
+        self,
+        scope: str | None,
+        states: Mapping[str, NamespaceState],
+        observations: Mapping[str, Observation],
+        sink: Callable[[list[Task]], int],
+    ) -> int:
+        """An incremental poll: every task that is active or born since the last poll (one listing),
+        then, by id, the tasks that were active and are no longer in it (finished, or gone)."""
+        newest = max(state.newest for state in states.values() if state.newest is not None)
+        since = datetime.fromtimestamp(newest - BIRTH_SLACK_SECONDS, UTC).isoformat()
+        where = {
+            "OR": [
+                {"NOT": [{"field": "status", "operator": "in", "value": list(TERMINAL_STATUSES)}]},
+                {"field": "created_at", "operator": "gte", "value": since},
+            ]
+        }
+        pages = await self._client.walk_tasks(scope, sink, where)
+        left = sorted(
+            task_id
+            for namespace, state in states.items()
+            for task_id in state.active
+            if not observations[namespace].listed(task_id)
         )
+        pages += await self._client.find_tasks(scope, left, sink)
+        for namespace, state in states.items():
+            observations[namespace].vanish(state.active)
+        return pages
 
-    async def _batches(self, namespaces: tuple[str, ...]) -> dict[str, list[Batch]]:
+    def _previous(self, states: Mapping[str, NamespaceState], namespace: str) -> NamespaceState:
+        return states.get(namespace) or NamespaceState(buckets=self._plan.buckets)
+
+    async def _batches(self, namespaces: tuple[str, ...], now: float) -> dict[str, Observation]:
         if not self._plan.batches:
             return {}
-        return {ns: list((await self._client.list_batches(ns)).items.values()) for ns in namespaces}
+        observations = {}
+        for ns in namespaces:
+            previous = self._previous(self.snapshot.batches, ns)
+            observations[ns] = Observation(previous, now, self._plan.max_tracked)
+            await self._client.walk_batches(ns, observations[ns].add)
+        return observations
 
     async def run(self) -> None:
         """Poll until cancelled: one loop per namespace, discovery refreshed every interval."""
@@ -181,17 +279,18 @@ class Poller:
 
     def _apply(self, fetched: Fetched, duration: float) -> None:
         now = self._clock()
+        self._listed = True
         namespaces = dict(self.snapshot.namespaces)
         batches = dict(self.snapshot.batches)
         health = dict(self.snapshot.health)
         if self._plan.organization:  # the listing says which namespaces exist; drop placeholders
             health = {ns: h for ns, h in health.items() if ns in fetched.tasks}
-        for namespace, items in fetched.batches.items():
-            previous = batches.get(namespace) or NamespaceState(buckets=self._plan.buckets)
-            batches[namespace] = observe(previous, items, now, self._plan.max_tracked)
-        for namespace, tasks in fetched.tasks.items():
-            previous = namespaces.get(namespace) or NamespaceState(buckets=self._plan.buckets)
-            namespaces[namespace] = state = observe(previous, tasks, now, self._plan.max_tracked)
+        for namespace, observation in fetched.batches.items():
+            batches[namespace] = observation.result()
+        for namespace, observation in fetched.tasks.items():
+            previous = observation.previous
+            namespaces[namespace] = state = observation.result()
+            self._since_full[namespace] = 0 if fetched.full else self._since_full.get(namespace, 0) + 1
             before = health.get(namespace) or _new_health()
             health[namespace] = replace(
                 before,
@@ -215,6 +314,7 @@ class Poller:
                 "poll complete",
                 namespace=namespace,
                 pages=fetched.pages,
+                full=fetched.full,
                 tasks=len(state.tasks),
                 batches=len(batches[namespace].tasks) if namespace in fetched.batches else None,
                 duration_seconds=round(duration, 3),

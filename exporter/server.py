@@ -9,8 +9,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.registry import Collector
 
+from exporter.exposition import Exposition
 from exporter.webconfig import BasicAuth, WebConfig
 
 StartResponse = Callable[..., Any]
@@ -49,9 +50,10 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def make_app(
-    registry: CollectorRegistry, ready: Callable[[], bool], auth: BasicAuth | None = None
+    metrics: Exposition | Collector, ready: Callable[[], bool], auth: BasicAuth | None = None
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
+    """`metrics` is served at /metrics: an Exposition (cached), or any collector, rendered per scrape."""
+    exposition = metrics if isinstance(metrics, Exposition) else Exposition(fresh=metrics)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
@@ -70,8 +72,13 @@ def make_app(
             challenge = [("WWW-Authenticate", 'Basic realm="mixpeek-exporter"')]
             return _plain(start_response, "401 Unauthorized", b"unauthorized\n", challenge)
         if path == "/metrics":
-            body: Iterable[bytes] = metrics_app(environ, start_response)
-            return body
+            response = exposition.respond(
+                environ.get("HTTP_ACCEPT"),
+                environ.get("HTTP_ACCEPT_ENCODING"),
+                environ.get("QUERY_STRING", ""),
+            )
+            start_response("200 OK", response.headers)
+            return response.body
         if path == "/healthz":
             return _plain(start_response, "200 OK", b"ok\n")
         if path == "/readyz":
@@ -103,19 +110,22 @@ def _plain(
 
 
 class MetricsServer:
-    """Serves the app in a background thread; `port` is the bound one (useful with port 0)."""
+    """Serves the app in a background thread; `port` is the bound one (useful with port 0).
+
+    Give it an Exposition of the SnapshotCollector: a registry (any collector) works too, but is
+    rendered whole at every scrape."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        registry: CollectorRegistry,
+        metrics: Exposition | Collector,
         ready: Callable[[], bool],
         web: WebConfig | None = None,
     ) -> None:
         server_class = _IPv6Server if ":" in host else _Server
         auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
-        app = make_app(registry, ready, auth)
+        app = make_app(metrics, ready, auth)
         self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         context = web.ssl_context() if web else None
         if context is not None:

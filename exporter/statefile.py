@@ -85,13 +85,15 @@ def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceS
             completions[(str(status), str(group))] = Histogram(
                 buckets, tuple(counts), float(total), exemplars
             )
+    keys: dict[tuple[str, str], tuple[str, str]] = {}
+    tasks = {}
+    for item_id, status, group, first, created, finished in raw["tasks"]:
+        key = keys.setdefault((str(status), str(group)), (str(status), str(group)))
+        tasks[str(item_id)] = Tracked(str(item_id), key, float(first), _opt(created), bool(finished))
     return restore(
         buckets=buckets,
         polled_at=float(raw["polled_at"]),
-        tasks={
-            str(item_id): Tracked(str(status), str(group), float(first), _opt(created), bool(finished))
-            for item_id, status, group, first, created, finished in raw["tasks"]
-        },
+        tasks=tasks,
         gone={str(item_id): float(when) for item_id, when in raw["gone"]},
         groups=tuple(map(str, raw["groups"])),
         statuses=tuple(map(str, raw["statuses"])),

@@ -6,8 +6,10 @@ so the state and its counters never lose anything when a setting changes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from exporter.histogram import Histogram, merged
 from exporter.state import Key, NamespaceState
@@ -40,6 +42,25 @@ def capped(limit: int) -> Callable[[NamespaceState], Callable[[str], str]]:
         return lambda group: group if group in kept else OTHER
 
     return fold_for
+
+
+def task_type_filter(allow: str | None, deny: str | None) -> Callable[[NamespaceState], Callable[[str], str]]:
+    """Show the groups `allow` fully matches (all when None) and `deny` does not; fold the rest into
+    `_other`, so their tasks and transitions still add up in every total."""
+    allowed = re.compile(allow) if allow is not None else None
+    denied = re.compile(deny) if deny is not None else None
+
+    # A few dozen task types, asked once per series: remember the answers (bounded, as the API's
+    # enum may grow).
+    @lru_cache(maxsize=4096)
+    def fold(group: str) -> str:
+        if allowed is not None and not allowed.fullmatch(group):
+            return OTHER
+        if denied is not None and denied.fullmatch(group):
+            return OTHER
+        return group
+
+    return lambda state: fold
 
 
 def view(state: NamespaceState, fold: Callable[[str], str]) -> View:

@@ -26,8 +26,10 @@ from pydantic import SecretStr
 
 from exporter.api import MixpeekClient
 from exporter.config import DEFAULT_BUCKETS
+from exporter.exposition import Exposition
 from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
+from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.simulator import FakeClock
 from exporter.statefile import StateFile
 
@@ -73,6 +75,8 @@ class Exporter:
     http: httpx.AsyncClient
     registry: CollectorRegistry
     sleeps: Sleeps
+    served: Exposition
+    """What the exporter's /metrics serves: the same collector, its text cached per snapshot."""
 
     async def poll(self) -> None:
         await self.poller.poll_once()
@@ -109,17 +113,43 @@ def build_exporter(
     max_tracked: int | None = None,
     batches: bool = False,
     bucket_fold: Fold = keep_all,
+    namespace_filter: NamespaceFilter = ALL_NAMESPACES,
+    reconcile_every: int = 1,
+    page_concurrency: int = 1,
+    task_type_fold: Fold = keep_all,
+    histogram_task_type: bool = True,
+    max_series: int = 0,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
     keys = key if callable(key) else (lambda: SecretStr(key))
-    client = MixpeekClient(http, keys, page_size=page_size, clock=clock, sleep=sleeps)
-    plan = PollPlan(namespaces, organization, 30.0, 4, DEFAULT_BUCKETS, max_tracked, batches)
+    client = MixpeekClient(
+        http, keys, page_size=page_size, page_concurrency=page_concurrency, clock=clock, sleep=sleeps
+    )
+    plan = PollPlan(
+        namespaces,
+        organization,
+        30.0,
+        4,
+        DEFAULT_BUCKETS,
+        max_tracked,
+        batches,
+        namespace_filter=namespace_filter,
+        reconcile_every=reconcile_every,
+    )
     store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
     poller = Poller(client, plan, clock=clock, state_file=store)
+    collector = SnapshotCollector(
+        lambda: poller.snapshot,
+        "test",
+        bucket_fold,
+        task_type_fold=task_type_fold,
+        histogram_task_type=histogram_task_type,
+        max_series=max_series,
+    )
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: poller.snapshot, "test", clock, bucket_fold))
-    return Exporter(poller, client, http, registry, sleeps)
+    registry.register(collector)
+    return Exporter(poller, client, http, registry, sleeps, Exposition(collector))
 
 
 def require_binary(name: str) -> str:

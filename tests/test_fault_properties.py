@@ -314,7 +314,7 @@ async def poll_and_check(
         else:
             reasons = {dict(k)["reason"] for k, v in errors_now.items() if v > errors_before.get(k, 0)}
             assert len(reasons) == 1 and sum(errors_now.values()) == sum(errors_before.values()) + 1
-            assert expected != "ok", f"{namespace} failed under {poll}, which must succeed"
+            assert expected != "ok", f"{namespace} failed ({reasons}) under {poll}, which must succeed"
             kinds = {**TRANSIENT, **FATAL}
             assert poll.kind in kinds and poll.namespace in (None, namespace), f"{namespace} failed: {poll}"
             assert reasons == {expected or kinds[poll.kind][1]}

@@ -20,7 +20,7 @@ import pytest
 from conftest import API_KEY
 from support import Exporter, Series, select
 
-from exporter.api import TASKS_LIST
+from exporter.api import MAX_BARREN_PAGES, TASKS_LIST
 from exporter.simulator import FakeClock, SimulatorServer, World
 from exporter.simulator.faults import (
     UNSEEN_STATUSES,
@@ -448,8 +448,9 @@ async def test_empty_pages_with_ever_new_cursors_end_the_poll(
     # The server lies 60 times, then stops: without that bound a looping client would never end the test.
     rule = api.inject(CursorBackToStart(), namespace="empty", times=60)
     await run.poll()
-    assert rule.fired == 1, f"followed {rule.fired} empty pages, each with a new cursor"
-    assert run.requests() == {"200": 1}
+    # A barren page or two can be honest (items hidden from this key); three in a row is a loop.
+    assert rule.fired == MAX_BARREN_PAGES, f"followed {rule.fired} empty pages, each with a new cursor"
+    assert run.requests() == {"200": MAX_BARREN_PAGES}
     assert run.errors("empty") == {"invalid_response": 1} and not run.up("empty")
 
 

@@ -33,7 +33,7 @@ def exporter(api: SimulatorServer, make_exporter: MakeExporter) -> Exporter:
 
 @pytest.fixture
 def base_url(exporter: Exporter) -> Iterator[str]:
-    server = MetricsServer("127.0.0.1", 0, exporter.registry, exporter.poller.ready)
+    server = MetricsServer("127.0.0.1", 0, exporter.served, exporter.poller.ready)
     server.start()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()
@@ -175,7 +175,7 @@ def web_config(path: Path, cert: Path, key: Path) -> Path:
 def test_tls_and_basic_auth(exporter: Exporter, tls_files: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = tls_files
     web = load_web_config(web_config(tmp_path / "web.yml", cert, key))
-    server = MetricsServer("127.0.0.1", 0, exporter.registry, exporter.poller.ready, web)
+    server = MetricsServer("127.0.0.1", 0, exporter.served, exporter.poller.ready, web)
     server.start()
     try:
         url = f"https://127.0.0.1:{server.port}"

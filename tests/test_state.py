@@ -15,7 +15,7 @@ def task(
     created: float | None = None,
     finished: float | None = None,
 ) -> Task:
-    return Task(task_id, status, task_type, "ns_1", created, finished)
+    return Task(task_id, status, task_type, created=created, completed=finished)
 
 
 def fresh() -> NamespaceState:

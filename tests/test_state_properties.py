@@ -22,7 +22,7 @@ def test_counters_only_grow_and_count_each_task_at_most_once(history: list[dict[
     previous_total = 0
     became_terminal_after_baseline: set[str] = set()
     for poll, tasks in enumerate(history):
-        listing_ = [Task(task_id, status, "thumbnail", None, None, None) for task_id, status in tasks.items()]
+        listing_ = [Task(task_id, status, "thumbnail") for task_id, status in tasks.items()]
         before = state
         state = observe(state, listing_, now=poll * 30.0)
         total = sum(state.transitions.values())
@@ -44,7 +44,7 @@ def test_counters_only_grow_and_count_each_task_at_most_once(history: list[dict[
         for poll, tasks in enumerate(history):
             baseline_only = observe(
                 baseline_only,
-                [Task(t, s, "thumbnail", None, None, None) for t, s in tasks.items() if t in always_terminal],
+                [Task(t, s, "thumbnail") for t, s in tasks.items() if t in always_terminal],
                 now=poll * 30.0,
             )
         assert sum(baseline_only.transitions.values()) == 0

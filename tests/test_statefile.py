@@ -120,10 +120,8 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     from exporter.api import Task
     from exporter.state import NamespaceState, observe
 
-    state = observe(
-        NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PENDING", "t", None, None, None)], 0.0
-    )
-    state = observe(state, [Task("a", "FAILED", "t", None, None, None)], 30.0)
+    state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PENDING", "t")], 0.0)
+    state = observe(state, [Task("a", "FAILED", "t")], 30.0)
     path = tmp_path / "state.json"
     StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state}, {})
     same = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]

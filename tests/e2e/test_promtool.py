@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 
 import pytest
@@ -29,3 +30,5 @@ async def test_promtool_check_metrics_accepts_the_exposition(
     assert "mixpeek_task_completion_seconds_bucket" in text and "mixpeek_exporter_poll_errors_total" in text
     code, output = promtool("check", "metrics", stdin=text)
     assert (code, output) == (0, "")
+    served = b"".join(exporter.served.respond(None, "gzip").body)  # what /metrics sends, from its cache
+    assert gzip.decompress(served).decode() == text

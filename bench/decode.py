@@ -1,0 +1,156 @@
+"""How fast can one tasks/list page become task state? The candidates, on the same 1,000-task page.
+
+Prints microseconds per task for each way of decoding a page into what the state reads, then for the
+decoder the exporter uses, the cost of folding the page into the state (a first sight, and a task seen
+unchanged again, which is the common case of a full listing).
+
+    python bench/decode.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from exporter.api import Task, _TaskPage, parse_timestamp
+from exporter.config import DEFAULT_BUCKETS
+from exporter.simulator import FakeClock, World
+from exporter.simulator.render import task_json
+from exporter.state import NamespaceState, Observation
+
+try:
+    import orjson
+except ImportError:  # optional: only this comparison uses it
+    orjson = None
+
+ROUNDS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    task_id: str
+    status: str
+    task_type: str
+    created_at: float | None
+
+
+class PydanticTask(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str = Field(min_length=1)
+    task_type: str
+    status: str
+    additional_data: dict[str, Any] | None = None
+    created_at: str | float | None = None
+    completed_at: str | float | None = None
+
+
+class PydanticPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    results: list[PydanticTask]
+
+
+def page_bytes(size: int = 1000) -> bytes:
+    clock = FakeClock()
+    world = World(clock=clock, seed=1)
+    world.add_namespace("bench")
+    for i in range(size):
+        world.create_task(
+            "bench", ("thumbnail", "engine_cluster_build")[i % 2], ("PENDING", "COMPLETED")[i % 3 == 0]
+        )
+        clock.advance(0.01)
+    results = [task_json(task, include_timestamps=True) for task in world.tasks("bench")]
+    return json.dumps({"results": results, "pagination": {"next_cursor": None}}).encode()
+
+
+def pydantic_loads(raw: bytes) -> list[Converted]:
+    page = PydanticPage.model_validate(json.loads(raw))
+    return [Converted(t.task_id, t.status, t.task_type, parse_timestamp(t.created_at)) for t in page.results]
+
+
+ADAPTER = TypeAdapter(PydanticPage)
+
+
+def pydantic_json(raw: bytes) -> list[Converted]:
+    page = ADAPTER.validate_json(raw)
+    return [Converted(t.task_id, t.status, t.task_type, parse_timestamp(t.created_at)) for t in page.results]
+
+
+def orjson_dicts(raw: bytes) -> list[Converted]:
+    assert orjson is not None
+    out = []
+    for item in orjson.loads(raw)["results"]:
+        task_id = item["task_id"]
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError("task_id")
+        out.append(
+            Converted(
+                task_id, str(item["status"]), str(item["task_type"]), parse_timestamp(item.get("created_at"))
+            )
+        )
+    return out
+
+
+def msgspec_struct(raw: bytes) -> list[Task]:
+    return msgspec.json.decode(raw, type=_TaskPage).results
+
+
+def per_task_us(run: Callable[[], object], tasks: int) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / tasks * 1e6
+
+
+def main() -> None:
+    raw = page_bytes()
+    tasks = len(msgspec_struct(raw))
+    print(f"one page: {tasks} tasks, {len(raw) / tasks:.0f} bytes per task; best of {ROUNDS} rounds\n")
+    print("| decoding (page bytes -> what the state reads) | µs per task |")
+    print("|---|---|")
+    candidates: list[tuple[str, Callable[[bytes], object]]] = [
+        ("json.loads + pydantic model_validate (the exporter before)", pydantic_loads),
+        ("pydantic TypeAdapter.validate_json", pydantic_json),
+        ("msgspec Struct of the read fields (chosen)", msgspec_struct),
+    ]
+    if orjson is not None:
+        candidates.insert(2, ("orjson.loads + hand-checked dicts", orjson_dicts))
+    for name, decode in candidates:
+        print(f"| {name} | {per_task_us(lambda d=decode: d(raw), tasks):.2f} |")  # type: ignore[misc]
+    if orjson is None:
+        print("| orjson | not installed |")
+
+    page = msgspec_struct(raw)
+    empty = NamespaceState(buckets=DEFAULT_BUCKETS)
+
+    def first_sight() -> NamespaceState:
+        observation = Observation(empty, 0.0)
+        observation.add(page)
+        return observation.result()
+
+    seen = first_sight()
+
+    def seen_again() -> NamespaceState:
+        observation = Observation(seen, 30.0)
+        observation.add(page)
+        return observation.result()
+
+    print("\n| state update (Observation.add + result) | µs per task |")
+    print("|---|---|")
+    print(f"| first sight (baseline) | {per_task_us(first_sight, tasks):.2f} |")
+    print(f"| seen again, unchanged | {per_task_us(seen_again, tasks):.2f} |")
+    total = per_task_us(lambda: msgspec_struct(raw), tasks) + per_task_us(seen_again, tasks)
+    print(f"\nchosen path, a full listing of unchanged tasks: {total:.2f} µs per task")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""/metrics response time for a large exposition: a Snapshot of about 50,000 series behind the real
+MetricsServer, scraped by concurrent clients in the text format and OpenMetrics, with and without gzip.
+
+The server runs in a child process, so the scrapers' CPU neither counts as the exporter's nor competes
+for its GIL. It also reports what rendering costs: the first render of the whole snapshot, and the render
+after one namespace's poll replaced its state (the first scrape after each poll pays it).
+
+    python bench/scrape.py [--namespaces 50 --task-types 10 --scrapes 200 --concurrency 20]
+
+`measure_scrapes(url)` is the measuring part, for other benchmarks (bench/scale.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import http.client
+import math
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+
+from exporter.config import DEFAULT_BUCKETS
+from exporter.exposition import Exposition
+from exporter.histogram import Exemplar, Histogram
+from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot, SnapshotCollector
+from exporter.server import MetricsServer
+from exporter.state import NamespaceState
+from exporter.vocabulary import TASK_STATUSES, TERMINAL_STATUSES
+
+NOW = 1_750_000_000.0
+# What Prometheus (2.x, 3.x by default) sends: OpenMetrics first, and gzip.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+ACTIVE = ("PENDING", "PROCESSING")
+
+
+class ScrapeTimes(NamedTuple):
+    p50: float
+    """seconds"""
+    p99: float
+    """seconds"""
+    bytes: int
+    """of the body as sent (compressed when gzip was asked for)"""
+
+
+def measure_scrapes(
+    url: str, scrapes: int = 200, concurrency: int = 20, headers: dict[str, str] | None = None
+) -> ScrapeTimes:
+    """GET `url` `scrapes` times, `concurrency` at once, each on a new connection (as the exporter's
+    HTTP/1.0 server closes them), with the headers Prometheus sends unless others are given; the time
+    of each is from connecting to the last byte of the body."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def scrape(_: int) -> tuple[float, int]:
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            connection.request("GET", path, headers=PROMETHEUS_HEADERS if headers is None else headers)
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+        return time.perf_counter() - started, len(body)
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(scrape, range(scrapes)))
+    times = sorted(seconds for seconds, _ in results)
+    return ScrapeTimes(percentile(times, 50), percentile(times, 99), results[-1][1])
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest rank: the smallest value that at least p % of the values do not exceed."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def namespace_state(namespace: int, task_types: int, version: int = 0) -> NamespaceState:
+    """Every known status of every task type, terminal histograms with three observations each."""
+    types = tuple(f"task_type_{t:02d}" for t in range(task_types))
+    histogram = Histogram.empty(DEFAULT_BUCKETS)
+    for value in (3.0, 95.0, 4000.0 + version):
+        task_id = f"task_{namespace:04d}_{int(value):06d}_{version}"
+        histogram = histogram.observe(value, Exemplar(task_id, value, NOW - 60))
+    return NamespaceState(
+        buckets=DEFAULT_BUCKETS,
+        polled_at=NOW,
+        groups=types,
+        statuses=TASK_STATUSES,
+        counts={(status, kind): 7 + version for status in TASK_STATUSES for kind in types},
+        oldest_active={(status, kind): NOW - 600 for status in ACTIVE for kind in types},
+        transitions={(status, kind): 40 + version for status in TERMINAL_STATUSES for kind in types},
+        completions={(status, kind): histogram for status in TERMINAL_STATUSES for kind in types},
+    )
+
+
+def batch_state(buckets: int) -> NamespaceState:
+    groups = tuple(f"bkt_{b:02d}" for b in range(buckets))
+    histogram = Histogram.empty(DEFAULT_BUCKETS).observe(700.0)
+    return NamespaceState(
+        buckets=DEFAULT_BUCKETS,
+        polled_at=NOW,
+        groups=groups,
+        counts={("PROCESSING", group): 2 for group in groups},
+        oldest_active={("PROCESSING", group): NOW - 300 for group in groups},
+        transitions={("COMPLETED", group): 9 for group in groups},
+        completions={("COMPLETED", group): histogram for group in groups},
+        tallies={(group, "processed"): 900 for group in groups},
+    )
+
+
+def build_snapshot(namespaces: int = 50, task_types: int = 10, batch_buckets: int = 3) -> Snapshot:
+    names = [f"ns-{i:04d}" for i in range(namespaces)]
+    durations = Histogram.empty(POLL_DURATION_BUCKETS)
+    for seconds in (0.3, 0.4, 2.0):
+        durations = durations.observe(seconds)
+    return Snapshot(
+        namespaces={name: namespace_state(i, task_types) for i, name in enumerate(names)},
+        batches={name: batch_state(batch_buckets) for name in names} if batch_buckets else {},
+        health={name: NamespaceHealth(True, NOW - 5, durations, {"timeout": 1}) for name in names},
+        api_requests={("/v1/tasks/list", "200"): 1000 * namespaces},
+    )
+
+
+def render_costs(snapshot: Snapshot, task_types: int) -> dict[str, float]:
+    """Seconds to render the whole snapshot, then again after one namespace's state was replaced."""
+    current = [snapshot]
+    exposition = Exposition(SnapshotCollector(lambda: current[0], "bench"))
+    costs = {}
+    for name, accept in (("text", None), ("openmetrics", OPENMETRICS)):
+        started = time.perf_counter()
+        exposition.respond(accept, None)
+        costs[f"first render, {name}"] = time.perf_counter() - started
+    for version, (name, accept) in enumerate((("text", None), ("openmetrics", OPENMETRICS)), 1):
+        polled = next(iter(snapshot.namespaces))
+        namespaces = {**current[0].namespaces, polled: namespace_state(0, task_types, version)}
+        current[0] = dataclasses.replace(current[0], namespaces=namespaces)
+        started = time.perf_counter()
+        exposition.respond(accept, None)
+        costs[f"render after one namespace's poll, {name}"] = time.perf_counter() - started
+    return costs
+
+
+def serve(namespaces: int, task_types: int, batch_buckets: int, control: Connection) -> None:
+    snapshot = build_snapshot(namespaces, task_types, batch_buckets)
+    costs = render_costs(snapshot, task_types)
+    collector = SnapshotCollector(lambda: snapshot, "bench")
+    server = MetricsServer("127.0.0.1", 0, Exposition(collector), lambda: True)
+    server.start()
+    control.send((server.port, costs))
+    while control.recv() == "cpu":  # until the parent is done
+        control.send(time.process_time())
+    server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--namespaces", type=int, default=50)
+    parser.add_argument("--task-types", type=int, default=10)
+    parser.add_argument("--batch-buckets", type=int, default=3, help="per namespace; 0: no batches")
+    parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=20)
+    args = parser.parse_args()
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(
+        target=serve, args=(args.namespaces, args.task_types, args.batch_buckets, child), daemon=True
+    )
+    server.start()
+    child.close()  # so that recv fails, rather than waits, if the server dies
+    port, costs = parent.recv()
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        plain.request("GET", "/metrics")
+        text = plain.getresponse().read()
+        plain.close()
+        series = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+        print(f"{series:,} series ({args.namespaces} namespaces x {args.task_types} task types)")
+        for what, seconds in costs.items():
+            print(f"{what}: {seconds * 1000:.1f} ms")
+        print(f"{args.scrapes} scrapes, {args.concurrency} at once; CPU: the server process's, per scrape")
+        print(f"{'format':<12} {'gzip':<5} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7} {'body bytes':>11}")
+
+        def row(name: str, zipped: str, url: str, headers: dict[str, str]) -> None:
+            parent.send("cpu")
+            cpu = parent.recv()
+            times = measure_scrapes(url, args.scrapes, args.concurrency, headers)
+            parent.send("cpu")
+            cpu = (parent.recv() - cpu) / args.scrapes
+            print(
+                f"{name:<12} {zipped:<5} {times.p50 * 1000:>7.2f} {times.p99 * 1000:>7.2f} "
+                f"{cpu * 1000:>7.2f} {times.bytes:>11,}"
+            )
+
+        for name, accept in (("text 0.0.4", None), ("openmetrics", OPENMETRICS)):
+            for zipped in (False, True):
+                headers = {"Accept-Encoding": "gzip" if zipped else "identity"}
+                if accept:
+                    headers["Accept"] = accept
+                measure_scrapes(url, scrapes=1, concurrency=1, headers=headers)  # the render, once
+                row(name, "yes" if zipped else "no", url, headers)
+        # The HTTP server's own cost: a body of three bytes.
+        row("/healthz", "", url.replace("/metrics", "/healthz"), {})
+    finally:
+        parent.send("done")
+        server.join(10)
+
+
+if __name__ == "__main__":
+    main()

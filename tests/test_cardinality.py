@@ -1,0 +1,248 @@
+"""Cardinality controls against the simulated API: task types folded into _other, the completion
+histogram without task_type, the per-metric series cap; and the README's series formula against a scrape."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import Exporter, Series, select
+
+from exporter.metrics import series_count
+from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.views import OTHER, task_type_filter
+from exporter.vocabulary import TERMINAL_STATUSES
+
+MakeExporter = Callable[..., Exporter]
+COMPLETION = "mixpeek_task_completion_seconds"
+DROPPED = "mixpeek_exporter_series_dropped_total"
+KINDS = {"thumbnail": 3, "engine_cluster_build": 2, "engine_feature_extract": 1, "api_taxonomies_execute": 4}
+
+
+def by_type(series: Series, name: str, **labels: str) -> dict[str, float]:
+    """{task_type: value} of the samples of `name` with `labels` (one per task type)."""
+    found = select(series, name, **labels)
+    values = {dict(key)["task_type"]: value for key, value in found.items()}
+    assert len(values) == len(found)
+    return values
+
+
+def totals(series: Series, name: str, *keep: str) -> dict[tuple[str, ...], float]:
+    """Samples of `name` summed over every label but `keep`."""
+    summed: dict[tuple[str, ...], float] = defaultdict(float)
+    for (sample, labels), value in series.items():
+        if sample == name:
+            summed[tuple(dict(labels)[label] for label in keep)] += value
+    return dict(summed)
+
+
+async def test_task_types_not_allowed_or_denied_are_exported_as_other(
+    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+) -> None:
+    ids = {
+        kind: [world.create_task("prod", kind, "PROCESSING") for _ in range(n)] for kind, n in KINDS.items()
+    }
+    fold = task_type_filter(allow="thumbnail|engine_.*", deny="engine_cluster_build")
+    folded = make_exporter(api, namespaces=("prod",), task_type_fold=fold)
+    whole = make_exporter(api, namespaces=("prod",))
+    for exporter in (folded, whole):
+        await exporter.poll()
+    clock.advance(40)
+    for task_id in (ids["thumbnail"][0], ids["engine_cluster_build"][0], *ids["api_taxonomies_execute"][:2]):
+        world.set_status(task_id, "FAILED")
+    world.set_status(ids["engine_feature_extract"][0], "COMPLETED")
+    for exporter in (folded, whole):
+        await exporter.poll()
+
+    series = folded.scrape()
+    assert by_type(series, "mixpeek_tasks", status="PROCESSING") == {
+        "thumbnail": 2,
+        "engine_feature_extract": 0,
+        OTHER: 1 + 2,  # engine_cluster_build (denied) and api_taxonomies_execute (not allowed)
+    }
+    assert by_type(series, "mixpeek_task_terminal_transitions_total", status="FAILED") == {
+        "thumbnail": 1,
+        "engine_feature_extract": 0,
+        OTHER: 3,
+    }
+    assert by_type(series, f"{COMPLETION}_count", status="FAILED") == {
+        "thumbnail": 1,
+        "engine_feature_extract": 0,
+        OTHER: 3,
+    }
+    assert by_type(series, f"{COMPLETION}_sum", status="FAILED") == {
+        "thumbnail": 40.0,
+        "engine_feature_extract": 0.0,
+        OTHER: 120.0,
+    }
+    assert by_type(series, "mixpeek_task_oldest_active_age_seconds", status="PROCESSING") == {
+        "thumbnail": 40.0,
+        OTHER: 40.0,
+    }
+    unfolded = whole.scrape()
+    for name in ("mixpeek_tasks", "mixpeek_task_terminal_transitions_total", f"{COMPLETION}_bucket"):
+        assert totals(series, name, "status", "le" if "bucket" in name else "status") == totals(
+            unfolded, name, "status", "le" if "bucket" in name else "status"
+        ), name
+
+
+async def test_histogram_without_task_type_is_the_sum_of_the_per_type_histograms(
+    clock: FakeClock, make_exporter: MakeExporter
+) -> None:
+    world = World(clock=clock, seed=5, spawn_rate_per_s=0.3, failure_ratio=0.3)
+    world.add_namespace("prod")
+    world.add_namespace("staging")
+    with SimulatorServer(world) as api:
+        per_type = make_exporter(api, key=api.api_key, namespaces=("prod", "staging"))
+        merged = make_exporter(
+            api, key=api.api_key, namespaces=("prod", "staging"), histogram_task_type=False
+        )
+        for _ in range(12):
+            for exporter in (per_type, merged):
+                await exporter.poll()
+            clock.advance(60)
+            world.advance(60)
+    by_type, summed = per_type.scrape(), merged.scrape()
+    assert {dict(labels)["task_type"] for (name, labels) in summed if name.startswith(COMPLETION)} == {""}
+    assert len({dict(labels)["task_type"] for (name, labels) in by_type if name.startswith(COMPLETION)}) > 3
+    for suffix, keep in (("_bucket", ("namespace", "status", "le")), ("_count", ("namespace", "status"))):
+        expected = totals(by_type, COMPLETION + suffix, *keep)
+        assert sum(expected.values()) > 0
+        assert totals(summed, COMPLETION + suffix, *keep) == expected
+    sums = totals(summed, f"{COMPLETION}_sum", "namespace", "status")
+    assert sums == pytest.approx(totals(by_type, f"{COMPLETION}_sum", "namespace", "status"))
+    # Only the histogram lost its task_type: the other families are those of the per-type exporter.
+    assert select(summed, "mixpeek_tasks") == select(by_type, "mixpeek_tasks")
+
+
+def lines_of(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith((name + "{", name + "_bucket{"))]
+
+
+async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_per_snapshot(
+    clock: FakeClock,
+    world: World,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    logs: list[dict[str, Any]],
+) -> None:
+    for namespace in ("prod", "staging"):
+        for kind in ("thumbnail", "engine_cluster_build", "api_taxonomies_execute"):
+            world.create_task(namespace, kind, "PROCESSING")
+    capped = make_exporter(api, namespaces=("prod", "staging"), max_series=40)
+    whole = make_exporter(api, namespaces=("prod", "staging"))
+    for exporter in (capped, whole):
+        await exporter.poll()
+
+    text = capped.exposition()
+    # 2 namespaces x 3 task types x 16 statuses: the first 40 in exposition order are kept.
+    assert lines_of(text, "mixpeek_tasks") == lines_of(whole.exposition(), "mixpeek_tasks")[:40]
+    assert len(lines_of(whole.exposition(), "mixpeek_tasks")) == 96
+    dropped = by_metric(capped.scrape())
+    assert dropped["mixpeek_tasks"] == 96 - 40
+    assert set(dropped.values()) == {0, 56}  # 24 counters and 24 histograms fit
+    # The same snapshot, rendered again here or by the cached exposition, is not counted again.
+    served = b"".join(capped.served.respond(None, None).body).decode()
+    assert by_metric(capped.scrape())["mixpeek_tasks"] == 56
+    assert by_metric(served_series(served))["mixpeek_tasks"] == 56
+    clock.advance(30)
+    await capped.poll()
+    assert by_metric(capped.scrape())["mixpeek_tasks"] == 112
+    warnings = [e for e in logs if e["event"] == "series cap reached: dropping series"]
+    assert warnings == [
+        {
+            "event": "series cap reached: dropping series",
+            "log_level": "warning",
+            "metric": "mixpeek_tasks",
+            "max_series_per_metric": 40,
+            "dropped": 56,
+        }
+    ]
+
+
+async def test_a_histogram_label_set_counts_as_one_series(
+    world: World, api: SimulatorServer, make_exporter: MakeExporter
+) -> None:
+    for kind in ("thumbnail", "engine_cluster_build", "api_taxonomies_execute"):
+        world.create_task("prod", kind, "PROCESSING")
+    capped = make_exporter(api, namespaces=("prod",), max_series=10)
+    await capped.poll()
+    series = capped.scrape()
+    label_sets = {labels for name, labels in series if name == f"{COMPLETION}_count"}
+    assert len(label_sets) == 10  # of 3 task types x 4 terminal statuses
+    # Each kept whole: its 15 buckets, its sum and its count.
+    buckets = Counter(
+        frozenset(label for label in labels if label[0] != "le")
+        for name, labels in series
+        if name == f"{COMPLETION}_bucket"
+    )
+    assert set(buckets) == label_sets and set(buckets.values()) == {15}
+    assert {labels for name, labels in series if name == f"{COMPLETION}_sum"} == label_sets
+    assert by_metric(series)[COMPLETION] == 2
+    assert by_metric(series)["mixpeek_tasks"] == 3 * 16 - 10
+
+
+def by_metric(series: Series) -> dict[str, float]:
+    return {dict(labels)["metric"]: value for labels, value in select(series, DROPPED).items()}
+
+
+def served_series(text: str) -> Series:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def family_sizes(text: str) -> Counter[str]:
+    """Samples per family, counters under their _total name."""
+    return Counter(
+        {
+            family.name + ("_total" if family.type == "counter" else ""): len(family.samples)
+            for family in text_string_to_metric_families(text)
+        }
+    )
+
+
+@pytest.mark.parametrize("histogram_task_type", [True, False])
+async def test_the_series_formula_counts_a_real_scrape(
+    clock: FakeClock, make_exporter: MakeExporter, histogram_task_type: bool
+) -> None:
+    world = World(clock=clock, seed=9)
+    namespaces = ("dev", "prod", "staging")
+    kinds = ("thumbnail", "engine_cluster_build", "api_taxonomies_execute", "api_buckets_objects_create")
+    statuses = ("PENDING", "QUEUED", "PROCESSING", "COMPLETED", "FAILED")
+    for i, namespace in enumerate(namespaces):
+        world.add_namespace(namespace)
+        for j, kind in enumerate(kinds):
+            for status in statuses[: 2 + (i + j) % 4]:  # some types have fewer active statuses
+                world.create_task(namespace, kind, status)
+        simulated = world.namespace(namespace)
+        assert simulated is not None
+        for b, bucket in enumerate(simulated.bucket_ids):
+            world.create_batch(namespace, bucket, status=("PENDING", "PROCESSING", "COMPLETED")[b])
+    with SimulatorServer(world) as api:
+        exporter = make_exporter(
+            api, key=api.api_key, namespaces=namespaces, batches=True, histogram_task_type=histogram_task_type
+        )
+        await exporter.poll()
+    active = {
+        (t.namespace_id, t.status, t.task_type) for t in world.tasks() if t.status not in TERMINAL_STATUSES
+    }
+    active_batches = {
+        (b.namespace_id, b.bucket_id, b.status) for b in world.batches() if b.status not in TERMINAL_STATUSES
+    }
+    expected = series_count(
+        len(namespaces),
+        len(kinds),
+        histogram_task_type=histogram_task_type,
+        batch_buckets=3,
+        active=len(active),
+        active_batches=len(active_batches),
+    )
+    sizes = family_sizes(exporter.exposition())
+    assert {name: sizes[name] for name in expected} == expected
+    assert expected["mixpeek_task_completion_seconds"] == 3 * (4 if histogram_task_type else 1) * 4 * 17
