@@ -18,7 +18,7 @@ import pytest
 import yaml
 from support import CRDS, REPO, deploy_module
 
-from exporter.config import Settings, env_name
+from exporter.config import Settings, env_name, load_settings
 
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -66,6 +66,10 @@ EVERYTHING_ON: dict[str, Any] = {
         }
     },
 }
+
+
+# StatefulSet mode: one pod per shard, with every other option on too.
+SHARDED: dict[str, Any] = {**EVERYTHING_ON, "sharding": {"enabled": True, "shards": 3}}
 
 
 def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[dict[str, Any]]:
@@ -132,7 +136,7 @@ def validate(docs: list[dict[str, Any]]) -> None:
 # Lint
 
 
-@pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
+@pytest.mark.parametrize("values", [{}, EVERYTHING_ON, SHARDED], ids=["defaults", "everything-on", "sharded"])
 def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     helm_python.disable_logging()
     report = helm_python.lint(str(CHART), values, strict=True, kube_version="v1.25.0")
@@ -154,6 +158,7 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
         ({"mixpeek": {"scope": "org"}}, "at '/mixpeek/scope'"),
         ({"serviceMonitr": {"enabled": True}}, "additional properties 'serviceMonitr' not allowed"),
         ({"securityContext": "privileged"}, "at '/securityContext': got string, want object"),
+        ({"sharding": {"enabled": True, "shards": 0}}, "at '/sharding/shards': minimum: got 0, want 1"),
     ],
 )
 def test_a_wrong_value_fails_at_install_with_the_field_named(values: dict[str, Any], message: str) -> None:
@@ -298,6 +303,63 @@ def test_default_image_tag_is_the_app_version() -> None:
     assert container(render())["image"] == f"ghcr.io/mixpeek/mixpeek-exporter:{app_version}"
     digest = "sha256:" + "a" * 64
     assert container(render({"image": {"digest": digest}}))["image"].endswith(f"@{digest}")
+
+
+# Sharding: a StatefulSet
+
+
+def test_sharding_renders_a_valid_statefulset_instead_of_the_deployment() -> None:
+    docs = render(SHARDED)
+    assert sorted(doc["kind"] for doc in docs) == [
+        "ConfigMap",
+        "PrometheusRule",
+        "Secret",
+        "Service",
+        "ServiceMonitor",
+        "StatefulSet",
+    ]
+    validate(docs)  # Kubernetes 1.25 (no pod-index label yet) and the newest
+    (statefulset,) = kind(docs, "StatefulSet")
+    (service,) = kind(docs, "Service")
+    assert statefulset["spec"]["replicas"] == 3  # one pod per shard; replicaCount (2 here) is not used
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_each_pod_takes_its_shard_from_its_name() -> None:
+    """The pod name comes from the downward API and the exporter parses the ordinal: pod N is shard N."""
+    (statefulset,) = kind(render(SHARDED), "StatefulSet")
+    (exporter,) = statefulset["spec"]["template"]["spec"]["containers"]
+    variables = {item["name"]: item for item in exporter["env"]}
+    assert variables["MIXPEEK_TOTAL_SHARDS"] == {"name": "MIXPEEK_TOTAL_SHARDS", "value": "3"}
+    assert variables["MIXPEEK_POD_NAME"] == {
+        "name": "MIXPEEK_POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    assert "MIXPEEK_SHARD" not in variables
+    # A StatefulSet names its pods <name>-0 .. <name>-(replicas - 1).
+    name, replicas = statefulset["metadata"]["name"], statefulset["spec"]["replicas"]
+    shards = [
+        load_settings(
+            pod_name=f"{name}-{ordinal}", total_shards=variables["MIXPEEK_TOTAL_SHARDS"]["value"]
+        ).shard
+        for ordinal in range(replicas)
+    ]
+    assert shards == list(range(replicas))
+
+
+def test_sharding_changes_nothing_else_in_the_pod() -> None:
+    (deployment,) = kind(render(EVERYTHING_ON), "Deployment")
+    (statefulset,) = kind(render(SHARDED), "StatefulSet")
+    pod, sharded_pod = deployment["spec"]["template"], statefulset["spec"]["template"]
+    (exporter,) = sharded_pod["spec"]["containers"]
+    exporter["env"] = [
+        e for e in exporter["env"] if e["name"] not in ("MIXPEEK_TOTAL_SHARDS", "MIXPEEK_POD_NAME")
+    ]
+    assert sharded_pod == pod
+    assert deployment["spec"]["selector"] == statefulset["spec"]["selector"]
+    # And the Deployment mode (the default) has no sharding variables.
+    assert not {"MIXPEEK_TOTAL_SHARDS", "MIXPEEK_POD_NAME", "MIXPEEK_SHARD"} & set(env(container(render())))
 
 
 # Sidecar

@@ -61,7 +61,9 @@ app.kubernetes.io/component: exporter
 
 {{/*
 The exporter container. Context: a map with .Values and .Release; an optional key "readinessPath" overrides
-the readiness probe's path.
+the readiness probe's path, and an optional key "shards" (the StatefulSet's replicas) makes each pod poll only its
+shard: the exporter parses its ordinal from MIXPEEK_POD_NAME (the image has no shell, and the pod-index label
+only exists from Kubernetes 1.28).
 */}}
 {{- define "mixpeek-exporter.container" -}}
 {{- $v := .Values -}}
@@ -101,6 +103,14 @@ the readiness probe's path.
       value: json
     - name: MIXPEEK_DEMO
       value: {{ $v.mixpeek.demo | toString | quote }}
+    {{- with $.shards }}
+    - name: MIXPEEK_TOTAL_SHARDS
+      value: {{ . | toString | quote }}
+    - name: MIXPEEK_POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- end }}
     {{- if include "mixpeek-exporter.secretName" . }}
     - name: MIXPEEK_API_KEY_FILE
       value: {{ printf "%s/%s" (include "mixpeek-exporter.keyDir" .) $v.apiKey.secretKey | quote }}
