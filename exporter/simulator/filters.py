@@ -6,12 +6,18 @@ to `eq`), and any other key is the shorthand `{"field.path": value}` for equalit
 task as the API renders it (`additional_data.bucket_id`). Timestamp fields compare as instants, so the ISO
 strings the server emits (or epoch seconds) can be sent back. String matching ignores case unless
 `case_sensitive` is true. The geo operators are refused with 422: tasks have no coordinates.
+
+A listing may filter a million tasks, so the common conditions (on task_id, task_type, status, created_at,
+updated_at, which every task has, each always of one type) compile to a direct comparison of the attribute;
+every other condition goes through the generic path, which reads any dotted field of any type. And two shapes
+need no scan at all (see `pinned_ids` and `sort_bounds`): a conjunction that names the task ids, and one of
+range conditions on the listing's sort field.
 """
 
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from operator import ge, gt, le, lt
+from operator import attrgetter, ge, gt, le, lt
 from typing import Any, Final, TypeGuard
 
 from .enums import FILTER_OPERATORS
@@ -63,6 +69,10 @@ FIELDS: Final[Mapping[str, Resolver]] = {
     "completed_at": _completed_micros,
 }
 TIMESTAMP_FIELDS: Final = frozenset({"created_at", "updated_at", "completed_at"})
+# Fields every task has, always a string or always a number: a condition on them reads the attribute directly.
+_TEXT_FIELDS: Final = frozenset({"task_id", "task_type", "status"})
+_INSTANT_FIELDS: Final = frozenset({"created_at", "updated_at"})
+_COMPARISONS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {"gt": gt, "gte": ge, "lt": lt, "lte": le}
 
 
 def resolver(path: str) -> Resolver:
@@ -116,15 +126,29 @@ def _combine(key: str, children: Sequence[Predicate]) -> Predicate:
         return all_of(children)
     if key == "OR":
         # An empty OR constrains nothing rather than excluding everything.
-        return (lambda task: any(child(task) for child in children)) if children else (lambda _task: True)
-    return lambda task: not any(child(task) for child in children)
+        return any_of(children) if children else (lambda _task: True)
+    either = any_of(children) if children else (lambda _task: False)
+    return lambda task: not either(task)
 
 
 def all_of(parts: Sequence[Predicate]) -> Predicate:
     """A predicate true when every part is (true for no parts)."""
     if len(parts) == 1:
         return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda task: first(task) and second(task)
     return lambda task: all(part(task) for part in parts)
+
+
+def any_of(parts: Sequence[Predicate]) -> Predicate:
+    """A predicate true when some part is (false for no parts)."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda task: first(task) or second(task)
+    return lambda task: any(part(task) for part in parts)
 
 
 def _node(item: object, loc: Loc, case_sensitive: bool, depth: int) -> Predicate:
@@ -155,9 +179,106 @@ def _condition(path: str, operator: object, value: object, case_sensitive: bool,
         raise invalid((*loc, "operator"), f"Value error, {operator} is not supported on tasks", "value_error")
     if path in TIMESTAMP_FIELDS:
         value = _instant(value, (*loc, "value"))
+    test = _test(operator, value, case_sensitive, (*loc, "value"))  # validates the value in every case
+    direct = _direct(path, operator, value, case_sensitive)
+    if direct is not None:
+        return direct
     read = resolver(path)
-    test = _test(operator, value, case_sensitive, (*loc, "value"))
     return lambda task: test(read(task))
+
+
+def _direct(path: str, operator: str, value: object, case_sensitive: bool) -> Predicate | None:
+    """The same test as the generic path, as one attribute read and one comparison, for the shapes where
+    that is exact: a string field against strings, a timestamp field against an instant. Else None."""
+    if path in _TEXT_FIELDS:
+        read: Callable[[SimTask], str] = attrgetter(path)
+        fold = _folder(case_sensitive)
+        if operator in ("eq", "ne") and isinstance(value, str):
+            want = fold(value)
+            if operator == "ne":
+                return (
+                    (lambda t: read(t) != want) if case_sensitive else (lambda t: read(t).casefold() != want)
+                )
+            return (lambda t: read(t) == want) if case_sensitive else (lambda t: read(t).casefold() == want)
+        if operator in ("in", "nin") and isinstance(value, list):
+            # A string equals only a string: the other options can never match.
+            options = frozenset(fold(v) for v in value if isinstance(v, str))
+            if operator == "nin":
+                if case_sensitive:
+                    return lambda t: read(t) not in options
+                return lambda t: read(t).casefold() not in options
+            return (
+                (lambda t: read(t) in options)
+                if case_sensitive
+                else (lambda t: read(t).casefold() in options)
+            )
+        return None
+    if path in _INSTANT_FIELDS and operator in _COMPARISONS and _is_number(value):
+        seconds: Callable[[SimTask], float] = attrgetter(path)
+        compare, want = _COMPARISONS[operator], value
+        return lambda t: compare(to_micros(seconds(t)), want)
+    return None
+
+
+def pinned_ids(spec: object) -> frozenset[str] | None:
+    """Task ids outside which a valid filters object matches nothing, when it pins them, else None.
+
+    The filter pins ids when a condition `task_id` `eq` or `in` is one of the conjuncts at its top (directly,
+    or inside AND); OR and NOT pin nothing. The set includes each value casefolded, so it covers the
+    case-insensitive match as well (task ids are lower-case UUIDs). The caller still applies the predicate.
+    """
+    pinned: frozenset[str] | None = None
+    for field, operator, value in _conjuncts(spec):
+        if field != "task_id":
+            continue
+        values = [value] if operator == "eq" else value if operator == "in" else None
+        if not isinstance(values, list):
+            continue
+        ids = frozenset(v for text in values if isinstance(text, str) for v in (text, text.casefold()))
+        pinned = ids if pinned is None else pinned & ids
+    return pinned
+
+
+def sort_bounds(spec: object, field: str) -> list[tuple[str, int]] | None:
+    """When a valid filters object is nothing but range conditions (gt, gte, lt, lte) of the timestamp
+    `field` against instants, those conditions as (operator, epoch microseconds); else None.
+
+    A listing sorted by that field then holds the matching tasks in one contiguous run, found by bisection.
+    """
+    if field not in _INSTANT_FIELDS:
+        return None
+    bounds: list[tuple[str, int]] = []
+    for path, operator, value in _conjuncts(spec, whole=True):
+        if path != field or not isinstance(operator, str) or operator not in _COMPARISONS:
+            return None
+        instant = _instant(value, ())
+        if not isinstance(instant, int) or isinstance(instant, bool):
+            return None
+        bounds.append((operator, instant))
+    return bounds
+
+
+def _conjuncts(spec: object, *, whole: bool = False) -> list[tuple[str, object, object]]:
+    """The conditions (field, operator, value) ANDed at the top of a filters object. With `whole`, a
+    filter that is more than such conditions (an OR, a NOT) yields one unusable entry."""
+    found: list[tuple[str, object, object]] = []
+    if not isinstance(spec, dict):
+        return [("", None, None)] if whole else found
+    for key, value in spec.items():
+        if key == "case_sensitive" or (key in _LOGICAL_KEYS and value is None):
+            continue
+        if key not in _LOGICAL_KEYS:
+            found.append((key, "eq", value))
+        elif key == "AND" and isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict) and isinstance(item.get("field"), str):
+                    operator = item.get("operator")
+                    found.append((item["field"], "eq" if operator is None else operator, item.get("value")))
+                else:
+                    found.extend(_conjuncts(item, whole=whole))
+        elif whole:
+            found.append(("", None, None))
+    return found
 
 
 def _instant(value: object, loc: Loc) -> object:

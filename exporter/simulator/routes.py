@@ -16,7 +16,7 @@ from .bucket_listing import list_buckets
 from .errors import ApiError, ValidationFailed, field_error
 from .namespace_listing import list_namespaces
 from .render import task_json
-from .task_listing import list_tasks
+from .task_listing import TaskListings
 from .world import World
 
 
@@ -62,6 +62,7 @@ class Routes:
         self._cursor_pagination = cursor_pagination
         self._include_timestamps = include_timestamps
         self._tasks_honour_namespace = tasks_honour_namespace
+        self.task_listings = TaskListings(world)
         # (method, path pattern, handler, needs the API key); first full match wins, as in FastAPI.
         self._table: tuple[tuple[str, re.Pattern[str], _Handler, bool], ...] = (
             ("GET", re.compile(r"/v1/health(?:/liveness)?"), self._health, False),
@@ -157,8 +158,7 @@ class Routes:
     def _list_tasks(self, request: Request, _match: re.Match[str]) -> Response:
         body = _json_body(request)
         scope = self._scope(request.headers)
-        page = list_tasks(
-            self._world.tasks(scope),
+        page = self.task_listings.page(
             body,
             request.query,
             scope=scope,

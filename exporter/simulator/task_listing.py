@@ -1,19 +1,29 @@
 """POST /v1/tasks/list: validate the ListTasksRequest body, then filter, order and page a snapshot of tasks.
 
 The default order is `created_at` ascending, ties broken by task_id; a `sort` on any field keeps task_id as
-the tie-breaker. Each request sorts its snapshot once and serves one page of it.
+the tie-breaker.
+
+`list_tasks` filters and sorts the snapshot it is given on every request. `TaskListings`, which the server
+uses, gives the same answers from a cache, so that paging through a million tasks does not sort a million
+tasks a thousand times: per (scope, query), the filtered and sorted tasks of the world's current version of
+that scope; any change of the scope's tasks makes a new version, and the next request sorts again. Two
+queries skip the cache: one that names its task ids (a lookup of those ids), and one made of range conditions
+on the sort field (a bisection of the unfiltered listing, which is cached).
 """
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from .enums import SORT_DIRECTIONS, TASK_STATUSES, TASK_TYPES
 from .errors import ValidationFailed, enum_error, field_error
-from .filters import Predicate, all_of, compile_filters, resolver
+from .filters import Predicate, all_of, compile_filters, pinned_ids, resolver, sort_bounds
 from .paging import (
     SortKey,
     cursor_pagination_json,
@@ -23,9 +33,10 @@ from .paging import (
     rank,
     window,
 )
-from .params import Errors, object_body, parse_paging
+from .params import Errors, Paging, object_body, parse_paging
 from .render import task_json
-from .world import SimTask
+from .timestamps import to_micros
+from .world import SimTask, World
 
 TASK_BODY_KEYS: Final = ("status", "task_type", "filters", "sort", "search")
 PATH: Final = "/v1/tasks/list"
@@ -34,12 +45,24 @@ _STRING_FIELDS: Final = frozenset({"task_id", "task_type", "status"})
 _FAST_FIELDS: Final = _STRING_FIELDS | {"created_at", "updated_at"}  # always set, always one type
 
 
+# Cached listings are lists of references to the world's tasks: 8 bytes a task, shared between listings.
+MAX_CACHED_LISTINGS: Final = 64
+MAX_CACHED_TASKS: Final = 4_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     predicate: Predicate | None
     sort_field: str
     descending: bool
     fingerprint: str
+    """Binds cursors to the listing: scope, filters, order."""
+    selection: str
+    """What is listed, in which order (the direction aside): the cache's key."""
+    ids: frozenset[str] | None
+    """Task ids outside which nothing matches, when the filters name them."""
+    bounds: list[tuple[str, int]] | None
+    """When the query is nothing but range conditions on the (timestamp) sort field: those conditions."""
 
 
 def list_tasks(
@@ -56,6 +79,153 @@ def list_tasks(
     Raises ValidationFailed (422) for a bad parameter, body or cursor. Without `cursor_pagination` the server
     behaves like the older API: cursors are ignored and the pagination object has the older fields only.
     """
+    paging, request, after = _parse(body, query, scope, cursor_pagination)
+    return _page(
+        _select(tasks, request),
+        request,
+        paging,
+        after,
+        cursor_pagination=cursor_pagination,
+        include_timestamps=include_timestamps,
+    )
+
+
+class TaskListings:
+    """`list_tasks` over a World's current tasks, with the filtered, sorted listings cached per version.
+
+    Safe to call from the server's threads; requests that find their listing stale build it one at a time,
+    so concurrent pages of a new version sort it once.
+    """
+
+    def __init__(
+        self, world: World, *, max_listings: int = MAX_CACHED_LISTINGS, max_tasks: int = MAX_CACHED_TASKS
+    ) -> None:
+        self._world = world
+        self._max_listings = max_listings
+        self._max_tasks = max_tasks
+        self._listings: OrderedDict[tuple[str | None, str], tuple[int, list[SimTask]]] = OrderedDict()
+        self._cached_tasks = 0
+        self._lock = threading.Lock()  # guards _listings
+        self._building = threading.RLock()  # one build at a time (a bounded listing builds its base)
+        self.builds = 0
+        """Listings sorted so far: what a cache miss costs, for tests and benchmarks."""
+
+    def page(
+        self,
+        body: object,
+        query: Mapping[str, str],
+        *,
+        scope: str | None,
+        cursor_pagination: bool,
+        include_timestamps: bool,
+    ) -> dict[str, object]:
+        """What `list_tasks(world.tasks(scope), ...)` answers, without sorting the tasks again."""
+        paging, request, after = _parse(body, query, scope, cursor_pagination)
+        return _page(
+            self._ordered(request, scope),
+            request,
+            paging,
+            after,
+            cursor_pagination=cursor_pagination,
+            include_timestamps=include_timestamps,
+        )
+
+    def _ordered(self, request: _Request, scope: str | None) -> Sequence[SimTask]:
+        if request.ids is not None:
+            return _select(self._world.tasks_by_id(request.ids, scope), request)
+        if request.bounds is None:
+            return self._cached(scope, request.selection, lambda tasks: _select(tasks, request))
+        base = _selection(scope, request.sort_field)
+        unfiltered = self._cached(scope, base, lambda tasks: _select(tasks, _unfiltered(request)))
+        start, stop = _run(unfiltered, request.sort_field, request.bounds)
+        return _Run(unfiltered, start, stop)
+
+    def _cached(
+        self, scope: str | None, selection: str, build: Callable[[list[SimTask]], list[SimTask]]
+    ) -> list[SimTask]:
+        key = (scope, selection)
+        ordered = self._fresh(key)
+        if ordered is not None:
+            return ordered
+        with self._building:
+            ordered = self._fresh(key)  # another thread may have built it meanwhile
+            if ordered is not None:
+                return ordered
+            version, tasks = self._world.versioned_tasks(scope)
+            ordered = build(tasks)
+            self.builds += 1
+            self._store(key, version, ordered)
+            return ordered
+
+    def _fresh(self, key: tuple[str | None, str]) -> list[SimTask] | None:
+        """The cached listing, if it is of the scope's current version."""
+        with self._lock:
+            entry = self._listings.get(key)
+            if entry is None:
+                return None
+            self._listings.move_to_end(key)
+        version, ordered = entry
+        return ordered if version == self._world.version(key[0]) else None
+
+    def _store(self, key: tuple[str | None, str], version: int, ordered: list[SimTask]) -> None:
+        with self._lock:
+            old = self._listings.pop(key, None)
+            self._cached_tasks += len(ordered) - (len(old[1]) if old else 0)
+            self._listings[key] = (version, ordered)
+            while len(self._listings) > 1 and (  # the newest stays, however big
+                len(self._listings) > self._max_listings or self._cached_tasks > self._max_tasks
+            ):
+                _, (_, evicted) = self._listings.popitem(last=False)
+                self._cached_tasks -= len(evicted)
+
+
+class _Run(Sequence[SimTask]):
+    """`tasks[start:stop]` without the copy: a page of a run of a million tasks reads a thousand."""
+
+    def __init__(self, tasks: Sequence[SimTask], start: int, stop: int) -> None:
+        self._tasks, self._start, self._len = tasks, start, max(0, stop - start)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> SimTask: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[SimTask]: ...
+    def __getitem__(self, index: int | slice) -> SimTask | list[SimTask]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if not -self._len <= index < self._len:
+            raise IndexError(index)
+        return self._tasks[self._start + index % self._len]
+
+    def __iter__(self) -> Iterator[SimTask]:
+        return (self._tasks[i] for i in range(self._start, self._start + self._len))
+
+
+def _run(ordered: Sequence[SimTask], field: str, bounds: list[tuple[str, int]]) -> tuple[int, int]:
+    """Where the tasks meeting every bound sit in `ordered` (ascending by `field`, a timestamp): the
+    conditions compare whole microseconds, which never decrease along the listing."""
+    seconds = attrgetter(field)
+
+    def key(task: SimTask) -> int:
+        return to_micros(seconds(task))
+
+    start, stop = 0, len(ordered)
+    for operator, instant in bounds:
+        if operator in ("gt", "gte"):
+            find = bisect_right if operator == "gt" else bisect_left
+            start = max(start, find(ordered, instant, key=key))
+        else:
+            find = bisect_right if operator == "lte" else bisect_left
+            stop = min(stop, find(ordered, instant, key=key))
+    return start, stop
+
+
+def _parse(
+    body: object, query: Mapping[str, str], scope: str | None, cursor_pagination: bool
+) -> tuple[Paging, _Request, SortKey | None]:
+    """The page asked for, the query, and the cursor's position; ValidationFailed (422) when any is bad."""
     errors: Errors = []
     paging = parse_paging(query, errors)
     request = _parse_body(body, scope, errors)
@@ -64,9 +234,30 @@ def list_tasks(
     after = None
     if cursor_pagination and paging.cursor:
         after = decode_cursor(paging.cursor, request.fingerprint)
+    return paging, request, after
+
+
+def _select(tasks: Sequence[SimTask], request: _Request) -> list[SimTask]:
+    """The tasks the query matches, ascending in its order."""
     matching = tasks if request.predicate is None else [t for t in tasks if request.predicate(t)]
-    sort_key, cursor_key = _ordering(request.sort_field)
-    ordered = sorted(matching, key=sort_key)
+    sort_key, _ = _ordering(request.sort_field)
+    return sorted(matching, key=sort_key)
+
+
+def _unfiltered(request: _Request) -> _Request:
+    return _Request(None, request.sort_field, request.descending, "", "", None, None)
+
+
+def _page(
+    ordered: Sequence[SimTask],
+    request: _Request,
+    paging: Paging,
+    after: SortKey | None,
+    *,
+    cursor_pagination: bool,
+    include_timestamps: bool,
+) -> dict[str, object]:
+    _, cursor_key = _ordering(request.sort_field)
     chosen, more = window(ordered, cursor_key, request.descending, after, paging)
     pagination: dict[str, object]
     if cursor_pagination:
@@ -103,9 +294,35 @@ def _parse_body(raw: object, scope: str | None, errors: Errors) -> _Request:
             field_error(("body", "search"), "Input should be a valid string", "string_type", search)
         )
     sort_field, descending = _parse_sort(body.get("sort"), errors)
-    identity = [scope, status, task_type, body.get("filters"), sort_field, descending, search]
+    filters = body.get("filters")
+    identity = [scope, status, task_type, filters, sort_field, descending, search]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-    return _Request(all_of(predicates) if predicates else None, sort_field, descending, digest[:16])
+    if errors:
+        return _Request(None, sort_field, descending, digest[:16], "", None, None)
+    plain = status is None and task_type is None and search is None
+    return _Request(
+        all_of(predicates) if predicates else None,
+        sort_field,
+        descending,
+        digest[:16],
+        _selection(scope, sort_field, status=status, task_type=task_type, filters=filters, search=search),
+        pinned_ids(filters),
+        sort_bounds(filters, sort_field) if plain and filters is not None else None,
+    )
+
+
+def _selection(
+    scope: str | None,
+    sort_field: str,
+    *,
+    status: object = None,
+    task_type: object = None,
+    filters: object = None,
+    search: object = None,
+) -> str:
+    """The cache key of a listing: the fingerprint's identity but the direction (both read one listing)."""
+    identity = [scope, status, task_type, filters, sort_field, search]
+    return json.dumps(identity, sort_keys=True, default=str)
 
 
 def _search(term: str) -> Predicate:

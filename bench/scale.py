@@ -1,0 +1,538 @@
+"""How the exporter scales: the real exporter polling a simulated Mixpeek API of 10k to 1M tasks.
+
+    python bench/scale.py                          # every scenario, a few minutes
+    python bench/scale.py --scenarios 10k,100k     # a subset
+    python bench/scale.py --no-cursor --page-concurrency 8 --reconcile-every 5
+
+Each scenario runs in a fresh process, so its peak RSS is that exporter's alone, with the simulated API in
+a child process of its own. The world is a busy organisation's: most tasks finished, a small active set.
+Between polls the API's process applies the churn (by default 1 % of the tasks change: active tasks finish,
+some FAILED; pending tasks start; as many new tasks are born as the oldest finished ones expire), through a
+control pipe, so no change lands while a poll runs. The exporter is built from its real pieces, as
+`exporter.cli` builds it, and each poll is triggered with `await poller.poll_once()`.
+
+Printed, as markdown: per scenario and kind of poll (the first, a full listing; then incremental polls and
+reconciling full listings, told apart by what the API was asked), the API requests, wall time, the
+exporter's CPU (and the simulated API's, to show where the wall time went); then per scenario the peak RSS,
+the RSS grown over the polls per tracked task, /metrics latency under concurrent scrapes, the exposition's
+size, and a check: the exporter counted exactly the terminal transitions the world made after the first poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import multiprocessing
+import os
+import random
+import re
+import resource
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from statistics import mean
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from scrape import ScrapeTimes, measure_scrapes  # bench/scrape.py: run as `python bench/scale.py`
+
+from exporter import __version__
+from exporter.api import TASKS_LIST, MixpeekClient
+from exporter.config import load_settings
+from exporter.exposition import Exposition
+from exporter.logs import configure_logging
+from exporter.metrics import SnapshotCollector, drop_group
+from exporter.poller import Poller, PollPlan
+from exporter.server import MetricsServer
+from exporter.simulator import TERMINAL_STATUSES, FakeClock, SimulatorServer, World
+from exporter.simulator.world import TASK_TYPE_MIX
+from exporter.views import capped, task_type_filter
+
+KEY = "sk_bench_scale"
+HISTORY_S = 20 * 3600.0  # tasks were created over the last 20 h: none expires during a run (24 h)
+# How a task that finishes ends; the rest COMPLETED.
+OUTCOMES = (("FAILED", 0.10), ("COMPLETED_WITH_ERRORS", 0.03), ("CANCELED", 0.02))
+PENDING_SHARE = 0.4  # of the active tasks; the others are PROCESSING
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    namespaces: int
+    tasks_per_namespace: int
+
+    @property
+    def tasks(self) -> int:
+        return self.namespaces * self.tasks_per_namespace
+
+
+DEFAULT_SCENARIOS = ("10k", "100k", "1M", "200x5k")
+_SCENARIO = re.compile(r"(?:(\d+)x)?(\d+)([kM]?)")
+
+
+def scenario(name: str) -> Scenario:
+    """`100k`: one namespace of 100,000 tasks; `200x5k`: 200 namespaces of 5,000."""
+    match = _SCENARIO.fullmatch(name)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{name!r}: expected e.g. 50k, 1M or 200x5k")
+    namespaces, count, unit = match.groups()
+    return Scenario(name, int(namespaces or 1), int(count) * {"": 1, "k": 1000, "M": 1_000_000}[unit])
+
+
+@dataclass(frozen=True)
+class Options:
+    steady_polls: int
+    reconcile_every: int | None
+    page_concurrency: int | None
+    cursor: bool
+    churn: float
+    active: float
+    scrapes: int
+    scrape_concurrency: int
+    interval: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Poll:
+    kind: str  # first, incremental, reconcile
+    requests: int
+    wall: float
+    cpu: float
+    api_cpu: float
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    build_s: float = 0.0
+    polls: list[Poll] = field(default_factory=list)
+    tracked: int = 0
+    peak_rss: int = 0
+    rss_before: int = 0
+    rss_after: int = 0
+    scrape: ScrapeTimes | None = None
+    check: str = ""
+    error: str | None = None
+    settings: str = ""
+    """The exporter's settings that shape a poll, as it resolved them."""
+
+
+# The simulated API's process
+
+
+class Churn:
+    """The world's tasks by phase, per namespace, to move 1 % of them between two polls."""
+
+    def __init__(self, world: World, clock: FakeClock, rng: random.Random, options: Options) -> None:
+        self._world, self._clock, self._rng, self._options = world, clock, rng, options
+        self._pending: dict[str, deque[str]] = {}
+        self._processing: dict[str, list[str]] = {}
+        self._finished: dict[str, deque[str]] = {}  # oldest first: the next to expire
+        self._size: dict[str, int] = {}
+
+    def populate(self, namespace: str, size: int) -> None:
+        """`size` tasks created over the last HISTORY_S, oldest first; `active` of them not finished."""
+        now, rng, active = self._clock(), self._rng, self._options.active
+        types = _task_types(rng, size)
+        statuses = [_status(rng.random(), active) for _ in range(size)]
+        step = HISTORY_S / size
+        ids = self._world.create_tasks(
+            namespace, ((types[i], statuses[i], now - HISTORY_S + i * step) for i in range(size))
+        )
+        self._size[namespace] = size
+        self._pending[namespace] = deque(t for t, s in zip(ids, statuses, strict=True) if s == "PENDING")
+        self._processing[namespace] = [t for t, s in zip(ids, statuses, strict=True) if s == "PROCESSING"]
+        self._finished[namespace] = deque(
+            t for t, s in zip(ids, statuses, strict=True) if s in TERMINAL_STATUSES
+        )
+
+    def apply(self) -> int:
+        """One poll interval passes; in each namespace a third of the churn finishes, a third starts and
+        a third is born, and as many finished tasks expire. Returns how many tasks changed status."""
+        self._clock.advance(self._options.interval)
+        now, changed = self._clock(), 0
+        for namespace, size in self._size.items():
+            third = max(1, round(size * self._options.churn / 3))
+            changed += self._finish(namespace, third) + self._start(namespace, third)
+            born = self._world.create_tasks(
+                namespace, [(t, "PENDING", now) for t in _task_types(self._rng, third)]
+            )
+            self._pending[namespace].extend(born)
+            changed += len(born)
+            finished = self._finished[namespace]
+            for _ in range(min(third, len(finished))):
+                self._world.remove_task(finished.popleft())
+        return changed
+
+    def _finish(self, namespace: str, count: int) -> int:
+        running, finished = self._processing[namespace], self._finished[namespace]
+        count = min(count, len(running))
+        for _ in range(count):
+            i = self._rng.randrange(len(running))
+            running[i], running[-1] = running[-1], running[i]
+            task_id = running.pop()
+            self._world.set_status(task_id, _outcome(self._rng.random()))
+            finished.append(task_id)
+        return count
+
+    def _start(self, namespace: str, count: int) -> int:
+        pending, running = self._pending[namespace], self._processing[namespace]
+        started = [pending.popleft() for _ in range(min(count, len(pending)))]
+        for task_id in started:
+            self._world.set_status(task_id, "PROCESSING")
+        running.extend(started)
+        return len(started)
+
+
+def _task_types(rng: random.Random, count: int) -> list[str]:
+    return rng.choices(list(TASK_TYPE_MIX), weights=list(TASK_TYPE_MIX.values()), k=count)
+
+
+def _status(draw: float, active: float) -> str:
+    if draw < active * PENDING_SHARE:
+        return "PENDING"
+    if draw < active:
+        return "PROCESSING"
+    return _outcome((draw - active) / (1 - active))
+
+
+def _outcome(draw: float) -> str:
+    for status, share in OUTCOMES:
+        if draw < share:
+            return status
+        draw -= share
+    return "COMPLETED"
+
+
+def serve_world(scenario: Scenario, options: Options, control: Connection) -> None:
+    """The simulated API's process: build the world, serve it, and obey the control pipe."""
+    started = time.perf_counter()
+    clock = FakeClock(time.time())
+    world = World(clock=clock, seed=options.seed)
+    churn = Churn(world, clock, random.Random(options.seed), options)  # noqa: S311 - a simulation
+    names = ["bench"] if scenario.namespaces == 1 else [f"ns-{i:03d}" for i in range(scenario.namespaces)]
+    for name in names:
+        world.add_namespace(name)
+        churn.populate(name, scenario.tasks_per_namespace)
+    gc.freeze()  # the world lives until the end: collections need not walk it again
+    server = SimulatorServer(world, api_key=KEY, cursor_pagination=options.cursor)
+    server.start()
+    ids = {ns.namespace_id: ns.namespace_name for ns in world.namespaces()}
+    control.send((server.url, names, time.perf_counter() - started))
+    cpu = time.process_time()
+    while True:
+        command = control.recv()
+        if command == "churn":
+            control.send(churn.apply())
+            cpu = time.process_time()  # the API's CPU of the next poll, not the churn's
+        elif command == "polled":  # what the last poll asked for, and the API's CPU meanwhile
+            kinds = Counter(_kind(r.body) for r in server.requests if r.path == TASKS_LIST)
+            server.clear_requests()
+            control.send((kinds, time.process_time() - cpu))
+            cpu = time.process_time()
+        elif command == "truth":
+            truth = Counter(
+                {(ids[ns], status, kind): n for (ns, status, kind), n in world.transitions.items()}
+            )
+            control.send(truth)
+        else:
+            break
+    server.stop()
+
+
+def _kind(body: object) -> str:
+    """full (no filter, or an offset window), changes (active or new), lookup (by task id)."""
+    filters = body.get("filters") if isinstance(body, dict) else None
+    if not filters:
+        return "full"
+    text = repr(filters)
+    if "'OR'" in text:
+        return "changes"
+    return "lookup" if "task_id" in text else "full"
+
+
+# The exporter's process
+
+
+def run_scenario(scenario: Scenario, options: Options) -> Result:
+    """One scenario, in this (fresh) process: the API in a child, the exporter here."""
+    context = multiprocessing.get_context("spawn")
+    control, child_end = context.Pipe()
+    api = context.Process(target=serve_world, args=(scenario, options, child_end), daemon=True)
+    api.start()
+    result = Result(scenario)
+    try:
+        url, names, result.build_s = control.recv()
+        asyncio.run(_exporter(url, names, options, control, result))
+    except Exception as exc:  # report it in the table, go on with the next scenario
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        with contextlib.suppress(OSError):  # the API's process may be gone already
+            control.send("stop")
+        api.join(30)
+    result.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+async def _exporter(
+    url: str, names: list[str], options: Options, control: Connection, result: Result
+) -> None:
+    overrides: dict[str, Any] = {
+        "api_key": KEY,
+        "api_url": url,
+        "namespaces": ",".join(names),
+        "batches": False,
+        "poll_interval": options.interval,
+        "listen": "127.0.0.1:0",
+        "log_level": "warning",
+    }
+    if options.reconcile_every is not None:
+        overrides["reconcile_every"] = options.reconcile_every
+    if options.page_concurrency is not None:
+        overrides["page_concurrency"] = options.page_concurrency
+    settings = load_settings(**overrides)
+    result.settings = (
+        f"page size {settings.page_size}, reconcile every {settings.reconcile_every} polls, "
+        f"page concurrency {settings.page_concurrency}, concurrency {settings.concurrency}"
+    )
+    configure_logging("json", settings.log_level, lambda: [KEY])
+    key = SecretStr(KEY)
+    # As exporter.cli builds them: one pooled client, the poller, the collector behind /metrics.
+    async with httpx.AsyncClient(
+        base_url=url,
+        timeout=settings.request_timeout,
+        limits=httpx.Limits(
+            max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency
+        ),
+    ) as http:
+        client = MixpeekClient(
+            http, lambda: key, page_size=settings.page_size, page_concurrency=settings.page_concurrency
+        )
+        plan = PollPlan(
+            tuple(settings.namespaces),
+            False,
+            settings.poll_interval,
+            settings.concurrency,
+            tuple(settings.histogram_buckets),
+            settings.max_tracked_tasks,
+            batches=False,
+            reconcile_every=settings.reconcile_every,
+        )
+        poller = Poller(client, plan)
+        fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
+        collector = SnapshotCollector(
+            lambda: poller.snapshot,
+            __version__,
+            fold,
+            task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
+            histogram_task_type=settings.histogram_task_type,
+            max_series=settings.max_series_per_metric,
+        )
+        host, port = settings.listen_address
+        server = MetricsServer(host, port, Exposition(collector), poller.ready)
+        server.start()
+        try:
+            control.send("truth")
+            truth_before = control.recv()
+            result.rss_before = _rss()
+            for i in range(1 + options.steady_polls):
+                if i:
+                    control.send("churn")
+                    control.recv()
+                result.polls.append(await _poll(poller, client, control, first=not i))
+                poll = result.polls[-1]
+                _progress(
+                    f"{result.scenario.name}: poll {i} ({poll.kind}): {poll.requests} requests, "
+                    f"{poll.wall:.2f} s, exporter CPU {poll.cpu:.2f} s, API CPU {poll.api_cpu:.2f} s"
+                )
+            result.rss_after = _rss()
+            result.tracked = sum(len(state.tasks) for state in poller.snapshot.namespaces.values())
+            control.send("truth")
+            truth = control.recv() - truth_before
+            counted = Counter(
+                {
+                    (namespace, status, task_type): n
+                    for namespace, state in poller.snapshot.namespaces.items()
+                    for (status, task_type), n in state.transitions.items()
+                    if n
+                }
+            )
+            result.check = _compare(counted, truth)
+            with concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
+                scrape_url = f"http://127.0.0.1:{server.port}/metrics"
+                result.scrape = await asyncio.get_running_loop().run_in_executor(
+                    pool, _scrape, scrape_url, options.scrapes, options.scrape_concurrency
+                )
+        finally:
+            server.stop()
+
+
+async def _poll(poller: Poller, client: MixpeekClient, control: Connection, *, first: bool) -> Poll:
+    requests = sum(client.requests.values())
+    wall, cpu = time.perf_counter(), time.process_time()
+    await poller.poll_once()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    failed = [ns for ns, health in poller.snapshot.health.items() if not health.up]
+    if failed:
+        raise RuntimeError(
+            f"poll failed in {len(failed)} namespaces ({poller.snapshot.health[failed[0]].failing})"
+        )
+    control.send("polled")
+    kinds, api_cpu = control.recv()
+    kind = "first" if first else "reconcile" if kinds["full"] else "incremental"
+    return Poll(kind, sum(client.requests.values()) - requests, wall, cpu, api_cpu)
+
+
+def _compare(counted: Counter[tuple[str, str, str]], truth: Counter[tuple[str, str, str]]) -> str:
+    total = sum(truth.values())
+    if counted == truth:
+        return f"OK ({total:,} transitions)"
+    wrong = sorted(set(counted) ^ set(truth) | {k for k in truth if counted[k] != truth[k]})
+    return f"MISMATCH: counted {sum(counted.values()):,} of {total:,}; first {wrong[0]}"
+
+
+def _scrape(url: str, scrapes: int, concurrency: int) -> ScrapeTimes:
+    """In a process of its own, so the scrapers' CPU is neither the exporter's nor competing for its GIL."""
+    return measure_scrapes(url, scrapes=scrapes, concurrency=concurrency)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# The table
+
+
+def report(results: Sequence[Result], options: Options, elapsed: float) -> str:
+    settings = next((r.settings for r in results if r.settings), "")
+    lines = [
+        f"Churn {options.churn:.0%} of the tasks per poll, {options.active:.1%} of them active; "
+        f"steady polls: {options.steady_polls}; cursors {'on' if options.cursor else 'off'}; {settings}. "
+        f"Whole run {elapsed:.0f} s.",
+        "",
+        "| scenario | poll | polls | API requests | wall s | exporter CPU s | CPU s / 1k tasks | API CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for label, polls in _poll_groups(result.polls):
+            full = label in ("first", "reconcile")
+            per_k = f"{mean(p.cpu for p in polls) / result.scenario.tasks * 1000:.3f}" if full else ""
+            lines.append(
+                f"| {result.scenario.name} | {label} | {len(polls)} | {mean(p.requests for p in polls):,.0f} "
+                f"| {mean(p.wall for p in polls):.2f} | {mean(p.cpu for p in polls):.2f} | {per_k} "
+                f"| {mean(p.api_cpu for p in polls):.2f} |"
+            )
+    lines += [
+        "",
+        "| scenario | tasks | tracked | peak RSS MB | RSS growth MB | bytes / tracked task "
+        "| /metrics p50 ms | p99 ms | exposition KB | world built s | transitions check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        grown = result.rss_after - result.rss_before
+        per_task = f"{grown / result.tracked:,.0f}" if result.tracked else ""
+        p50, p99, size = _scrape_figures(result.scrape)
+        lines.append(
+            f"| {result.scenario.name} | {result.scenario.tasks:,} | {result.tracked:,} "
+            f"| {result.peak_rss / 2**20:,.0f} | {grown / 2**20:,.0f} | {per_task} | {p50} | {p99} | {size} "
+            f"| {result.build_s:.1f} | {result.error or result.check} |"
+        )
+    return "\n".join(lines)
+
+
+def _poll_groups(polls: Sequence[Poll]) -> Iterator[tuple[str, list[Poll]]]:
+    """The first poll, then the steady ones by kind, then all the steady ones when they are of two kinds."""
+    for kind in ("first", "incremental", "reconcile"):
+        if of_kind := [p for p in polls if p.kind == kind]:
+            yield kind, of_kind
+    steady = [p for p in polls if p.kind != "first"]
+    if len({p.kind for p in steady}) > 1:
+        yield "steady (all)", steady
+
+
+def _scrape_figures(scrape: ScrapeTimes | None) -> tuple[str, str, str]:
+    if scrape is None:
+        return "", "", ""
+    return f"{scrape.p50 * 1000:.1f}", f"{scrape.p99 * 1000:.1f}", f"{scrape.bytes / 1024:,.0f}"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Options]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenarios",
+        "--sizes",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated: tasks, or namespaces x tasks (default: {','.join(DEFAULT_SCENARIOS)})",
+    )
+    parser.add_argument("--steady-polls", type=int, default=10, help="polls after the first (default 10)")
+    parser.add_argument(
+        "--reconcile-every", type=int, help="MIXPEEK_RECONCILE_EVERY (default: the exporter's)"
+    )
+    parser.add_argument(
+        "--page-concurrency", type=int, help="MIXPEEK_PAGE_CONCURRENCY (default: the exporter's)"
+    )
+    parser.add_argument(
+        "--cursor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the API gives cursors (default)",
+    )
+    parser.add_argument("--churn", type=float, default=0.01, help="share of tasks changing per poll (0.01)")
+    parser.add_argument("--active", type=float, default=0.025, help="share of tasks not finished (0.025)")
+    parser.add_argument("--scrapes", type=int, default=200, help="/metrics requests to time (200)")
+    parser.add_argument("--scrape-concurrency", type=int, default=20, help="of them at once (20)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        scenarios = [scenario(name.strip()) for name in args.scenarios.split(",") if name.strip()]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--scenarios: {exc}")
+    options = Options(
+        steady_polls=args.steady_polls,
+        reconcile_every=args.reconcile_every,
+        page_concurrency=args.page_concurrency,
+        cursor=args.cursor,
+        churn=args.churn,
+        active=args.active,
+        scrapes=args.scrapes,
+        scrape_concurrency=args.scrape_concurrency,
+        interval=30.0,
+        seed=args.seed,
+    )
+    return scenarios, options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    scenarios, options = parse_args(argv)
+    started = time.perf_counter()
+    results = []
+    context = multiprocessing.get_context("spawn")
+    for scenario in scenarios:
+        _progress(
+            f"{scenario.name}: {scenario.namespaces} namespace(s) x {scenario.tasks_per_namespace:,} tasks"
+        )
+        # A fresh process per scenario: its peak RSS is this exporter's, not an earlier scenario's.
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            results.append(pool.submit(run_scenario, scenario, options).result())
+    print(report(results, options, time.perf_counter() - started))
+
+
+if __name__ == "__main__":
+    main()
