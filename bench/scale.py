@@ -43,17 +43,14 @@ import httpx
 from pydantic import SecretStr
 from scrape import ScrapeTimes, measure_scrapes  # bench/scrape.py: run as `python bench/scale.py`
 
-from exporter import __version__
 from exporter.api import TASKS_LIST, MixpeekClient
+from exporter.cli import build_exposition, build_poller
 from exporter.config import load_settings
-from exporter.exposition import Exposition
 from exporter.logs import configure_logging
-from exporter.metrics import SnapshotCollector, drop_group
-from exporter.poller import Poller, PollPlan
+from exporter.poller import Poller
 from exporter.server import MetricsServer
 from exporter.simulator import TERMINAL_STATUSES, FakeClock, SimulatorServer, World
 from exporter.simulator.world import TASK_TYPE_MIX
-from exporter.views import capped, task_type_filter
 
 KEY = "sk_bench_scale"
 HISTORY_S = 20 * 3600.0  # tasks were created over the last 20 h: none expires during a run (24 h)
@@ -305,7 +302,7 @@ async def _exporter(
     )
     configure_logging("json", settings.log_level, lambda: [KEY])
     key = SecretStr(KEY)
-    # As exporter.cli builds them: one pooled client, the poller, the collector behind /metrics.
+    # One pooled client as exporter.cli opens it; the poller and /metrics from its own builders.
     async with httpx.AsyncClient(
         base_url=url,
         timeout=settings.request_timeout,
@@ -316,28 +313,9 @@ async def _exporter(
         client = MixpeekClient(
             http, lambda: key, page_size=settings.page_size, page_concurrency=settings.page_concurrency
         )
-        plan = PollPlan(
-            tuple(settings.namespaces),
-            False,
-            settings.poll_interval,
-            settings.concurrency,
-            tuple(settings.histogram_buckets),
-            settings.max_tracked_tasks,
-            batches=False,
-            reconcile_every=settings.reconcile_every,
-        )
-        poller = Poller(client, plan)
-        fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
-        collector = SnapshotCollector(
-            lambda: poller.snapshot,
-            __version__,
-            fold,
-            task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
-            histogram_task_type=settings.histogram_task_type,
-            max_series=settings.max_series_per_metric,
-        )
+        poller = build_poller(settings, client, settings.poll_interval)
         host, port = settings.listen_address
-        server = MetricsServer(host, port, Exposition(collector), poller.ready)
+        server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready)
         server.start()
         try:
             control.send("truth")

@@ -144,6 +144,37 @@ def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
     )
 
 
+def build_poller(
+    settings: Settings, client: MixpeekClient, interval: float, state_file: StateFile | None = None
+) -> Poller:
+    plan = PollPlan(
+        namespaces=tuple(settings.namespaces),
+        organization=settings.scope is Scope.ORGANIZATION,
+        interval=interval,
+        concurrency=settings.concurrency,
+        buckets=tuple(settings.histogram_buckets),
+        max_tracked=settings.max_tracked_tasks,
+        batches=settings.batches,
+        reconcile_every=settings.reconcile_every,
+        namespace_filter=namespace_filter(settings),
+    )
+    return Poller(client, plan, state_file=state_file)
+
+
+def build_exposition(settings: Settings, poller: Poller) -> Exposition:
+    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change."""
+    fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
+    collector = SnapshotCollector(
+        lambda: poller.snapshot,
+        __version__,
+        fold,
+        task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
+        histogram_task_type=settings.histogram_task_type,
+        max_series=settings.max_series_per_metric,
+    )
+    return Exposition(collector)
+
+
 async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | None = None) -> int:
     log = structlog.get_logger(PROG)
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
@@ -153,33 +184,13 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
                 interval = DEMO_POLL_INTERVAL
             log.info("demo mode: no MIXPEEK_API_KEY, polling the built-in simulated API", api_url=target.url)
         client = _api_client(settings, http, target)
-        plan = PollPlan(
-            namespaces=tuple(settings.namespaces),
-            organization=settings.scope is Scope.ORGANIZATION,
-            interval=interval,
-            concurrency=settings.concurrency,
-            buckets=tuple(settings.histogram_buckets),
-            max_tracked=settings.max_tracked_tasks,
-            batches=settings.batches,
-            reconcile_every=settings.reconcile_every,
-            namespace_filter=namespace_filter(settings),
-        )
         state_file = None
         if settings.state_file is not None:
             identity = f"{target.url}|{settings.scope.value}"
-            state_file = StateFile(settings.state_file, identity, plan.buckets)
-        poller = Poller(client, plan, state_file=state_file)
-        fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
-        collector = SnapshotCollector(
-            lambda: poller.snapshot,
-            __version__,
-            fold,
-            task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
-            histogram_task_type=settings.histogram_task_type,
-            max_series=settings.max_series_per_metric,
-        )
+            state_file = StateFile(settings.state_file, identity, tuple(settings.histogram_buckets))
+        poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
-        server = MetricsServer(host, port, Exposition(collector), poller.ready, web)
+        server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready, web)
         server.start()
         log.info(
             "serving",
