@@ -83,7 +83,9 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         assert set(annotations) == {"summary", "description", "runbook_url"}, name
         url, _, anchor = annotations["runbook_url"].partition("#")
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
-        if name != "MixpeekExporterAbsent":  # no series, so no labels to name
+        if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
+            assert "{{ $labels.metric }}" in annotations["description"], name
+        elif name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.namespace }}" in annotations["description"], name
         if "mixpeek_batch" in alert["expr"]:  # batch alerts are per bucket
             assert "$labels.bucket_id" in annotations["description"], name

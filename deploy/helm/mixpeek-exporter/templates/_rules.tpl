@@ -181,6 +181,24 @@ groups:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
 {{- end }}{{ end }}
+{{- with $a.seriesDropped }}{{ if .enabled }}
+      - alert: MixpeekExporterSeriesDropped
+        expr: |-
+          max by (metric) (increase(mixpeek_exporter_series_dropped_total[{{ .window }}])) > 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The Mixpeek exporter drops series past its cap
+          description: >-
+            Series of {{`{{ $labels.metric }}`}} past MIXPEEK_MAX_SERIES_PER_METRIC were left out of /metrics in the last {{ .window }}
+            ({{`{{ $value | humanize }}`}} counted, each once per poll result): dashboards and alerts on that metric silently miss
+            some namespaces, task_types or buckets.
+          runbook_url: {{ $runbook }}#mixpeekexporterseriesdropped
+{{- end }}{{ end }}
 {{- with $a.batchesFailed }}{{ if .enabled }}
       - alert: MixpeekBatchesFailed
         expr: |-
