@@ -58,11 +58,11 @@ def label_value(raw: str) -> str:
     return sys.intern(cleaned)
 
 
-class Tracked(msgspec.Struct, frozen=True, gc=False):
-    """One remembered task: compact (no GC header, a shared interned key) because there may be millions.
+class Tracked(msgspec.Struct, frozen=True, eq=False, gc=False):
+    """One remembered task not in a terminal status: compact (no GC header, a shared interned key).
 
-    `item_id` is the very string object that keys it in the state, so a listing that meets it again
-    re-uses that key instead of holding a second copy of every id.
+    A task in a terminal status needs none of this and is remembered as a code (see NamespaceState.tasks).
+    `item_id` is the very string object that keys it in the state, so the active set shares it.
     """
 
     item_id: str
@@ -85,13 +85,24 @@ class Tracked(msgspec.Struct, frozen=True, gc=False):
         return self.created_at if self.created_at is not None else self.first_seen
 
 
+Row = tuple[str, Key, float, float | None, bool]
+"""(item_id, key, first_seen, created_at, finished): one tracked item in full, as the state file keeps it."""
+
+
 @dataclass(frozen=True)
 class NamespaceState:
     buckets: tuple[float, ...]
     polled_at: float | None = None
     """When the last complete listing was taken; None until the baseline poll."""
-    tasks: Mapping[str, Tracked] = field(default_factory=dict)
-    """Tracked items by id, newest first."""
+    tasks: Mapping[str, Tracked | int] = field(default_factory=dict)
+    """Tracked items by id. One in a terminal status is the int `keys` index * 2 + `parity`: most of a
+    million tasks are finished, and an int below 256 is one CPython shares, so such a task costs its id
+    and its dict slot only. Read them through `rows()`."""
+    keys: tuple[Key, ...] = ()
+    """What the codes in `tasks` index; append-only, so a code stays valid from one state to the next."""
+    parity: int = 0
+    """The low bit of every code in `tasks`. Each complete listing flips it, so while it runs a code
+    it has not rewritten is a task it has not listed (see Observation)."""
     untracked: int = 0
     """Tasks of the last listing past the tracking cap: counted in gauges, their transitions not seen."""
     gone: Mapping[str, float] = field(default_factory=dict)
@@ -112,6 +123,16 @@ class NamespaceState:
     def completion(self, key: Key) -> Histogram:
         return self.completions.get(key) or Histogram.empty(self.buckets)
 
+    def rows(self) -> Iterator[Row]:
+        """Every tracked item in full. A finished one's first sight is not kept, nor needed (it is never
+        counted again): the last poll stands in for it."""
+        keys, polled_at = self.keys, self.polled_at or 0.0
+        for item_id, value in self.tasks.items():
+            if isinstance(value, int):
+                yield item_id, keys[value >> 1], polled_at, None, True
+            else:
+                yield item_id, value.key, value.first_seen, value.created_at, value.finished
+
 
 class Observation:
     """One listing being folded into a state, page by page, so a million tasks never sit in memory twice.
@@ -121,9 +142,13 @@ class Observation:
     Past `max_tracked` tasks the older ones still count in the gauges but are not remembered, so their
     transitions go uncounted (`untracked` says how many) and memory stays bounded.
 
-    A complete listing replaces the tracked set; a `partial` one (an incremental poll: the active set,
-    the newborn and the resolved) updates the items it lists and keeps the others as they were, except
-    those reported `vanished`. Nothing of `previous` is changed, so an abandoned listing costs nothing.
+    A complete listing replaces the tracked set. It works on a copy of the previous tasks (a C-speed
+    copy that shares their id strings) and rewrites each task it lists: a finished task's code takes the
+    new parity, an active one joins the listed active set; what is left with the old parity, or active
+    and not listed, has gone. A `partial` listing (an incremental poll: the active set, the newborn and
+    the resolved) collects the items it lists apart and lays them over the previous tasks at the end,
+    dropping those reported `vanished`. Nothing of `previous` is changed, so an abandoned listing costs
+    nothing.
     """
 
     def __init__(
@@ -137,10 +162,14 @@ class Observation:
         self._previous = previous
         self._now = now
         self._limit = max_tracked if max_tracked is not None else sys.maxsize
+        self._room = self._limit
+        """How many more of the listed items can be tracked."""
         self._partial = partial
+        self._parity = previous.parity if partial else previous.parity ^ 1
         self._last_poll = previous.polled_at if previous.polled_at is not None else now
         self._baseline = previous.polled_at is None
-        self._tasks: dict[str, Tracked] = {}
+        self._tasks: dict[str, Tracked | int] = {} if partial else dict(previous.tasks)
+        """The listed items (partial), or every tracked item, rewritten as the listing goes (complete)."""
         self._untracked: set[str] = set()
         self._vanished: set[str] = set()
         self._untracked_counts: dict[Key, int] = {}
@@ -154,7 +183,12 @@ class Observation:
         self._groups = dict.fromkeys(previous.groups)
         self._statuses = dict.fromkeys(previous.statuses)
         self._tallies = dict(previous.tallies)
-        self._keys: dict[tuple[str, str], Key] = {}
+        self._keys = list(previous.keys)
+        self._indexes = {key: index for index, key in enumerate(self._keys)}
+        self._codes: dict[tuple[str, str], int] = {}
+        """(status, group) as listed -> the code of a finished item of that key in this listing."""
+        self._announced: set[int] = set()
+        """Codes whose status and group are in `statuses` and `groups` (those of unchanged items are)."""
 
     @property
     def previous(self) -> NamespaceState:
@@ -165,68 +199,108 @@ class Observation:
         return self._partial
 
     def listed(self, item_id: str) -> bool:
-        return item_id in self._tasks or item_id in self._untracked
+        if item_id in self._active or item_id in self._untracked:
+            return True
+        value = self._tasks.get(item_id)
+        if self._partial:
+            return value is not None
+        return isinstance(value, int) and value & 1 == self._parity
 
     def add(self, items: Sequence[Item]) -> int:
         """Fold in one page, newest first; returns how many of its items were new to this listing.
 
-        The hot loop of a poll: a task seen unchanged costs a few dict lookups and no allocation.
+        The hot loop of a poll: a finished task listed again unchanged costs two dict lookups and a
+        store into a slot that exists (the id just decoded goes with its page), and allocates nothing.
         """
         if items:
             self._see_created(items[0].created_at)  # the page's newest: enough for the birth watermark
-        new = 0
-        previous, tasks, untracked = self._previous.tasks, self._tasks, self._untracked
-        keys, active, oldest = self._keys, self._active, self._oldest
-        room = self._limit - len(tasks)
+        tasks, untracked, active, oldest = self._tasks, self._untracked, self._active, self._oldest
+        codes, keys, parity, partial = self._codes, self._keys, self._parity, self._partial
+        announced = self._announced
+        before_of = self._previous.tasks.get if partial else tasks.get
+        room = start = self._room
+        untracked_before = len(untracked)
         for item in items:
             item_id = item.item_id
-            if item_id in tasks or item_id in untracked:
+            code = codes.get((item.status, item.group))
+            if code is None:
+                code = self._code(item.status, item.group)
+            before = before_of(item_id)
+            if before == code ^ 1 and room:  # finished, unchanged, not yet listed (never true if partial)
+                tasks[item_id] = code
+                room -= 1
                 continue
-            new += 1
-            status, group = item.status, item.group
-            key = keys.get((status, group)) or self._key(status, group)
-            terminal = key[0] in _TERMINAL
-            if room <= 0:
+            if (
+                item_id in active
+                or item_id in untracked
+                or (item_id in tasks if partial else type(before) is int and before & 1 == parity)
+            ):
+                continue  # listed already: pages overlap when tasks are born during the listing
+            key = keys[code >> 1]
+            if code not in announced:
+                self._announce(code, key)
+            if not room:
                 untracked.add(item_id)
                 self._untracked_counts[key] = self._untracked_counts.get(key, 0) + 1
-                if not terminal and (created := item.created_at) is not None:
+                if key[0] not in _TERMINAL and (created := item.created_at) is not None:
                     _earliest(oldest, key, created)
                 continue
             room -= 1
-            before = previous.get(item_id)
-            if before is None or before.key != key:
-                before = self._change(item, item_id, key, terminal, before)
-            tasks[before.item_id] = before
-            if not terminal:
+            if isinstance(before, Tracked) and before.key == key:  # active, unchanged
+                if partial:
+                    tasks[item_id] = before
                 active.add(before.item_id)
                 _earliest(oldest, key, before.started)
-        return new
+            else:
+                tasks[item_id] = self._change(item, item_id, key, code, before)
+        self._room = room
+        return start - room + len(untracked) - untracked_before
 
     def vanish(self, item_ids: Iterable[str]) -> None:
         """Items a partial listing looked for and the API no longer has."""
         self._vanished.update(i for i in item_ids if not self.listed(i))
 
-    def _key(self, status: str, group: str) -> Key:
-        key = self._keys[(status, group)] = (label_value(status), label_value(group))
+    def _code(self, status: str, group: str) -> int:
+        """The code of a finished item listed with this (status, group); a new key joins the keys."""
+        key = (label_value(status), label_value(group))
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = len(self._keys)
+            self._keys.append(key)
+        code = self._codes[(status, group)] = index * 2 + self._parity
+        return code
+
+    def _announce(self, code: int, key: Key) -> None:
+        """A key that an item of this listing has (not one merely repeated) gets its series."""
+        self._announced.add(code)
         self._statuses.setdefault(key[0])
         self._groups.setdefault(key[1])
-        return key
+
+    def _key_of(self, value: Tracked | int) -> Key:
+        return self._keys[value >> 1] if isinstance(value, int) else value.key
 
     def _see_created(self, created: float | None) -> None:
         if created is not None and (self._newest is None or created > self._newest):
             self._newest = created
 
-    def _change(self, item: Item, item_id: str, key: Key, terminal: bool, before: Tracked | None) -> Tracked:
-        """A task new to us or in a new status: remember it, and count it if it just finished.
+    def _change(
+        self, item: Item, item_id: str, key: Key, code: int, before: Tracked | int | None
+    ) -> Tracked | int:
+        """A task new to us or in a new status: remember it (as active, unless finished), and count it if
+        it just finished.
 
         Only an active task keeps its creation time (for the oldest-active age): most tasks are
-        finished, and for them neither the parse nor the float is worth paying."""
+        finished, and for them neither the parse nor the float is worth paying. A finished task that
+        turns active again starts its first sight afresh: a finished task does not keep it."""
+        terminal = key[0] in _TERMINAL
         if before is None:
             self._born += 1
             was_finished = item_id in self._previous.gone or (self._baseline and terminal)
-            first_seen, item_id_kept = self._now, item_id
+            first_seen = self._now
+        elif isinstance(before, int):
+            was_finished, first_seen = True, self._now
         else:
-            was_finished, first_seen, item_id_kept = before.finished, before.first_seen, before.item_id
+            was_finished, first_seen, item_id = before.finished, before.first_seen, before.item_id
         counted = terminal and not was_finished
         created = item.created_at if counted or not terminal else None
         self._see_created(created)
@@ -234,7 +308,12 @@ class Observation:
             self._count(
                 item, item_id, key, created if created is not None else _first_seen(before, self._last_poll)
             )
-        return Tracked(item_id_kept, key, first_seen, None if terminal else created, was_finished or terminal)
+        if terminal:
+            return code
+        self._active.add(item_id)
+        tracked = Tracked(item_id, key, first_seen, created, was_finished)
+        _earliest(self._oldest, key, tracked.started)
+        return tracked
 
     def _count(self, item: Item, item_id: str, key: Key, start: float) -> None:
         """A transition into a terminal status: the counter, the time-to-completion, the tallies."""
@@ -256,13 +335,12 @@ class Observation:
             tasks, counts, untracked, left = self._merged()
         else:
             tasks, untracked = self._tasks, len(self._untracked)
-            counts = Counter(self._untracked_counts)
-            counts.update(map(_KEY_OF, tasks.values()))
             # Every tracked task listed again (the usual case) means none left: skip the sweep.
-            kept = len(tasks) - self._born
-            left = () if kept == len(previous.tasks) else self._unlisted()
+            kept = self._limit - self._room - self._born
+            left = () if kept == len(previous.tasks) else self._sweep()
+            counts = self._counts()
         gone = {item_id: when for item_id, when in previous.gone.items() if item_id not in tasks}
-        gone.update((item_id, now) for item_id in left if previous.tasks[item_id].finished)
+        gone.update((item_id, now) for item_id in left if _finished(previous.tasks[item_id]))
         gone = {item_id: when for item_id, when in gone.items() if now - when < GONE_TTL_SECONDS}
         if len(gone) > self._limit:
             gone = dict(sorted(gone.items(), key=lambda item: item[1], reverse=True)[: self._limit])
@@ -270,6 +348,8 @@ class Observation:
             buckets=previous.buckets,
             polled_at=now,
             tasks=tasks,
+            keys=tuple(self._keys),
+            parity=self._parity,
             untracked=untracked,
             gone=gone,
             groups=tuple(self._groups),
@@ -283,28 +363,50 @@ class Observation:
             newest=self._newest,
         )
 
-    def _unlisted(self) -> Iterator[str]:
-        listed, untracked = self._tasks, self._untracked
-        return (i for i in self._previous.tasks if i not in listed and i not in untracked)
+    def _counts(self) -> Counter[Key]:
+        """The gauges after a complete listing: its untracked items, its codes (counted at C speed, they
+        are few distinct ints), its active items (the only Tracked left)."""
+        counts = Counter(self._untracked_counts)
+        keys, tasks = self._keys, self._tasks
+        for value, n in Counter(tasks.values()).items():
+            if type(value) is int:
+                counts[keys[value >> 1]] += n
+        counts.update(map(_KEY_OF, map(tasks.__getitem__, self._active)))
+        return counts
 
-    def _merged(self) -> tuple[dict[str, Tracked], Counter[Key], int, Iterable[str]]:
+    def _sweep(self) -> list[str]:
+        """Drop the tracked items this complete listing did not list; returns their ids, less those
+        merely past the tracking cap (they are still there, so not gone)."""
+        tasks, active, stale = self._tasks, self._active, self._parity ^ 1
+        unlisted = [
+            item_id
+            for item_id, value in tasks.items()
+            if (value & 1 == stale if isinstance(value, int) else item_id not in active)
+        ]
+        for item_id in unlisted:
+            del tasks[item_id]
+        return [item_id for item_id in unlisted if item_id not in self._untracked]
+
+    def _merged(self) -> tuple[dict[str, Tracked | int], Counter[Key], int, Iterable[str]]:
         """A partial listing laid over the previous state: a C-speed copy, then only the changes."""
         previous = self._previous
         tasks = dict(previous.tasks)
         counts = Counter(previous.counts)
         vanished = {i for i in self._vanished if i in tasks}
         for item_id in (*vanished, *(i for i in self._tasks if i in previous.tasks)):
-            key = previous.tasks[item_id].key
+            key = self._key_of(previous.tasks[item_id])
             counts[key] -= 1
             if not counts[key]:
                 del counts[key]
         for item_id in vanished:
             del tasks[item_id]
         tasks.update(self._tasks)
-        counts.update(map(_KEY_OF, self._tasks.values()))
+        counts.update(map(self._key_of, self._tasks.values()))
         for item_id in previous.active - self._tasks.keys() - vanished:  # not followed up: as they were
+            tracked = tasks[item_id]
+            assert isinstance(tracked, Tracked), "an active item is never a code"
             self._active.add(item_id)
-            _earliest(self._oldest, tasks[item_id].key, tasks[item_id].started)
+            _earliest(self._oldest, tracked.key, tracked.started)
         return tasks, counts, previous.untracked, vanished
 
 
@@ -317,17 +419,21 @@ def observe(
     return observation.result()
 
 
-def _first_seen(before: Tracked | None, last_poll: float) -> float:
+def _first_seen(before: Tracked | int | None, last_poll: float) -> float:
     """Start of a task without a creation time: when first seen; a task born and finished between two
     polls gets the previous poll's time, so its duration is an upper bound of at most one poll interval."""
-    return before.first_seen if before is not None else last_poll
+    return before.first_seen if isinstance(before, Tracked) else last_poll
+
+
+def _finished(value: Tracked | int) -> bool:
+    return isinstance(value, int) or value.finished
 
 
 def restore(
     *,
     buckets: tuple[float, ...],
     polled_at: float,
-    tasks: Mapping[str, Tracked],
+    tasks: Iterable[Row],
     gone: Mapping[str, float],
     groups: tuple[str, ...],
     statuses: tuple[str, ...],
@@ -335,20 +441,31 @@ def restore(
     completions: Mapping[Key, Histogram],
     tallies: Mapping[tuple[str, ...], int],
 ) -> NamespaceState:
-    """A state read back from the state file; until the next poll, gauges are those of its tracked tasks."""
+    """A state read back from the state file; until the next poll, gauges are those of its tracked tasks.
+
+    A task in a terminal status becomes a code whatever the row says: that is how a state keeps it."""
+    indexes: dict[Key, int] = {}
+    remembered: dict[str, Tracked | int] = {}
     counts: dict[Key, int] = {}
     oldest: dict[Key, float] = {}
     active = []
-    for item_id, tracked in tasks.items():
-        is_active = tracked.status not in _TERMINAL
-        _tally(counts, oldest, tracked.key, tracked.started if is_active else None)
-        if is_active:
+    newest: float | None = None
+    for item_id, key, first_seen, created_at, finished in tasks:
+        index = indexes.setdefault(key, len(indexes))
+        if created_at is not None and (newest is None or created_at > newest):
+            newest = created_at
+        if key[0] in _TERMINAL:
+            remembered[item_id] = index * 2
+            _tally(counts, oldest, key, None)
+        else:
+            tracked = remembered[item_id] = Tracked(item_id, key, first_seen, created_at, finished)
+            _tally(counts, oldest, key, tracked.started)
             active.append(item_id)
-    created = [t.created_at for t in tasks.values() if t.created_at is not None]
     return NamespaceState(
         buckets=buckets,
         polled_at=polled_at,
-        tasks=tasks,
+        tasks=remembered,
+        keys=tuple(indexes),
         gone=gone,
         groups=groups,
         statuses=statuses,
@@ -358,7 +475,7 @@ def restore(
         completions=completions,
         tallies=tallies,
         active=frozenset(active),
-        newest=max(created, default=None),
+        newest=newest,
     )
 
 

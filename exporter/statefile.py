@@ -10,14 +10,14 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from exporter.histogram import Histogram
-from exporter.state import NamespaceState, Tracked, restore
+from exporter.state import NamespaceState, Row, restore
 
 FORMAT = "mixpeek-exporter-state/1"
 
@@ -63,8 +63,8 @@ def _encode_state(state: NamespaceState) -> dict[str, Any]:
         "groups": list(state.groups),
         "statuses": list(state.statuses),
         "tasks": [
-            [item_id, t.status, t.group, t.first_seen, t.created_at, t.finished]
-            for item_id, t in state.tasks.items()
+            [item_id, status, group, first_seen, created_at, finished]
+            for item_id, (status, group), first_seen, created_at, finished in state.rows()
         ],
         "gone": list(state.gone.items()),
         "transitions": [[status, group, n] for (status, group), n in state.transitions.items()],
@@ -85,15 +85,10 @@ def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceS
             completions[(str(status), str(group))] = Histogram(
                 buckets, tuple(counts), float(total), exemplars
             )
-    keys: dict[tuple[str, str], tuple[str, str]] = {}
-    tasks = {}
-    for item_id, status, group, first, created, finished in raw["tasks"]:
-        key = keys.setdefault((str(status), str(group)), (str(status), str(group)))
-        tasks[str(item_id)] = Tracked(str(item_id), key, float(first), _opt(created), bool(finished))
     return restore(
         buckets=buckets,
         polled_at=float(raw["polled_at"]),
-        tasks=tasks,
+        tasks=_rows(raw["tasks"]),
         gone={str(item_id): float(when) for item_id, when in raw["gone"]},
         groups=tuple(map(str, raw["groups"])),
         statuses=tuple(map(str, raw["statuses"])),
@@ -101,6 +96,14 @@ def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceS
         completions=completions,
         tallies={tuple(map(str, row[:-1])): int(row[-1]) for row in raw["tallies"]},
     )
+
+
+def _rows(raw: list[Any]) -> Iterator[Row]:
+    """The task rows, checked, one at a time: a million of them are not worth a second list."""
+    keys: dict[tuple[str, str], tuple[str, str]] = {}
+    for item_id, status, group, first, created, finished in raw:
+        key = keys.setdefault((str(status), str(group)), (str(status), str(group)))
+        yield str(item_id), key, float(first), _opt(created), bool(finished)
 
 
 def _opt(value: Any) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter.api import Task
-from exporter.state import KNOWN_STATUSES, NamespaceState, label_value, observe
+from exporter.state import KNOWN_STATUSES, NamespaceState, Observation, label_value, observe
 
 BUCKETS = (10.0, 60.0, 3600.0)
 
@@ -134,3 +134,32 @@ def test_tracking_cap_keeps_the_newest_and_still_counts_all_in_gauges() -> None:
     state = observe(state, finished, now=1060.0, max_tracked=4)
     assert state.transitions == {("FAILED", "thumbnail"): 4}
     assert len(state.tasks) + len(state.gone) <= 8
+
+
+def test_finished_tasks_are_small_ints_and_rows_give_them_back() -> None:
+    state = observe(fresh(), [task("a", "PENDING", created=5.0), task("b", "COMPLETED")], now=100.0)
+    state = observe(state, [task("a", "PENDING", created=5.0), task("b", "COMPLETED")], now=130.0)
+    assert type(state.tasks["b"]) is int  # no object per finished task
+    assert sorted(state.rows()) == [
+        ("a", ("PENDING", "thumbnail"), 100.0, 5.0, False),
+        ("b", ("COMPLETED", "thumbnail"), 130.0, None, True),
+    ]
+
+
+def test_a_task_listed_twice_in_one_listing_counts_once_as_first_seen() -> None:
+    state = observe(fresh(), [task("a", "PENDING"), task("b", "PENDING")], now=0.0)
+    pages = [[task("a", "FAILED"), task("b", "PENDING")], [task("b", "FAILED"), task("a", "PENDING")]]
+    observation = Observation(state, 30.0)
+    assert [observation.add(page) for page in pages] == [2, 0]
+    state = observation.result()
+    assert state.transitions == {("FAILED", "thumbnail"): 1}
+    assert state.counts == {("FAILED", "thumbnail"): 1, ("PENDING", "thumbnail"): 1}
+    assert state.active == {"b"}
+
+
+def test_a_listing_that_misses_some_tasks_forgets_them() -> None:
+    state = observe(fresh(), [task("a", "PENDING"), task("b", "COMPLETED"), task("c", "COMPLETED")], now=0.0)
+    state = observe(state, [task("c", "COMPLETED")], now=30.0)
+    assert set(state.tasks) == {"c"} and set(state.gone) == {"b"} and state.active == frozenset()
+    state = observe(state, [task("c", "COMPLETED"), task("b", "COMPLETED")], now=60.0)
+    assert state.transitions == {} and state.counts == {("COMPLETED", "thumbnail"): 2}

@@ -129,3 +129,31 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     other = StateFile(path, "id", (1.0, 2.0)).load()[0]["prod"]
     assert other.transitions == {("FAILED", "t"): 1} and other.completion(("FAILED", "t")).count == 0
     assert other.counts == {("FAILED", "t"): 1}
+
+
+def test_rows_survive_a_save_and_files_of_earlier_versions_load(tmp_path: Path) -> None:
+    from exporter.api import Task
+    from exporter.state import NamespaceState, observe
+
+    state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PENDING", "t", created=5.0)], 0.0)
+    state = observe(state, [Task("b", "COMPLETED", "t"), Task("a", "PENDING", "t", created=5.0)], 30.0)
+    path = tmp_path / "state.json"
+    StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state}, {})
+    loaded = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
+    assert sorted(loaded.rows()) == sorted(state.rows())
+    assert loaded.active == {"a"} and loaded.counts == state.counts
+
+    # Written before finished tasks became codes: each row in full, a finished one with its first sight.
+    saved = json.loads(path.read_text())
+    saved["namespaces"]["prod"]["tasks"] = [
+        ["b", "COMPLETED", "t", 0.0, None, True],
+        ["a", "PENDING", "t", 0.0, 5.0, False],
+    ]
+    path.write_text(json.dumps(saved))
+    old = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
+    assert sorted(old.rows()) == [
+        ("a", ("PENDING", "t"), 0.0, 5.0, False),
+        ("b", ("COMPLETED", "t"), 30.0, None, True),
+    ]
+    assert old.counts == {("PENDING", "t"): 1, ("COMPLETED", "t"): 1}
+    assert old.oldest_active == {("PENDING", "t"): 5.0}
