@@ -16,6 +16,7 @@ from support import Exporter, Series
 
 from exporter.api import TASKS_LIST
 from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator.faults import HttpError, Requests
 from exporter.vocabulary import TERMINAL_STATUSES
 
 MakeExporter = Callable[..., Exporter]
@@ -149,3 +150,37 @@ async def test_concurrent_offset_pages_list_what_sequential_pages_list(
     # 24 pages one by one; concurrently, the first page, then 6 rounds of 4 (the last round reads one
     # page past the end).
     assert (sequential, concurrent) == (24, 25)
+
+
+@pytest.mark.parametrize("failing", [1, 2], ids=["active-or-new listing", "lookup by id"])
+async def test_an_incremental_poll_that_fails_changes_nothing_and_the_next_counts_once(
+    clock: FakeClock, world: World, make_exporter: MakeExporter, failing: int
+) -> None:
+    """A 400 (not retried) on either request of an incremental poll: the poll fails as a whole, the
+    state stays as it was, and the next poll counts each finished task once."""
+    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(4)]
+    clock.advance(600)  # older than the births the active-or-new listing re-reads: they need the lookup
+    for _ in range(30):
+        world.create_task("prod", "thumbnail", "COMPLETED")
+        clock.advance(1)
+    with SimulatorServer(world, api_key=API_KEY) as api:
+        exporter = make_exporter(api, namespaces=("prod",), reconcile_every=10)
+        await exporter.poll()
+        for task_id in running[:3]:
+            world.set_status(task_id, "FAILED")
+        clock.advance(30)
+        api.inject(HttpError(400), namespace="prod", requests=Requests.nth(failing))
+        await exporter.poll()
+        failed = task_series(exporter)
+        up_during = exporter.value("mixpeek_up", namespace="prod")
+        api.clear_faults()
+        clock.advance(30)
+        await exporter.poll()
+        await exporter.poll()
+        lookups = sum(1 for r in api.requests if r.path == TASKS_LIST and "task_id" in str(r.body))
+    labels = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+    assert up_during == 0
+    assert lookups == (2 if failing == 2 else 1)  # the lookup is retried by the next poll
+    assert failed[("mixpeek_tasks", frozenset({**labels, "status": "PROCESSING"}.items()))] == 4
+    assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
+    assert exporter.value("mixpeek_tasks", **labels) == 3
