@@ -10,16 +10,36 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import structlog
 
 from exporter.histogram import Histogram
-from exporter.state import NamespaceState, Row, restore
+from exporter.state import Key, NamespaceState, Row, restore
 
-FORMAT = "mixpeek-exporter-state/1"
+FORMAT = "mixpeek-exporter-state/2"
+"""One JSON document a line, written and read a line at a time: a million tasks never sit in memory as
+one document (version 1 did, and cost several times the state to save or load). It goes:
+
+    {"format": FORMAT, "identity": ...}
+    {"type": "state", "kind": "tasks" or "batches", "namespace": ..., ..., "gone": G, "tasks": N}
+    [[item_id, when], ...]                                        G gone items, up to CHUNK a line
+    [[item_id, [status, group], first_seen, created_at, finished], ...]   N rows, up to CHUNK a line
+    ... (a state line and its chunks for each polled namespace)
+    {"type": "end", "states": S}
+
+The counts make a file cut anywhere show as damaged."""
+FORMAT_1 = "mixpeek-exporter-state/1"
+"""A single JSON document; still read, never written."""
+CHUNK = 1000
+"""Items a line: a chunk is encoded or decoded whole, so this bounds the memory a save or a load adds."""
+
+T = TypeVar("T")
+Kind = Literal["tasks", "batches"]
 
 
 class StateFileError(Exception):
@@ -29,76 +49,168 @@ class StateFileError(Exception):
 States = Mapping[str, NamespaceState]
 
 
-def encode(tasks: States, batches: States, identity: str) -> bytes:
-    body = {
-        "format": FORMAT,
-        "identity": identity,
-        "namespaces": {name: _encode_state(state) for name, state in tasks.items() if state.polled_at},
-        "batches": {name: _encode_state(state) for name, state in batches.items() if state.polled_at},
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+class _State(msgspec.Struct, tag="state"):
+    """A namespace's state but for its gone items and its tasks, which follow it, `gone` and `tasks` many."""
+
+    kind: Kind
+    namespace: str
+    polled_at: float
+    buckets: tuple[float, ...]
+    groups: tuple[str, ...]
+    statuses: tuple[str, ...]
+    transitions: list[tuple[str, str, int]]
+    completions: list[tuple[str, str, tuple[int, ...], float]]
+    """(status, group, bucket counts, sum)"""
+    tallies: list[tuple[tuple[str, ...], int]]
+    gone: int
+    tasks: int
 
 
-def decode(data: bytes, identity: str, buckets: tuple[float, ...]) -> tuple[States, States]:
-    """(task states, batch states) by namespace."""
+class _End(msgspec.Struct, tag="end"):
+    states: int
+
+
+_ENCODER = msgspec.json.Encoder()
+_STATE_OR_END = msgspec.json.Decoder(_State | _End)
+_GONE = msgspec.json.Decoder(list[tuple[str, float]])
+_ROWS = msgspec.json.Decoder(list[tuple[str, tuple[str, str], float, float | None, bool]])
+
+
+def encode(tasks: States, batches: States, identity: str) -> Iterator[bytes]:
+    """The file, a line at a time."""
+    kinds: dict[Kind, States] = {"tasks": tasks, "batches": batches}
+    polled = [
+        (k, name, state) for k, states in kinds.items() for name, state in states.items() if state.polled_at
+    ]
+    yield _line({"format": FORMAT, "identity": identity})
+    for kind, name, state in polled:
+        yield from _encode_state(kind, name, state)
+    yield _line(_End(len(polled)))
+
+
+def _encode_state(kind: Kind, name: str, state: NamespaceState) -> Iterator[bytes]:
+    yield _line(
+        _State(
+            kind=kind,
+            namespace=name,
+            polled_at=state.polled_at or 0.0,
+            buckets=state.buckets,
+            groups=state.groups,
+            statuses=state.statuses,
+            transitions=[(status, group, n) for (status, group), n in state.transitions.items()],
+            completions=[(s, g, h.counts, h.total) for (s, g), h in state.completions.items()],
+            tallies=list(state.tallies.items()),
+            gone=len(state.gone),
+            tasks=len(state.tasks),
+        )
+    )
+    for items in (iter(state.gone.items()), state.rows()):
+        while chunk := list(islice(items, CHUNK)):
+            yield _line(chunk)
+
+
+def _line(value: Any) -> bytes:
+    return _ENCODER.encode(value) + b"\n"
+
+
+def decode(lines: Iterable[bytes], identity: str, buckets: tuple[float, ...]) -> tuple[States, States]:
+    """(task states, batch states) by namespace, from the file's lines (an open binary file will do)."""
+    lines = iter(lines)
     try:
-        body = json.loads(data)
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
+        head = json.loads(next(lines, b""))  # all of a version 1 file, which is a single line
+        if not isinstance(head, dict) or head.get("format") not in (FORMAT, FORMAT_1):
             raise StateFileError("not a mixpeek-exporter state file")
-        if body.get("identity") != identity:
-            raise StateFileError(f"written for {body.get('identity')!r}, not {identity!r}")
-        tasks = {name: _decode_state(raw, buckets) for name, raw in body["namespaces"].items()}
-        batches = {name: _decode_state(raw, buckets) for name, raw in body["batches"].items()}
-        return tasks, batches
+        if head.get("identity") != identity:
+            raise StateFileError(f"written for {head.get('identity')!r}, not {identity!r}")
+        if head["format"] == FORMAT_1:
+            return _decode_1(head, buckets)
+        return _decode_2(lines, buckets)
     except StateFileError:
         raise
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # msgspec's errors are ValueErrors
         raise StateFileError(f"damaged: {type(exc).__name__}: {exc}") from None
 
 
-def _encode_state(state: NamespaceState) -> dict[str, Any]:
-    return {
-        "polled_at": state.polled_at,
-        "buckets": list(state.buckets),
-        "groups": list(state.groups),
-        "statuses": list(state.statuses),
-        "tasks": [
-            [item_id, status, group, first_seen, created_at, finished]
-            for item_id, (status, group), first_seen, created_at, finished in state.rows()
-        ],
-        "gone": list(state.gone.items()),
-        "transitions": [[status, group, n] for (status, group), n in state.transitions.items()],
-        "completions": [
-            [status, group, list(h.counts), h.total] for (status, group), h in state.completions.items()
-        ],
-        "tallies": [[*key, n] for key, n in state.tallies.items()],
-    }
+def _decode_2(lines: Iterator[bytes], buckets: tuple[float, ...]) -> tuple[States, States]:
+    states: dict[Kind, dict[str, NamespaceState]] = {"tasks": {}, "batches": {}}
+    for line in lines:
+        entry = _STATE_OR_END.decode(line)
+        if isinstance(entry, _End):
+            read = len(states["tasks"]) + len(states["batches"])
+            if entry.states != read:
+                raise ValueError(f"{entry.states} states written, {read} read")
+            return states["tasks"], states["batches"]
+        gone = dict(_chunks(lines, entry.gone, _GONE))
+        states[entry.kind][entry.namespace] = restore(
+            buckets=buckets,
+            polled_at=entry.polled_at,
+            tasks=_shared_keys(_chunks(lines, entry.tasks, _ROWS)),
+            gone=gone,
+            groups=entry.groups,
+            statuses=entry.statuses,
+            transitions={(status, group): n for status, group, n in entry.transitions},
+            completions=_histograms(entry.completions, entry.buckets, buckets),
+            tallies=dict(entry.tallies),
+        )
+    raise ValueError("cut short: no end line")
 
 
-def _decode_state(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
+def _chunks(lines: Iterator[bytes], count: int, decoder: msgspec.json.Decoder[list[T]]) -> Iterator[T]:
+    """The next `count` items, a line of them at a time."""
+    while count > 0:
+        line = next(lines, None)
+        chunk = [] if line is None else decoder.decode(line)
+        if not 0 < len(chunk) <= count:
+            raise ValueError(f"{count} items expected, a line of {len(chunk)} found")
+        count -= len(chunk)
+        yield from chunk
+
+
+def _shared_keys(rows: Iterable[tuple[str, Key, float, float | None, bool]]) -> Iterator[Row]:
+    """The rows with one (status, group) tuple for all that have it, as a state keeps them."""
+    keys: dict[Key, Key] = {}
+    for item_id, key, first_seen, created_at, finished in rows:
+        yield item_id, keys.setdefault(key, key), first_seen, created_at, finished
+
+
+def _histograms(
+    saved: Iterable[tuple[str, str, Iterable[int], float]],
+    saved_buckets: Iterable[float],
+    buckets: tuple[float, ...],
+) -> dict[Key, Histogram]:
+    """Histograms with other bounds cannot be carried over (counters can)."""
     completions = {}
-    if tuple(raw["buckets"]) == buckets:  # histograms with other bounds cannot be carried over; counters can
-        for status, group, counts, total in raw["completions"]:
+    if tuple(saved_buckets) == buckets:
+        exemplars = Histogram.empty(buckets).exemplars
+        for status, group, raw, total in saved:
+            counts = tuple(map(int, raw))
             if len(counts) != len(buckets) + 1:
                 raise ValueError("histogram size does not match its buckets")
-            exemplars = Histogram.empty(buckets).exemplars
-            completions[(str(status), str(group))] = Histogram(
-                buckets, tuple(counts), float(total), exemplars
-            )
+            completions[(str(status), str(group))] = Histogram(buckets, counts, float(total), exemplars)
+    return completions
+
+
+def _decode_1(body: dict[str, Any], buckets: tuple[float, ...]) -> tuple[States, States]:
+    tasks = {name: _decode_state_1(raw, buckets) for name, raw in body["namespaces"].items()}
+    batches = {name: _decode_state_1(raw, buckets) for name, raw in body["batches"].items()}
+    return tasks, batches
+
+
+def _decode_state_1(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
     return restore(
         buckets=buckets,
         polled_at=float(raw["polled_at"]),
-        tasks=_rows(raw["tasks"]),
+        tasks=_rows_1(raw["tasks"]),
         gone={str(item_id): float(when) for item_id, when in raw["gone"]},
         groups=tuple(map(str, raw["groups"])),
         statuses=tuple(map(str, raw["statuses"])),
         transitions={(str(s), str(g)): int(n) for s, g, n in raw["transitions"]},
-        completions=completions,
+        completions=_histograms(raw["completions"], raw["buckets"], buckets),
         tallies={tuple(map(str, row[:-1])): int(row[-1]) for row in raw["tallies"]},
     )
 
 
-def _rows(raw: list[Any]) -> Iterator[Row]:
+def _rows_1(raw: list[Any]) -> Iterator[Row]:
     """The task rows, checked, one at a time: a million of them are not worth a second list."""
     keys: dict[tuple[str, str], tuple[str, str]] = {}
     for item_id, status, group, first, created, finished in raw:
@@ -134,15 +246,14 @@ class StateFile:
         """The saved task and batch states, or nothing (said once in the log) when the file is absent,
         foreign or damaged."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as lines:
+                tasks, batches = decode(lines, self._identity, self._buckets)
         except FileNotFoundError:
             self._log.info("no state file yet; the first poll is a baseline", path=str(self.path))
             return {}, {}
         except OSError as exc:
             self._log.error("state file unreadable; starting afresh", path=str(self.path), error=str(exc))
             return {}, {}
-        try:
-            tasks, batches = decode(data, self._identity, self._buckets)
         except StateFileError as exc:
             self._log.error("state file ignored; starting afresh", path=str(self.path), error=str(exc))
             return {}, {}
@@ -172,10 +283,9 @@ class StateFile:
                 self.writes["ok"] += 1
 
     def save(self, tasks: States, batches: States) -> None:
-        data = encode(tasks, batches, self._identity)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with open(temporary, "wb") as handle:
-            handle.write(data)
+            handle.writelines(encode(tasks, batches, self._identity))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)

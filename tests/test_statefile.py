@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from support import Exporter
 
 from exporter.config import DEFAULT_BUCKETS
 from exporter.simulator import FakeClock, SimulatorServer, World
-from exporter.statefile import StateFile
+from exporter.statefile import CHUNK, FORMAT, StateFile
 
 MakeExporter = Callable[..., Exporter]
 FAILED = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
@@ -61,10 +62,6 @@ async def test_without_state_file_a_restart_is_a_baseline(
     assert restarted.value(TRANSITIONS, **FAILED) == 0
 
 
-def _write(path: Path, content: Any) -> None:
-    path.write_text(content if isinstance(content, str) else json.dumps(content))
-
-
 async def test_damaged_or_foreign_files_are_reported_and_ignored(
     world: World,
     api: SimulatorServer,
@@ -77,21 +74,30 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
     good = make_exporter(api, namespaces=("prod",), state_file=path)
     await good.poll()
     await good.poller.flush()
-    saved = json.loads(path.read_text())
+    whole = path.read_bytes()
+    *lines, _end = whole.splitlines(keepends=True)
+    chunk = next(line for line in lines if task_id.encode() in line)
+    state = next(line for line in lines if b'"namespace":"prod"' in line)
     damaged = {
-        "truncated": path.read_text()[:40],
-        "not json": "\x00\x01garbage",
-        "other program": {"format": "something-else/1"},
-        "another API": {**saved, "identity": "https://elsewhere.example|namespace"},
-        "bad task row": {**saved, "namespaces": {"prod": {**saved["namespaces"]["prod"], "tasks": [["x"]]}}},
+        "cut in the header": whole[:40],
+        "cut in a line": whole[: whole.index(chunk) + 10],
+        "cut at a line": b"".join(lines),
+        "rows missing": whole.replace(chunk, b""),
+        "a state missing": whole.replace(state + chunk, b""),
+        "a row too many": whole.replace(chunk, chunk[:-2] + b"," + chunk[1:]),
+        "bad task row": whole.replace(chunk, b'[["x"]]\n'),
+        "garbled state": whole.replace(state, state.replace(b'"polled_at":', b'"polled_at":"x","was":')),
+        "not json": b"\x00\x01garbage",
+        "other program": b'{"format":"something-else/1"}\n',
+        "another API": whole.replace(b'"identity":"', b'"identity":"https://elsewhere.example|'),
     }
-    for content in damaged.values():
-        _write(path, content)
+    for name, content in damaged.items():
+        path.write_bytes(content)
         logs.clear()
         exporter = make_exporter(api, namespaces=("prod",), state_file=path)
         await exporter.poll()
         errors = [e for e in logs if e["log_level"] == "error"]
-        assert [e["event"] for e in errors] == ["state file ignored; starting afresh"], content
+        assert [e["event"] for e in errors] == ["state file ignored; starting afresh"], name
         assert exporter.value("mixpeek_up", namespace="prod") == 1
         assert exporter.value(TRANSITIONS, **COMPLETED) == 0  # a baseline, as without a file
         await exporter.poller.flush()  # its save must land before the next damaged file is written
@@ -131,25 +137,77 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     assert other.counts == {("FAILED", "t"): 1}
 
 
-def test_rows_survive_a_save_and_files_of_earlier_versions_load(tmp_path: Path) -> None:
+def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
     from exporter.api import Task
     from exporter.state import NamespaceState, observe
 
-    state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PENDING", "t", created=5.0)], 0.0)
-    state = observe(state, [Task("b", "COMPLETED", "t"), Task("a", "PENDING", "t", created=5.0)], 30.0)
-    path = tmp_path / "state.json"
-    StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state}, {})
-    loaded = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
-    assert sorted(loaded.rows()) == sorted(state.rows())
-    assert loaded.active == {"a"} and loaded.counts == state.counts
+    def listing(*changed: Task) -> list[Task]:
+        ids = {task.item_id for task in changed}
+        rest = (Task(f"p{i}", "PENDING", "t", created=float(i)) for i in range(2 * CHUNK + 2))
+        return [*changed, *(task for task in rest if task.item_id not in ids)]
 
-    # Written before finished tasks became codes: each row in full, a finished one with its first sight.
-    saved = json.loads(path.read_text())
-    saved["namespaces"]["prod"]["tasks"] = [
-        ["b", "COMPLETED", "t", 0.0, None, True],
-        ["a", "PENDING", "t", 0.0, 5.0, False],
-    ]
-    path.write_text(json.dumps(saved))
+    state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), listing(), 0.0)
+    state = observe(state, listing(Task("p0", "FAILED", "t"), Task("p1", "COMPLETED", "u")), 30.0)
+    state = observe(state, [t for t in listing(Task("p0", "FAILED", "t")) if t.item_id != "p1"], 60.0)
+    tasks = replace(state, tallies={("t", "failed"): 3})
+    batches = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("b", "PROCESSING", "small")], 5.0)
+    assert tasks.gone == {"p1": 60.0} and len(tasks.tasks) > 2 * CHUNK  # rows span several lines
+    path = tmp_path / "state.json"
+    StateFile(path, "id", DEFAULT_BUCKETS).save(
+        {"prod": tasks, "unpolled": NamespaceState(DEFAULT_BUCKETS)}, {"prod": batches}
+    )
+    assert json.loads(path.read_bytes().splitlines()[0])["format"] == FORMAT
+
+    loaded_tasks, loaded_batches = StateFile(path, "id", DEFAULT_BUCKETS).load()
+    assert list(loaded_tasks) == ["prod"] and list(loaded_batches) == ["prod"]
+    for before, after in ((tasks, loaded_tasks["prod"]), (batches, loaded_batches["prod"])):
+        assert sorted(after.rows()) == sorted(before.rows())
+        for name in (
+            "polled_at",
+            "gone",
+            "groups",
+            "statuses",
+            "counts",
+            "oldest_active",
+            "active",
+            "newest",
+        ):
+            assert getattr(after, name) == getattr(before, name), name
+        assert after.transitions == before.transitions and after.tallies == before.tallies
+        for key, histogram in before.completions.items():
+            assert (after.completion(key).counts, after.completion(key).total) == (
+                histogram.counts,
+                histogram.total,
+            )
+        assert after.completions.keys() == before.completions.keys()
+
+
+def test_files_of_earlier_versions_load(tmp_path: Path) -> None:
+    # Version 1: one JSON document; each row in full, a finished one with its first sight.
+    counts = [0] * (len(DEFAULT_BUCKETS) + 1)
+    counts[2] = 1
+    prod = {
+        "polled_at": 30.0,
+        "buckets": list(DEFAULT_BUCKETS),
+        "groups": ["t"],
+        "statuses": ["PENDING", "COMPLETED", "FAILED"],
+        "tasks": [["b", "COMPLETED", "t", 0.0, None, True], ["a", "PENDING", "t", 0.0, 5.0, False]],
+        "gone": [["c", 20.0]],
+        "transitions": [["FAILED", "t", 1]],
+        "completions": [["FAILED", "t", counts, 12.5]],
+        "tallies": [["t", "failed", 3]],
+    }
+    path = tmp_path / "state.json"
+    path.write_text(
+        json.dumps(
+            {
+                "format": "mixpeek-exporter-state/1",
+                "identity": "id",
+                "namespaces": {"prod": prod},
+                "batches": {},
+            }
+        )
+    )
     old = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
     assert sorted(old.rows()) == [
         ("a", ("PENDING", "t"), 0.0, 5.0, False),
@@ -157,3 +215,9 @@ def test_rows_survive_a_save_and_files_of_earlier_versions_load(tmp_path: Path) 
     ]
     assert old.counts == {("PENDING", "t"): 1, ("COMPLETED", "t"): 1}
     assert old.oldest_active == {("PENDING", "t"): 5.0}
+    assert old.gone == {"c": 20.0} and old.tallies == {("t", "failed"): 3}
+    assert old.transitions == {("FAILED", "t"): 1}
+    assert (
+        old.completion(("FAILED", "t")).counts == tuple(counts)
+        and old.completion(("FAILED", "t")).total == 12.5
+    )
