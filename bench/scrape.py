@@ -6,6 +6,10 @@ for its GIL. It also reports what rendering costs: the first render of the whole
 after one namespace's poll replaced its state (the first scrape after each poll pays it).
 
     python bench/scrape.py [--namespaces 50 --task-types 10 --scrapes 200 --concurrency 20]
+                           [--new-connections]
+
+Each scraper keeps its connection open between its scrapes, as Prometheus does; `--new-connections` opens
+one per scrape instead.
 
 `measure_scrapes(url)` is the measuring part, for other benchmarks (bench/scale.py).
 """
@@ -53,30 +57,54 @@ class ScrapeTimes(NamedTuple):
 
 
 def measure_scrapes(
-    url: str, scrapes: int = 200, concurrency: int = 20, headers: dict[str, str] | None = None
+    url: str,
+    scrapes: int = 200,
+    concurrency: int = 20,
+    headers: dict[str, str] | None = None,
+    *,
+    keep_alive: bool = True,
 ) -> ScrapeTimes:
-    """GET `url` `scrapes` times, `concurrency` at once, each on a new connection (as the exporter's
-    HTTP/1.0 server closes them), with the headers Prometheus sends unless others are given; the time
-    of each is from connecting to the last byte of the body."""
+    """GET `url` `scrapes` times, `concurrency` at once, with the headers Prometheus sends unless others
+    are given. With `keep_alive`, each of the `concurrency` scrapers opens one connection (to a server
+    that has /healthz) and makes its share of the scrapes on it, as Prometheus does; otherwise each scrape
+    opens a new connection. The time of each scrape is from sending the request (connecting, on a new
+    connection) to the last byte of the body."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
+    sent = PROMETHEUS_HEADERS if headers is None else headers
 
-    def scrape(_: int) -> tuple[float, int]:
+    def scrape(connection: http.client.HTTPConnection) -> tuple[float, int]:
         started = time.perf_counter()
-        connection = http.client.HTTPConnection(host, port, timeout=60)
-        try:
-            connection.request("GET", path, headers=PROMETHEUS_HEADERS if headers is None else headers)
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
+        connection.request("GET", path, headers=sent)
+        response = connection.getresponse()
+        body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{url}: HTTP {response.status}")
         return time.perf_counter() - started, len(body)
 
+    def scraper(share: int) -> list[tuple[float, int]]:
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            if not keep_alive:
+                return [scrape(connection)]
+            # Prometheus's connection is up long before a scrape: opened, and its first request (which
+            # waits for the server to accept it and start its thread) answered, before the clock starts.
+            # A request for /healthz, not `url`: the first /metrics after a poll renders, and is timed.
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            return [scrape(connection) for _ in range(share)]
+        finally:
+            connection.close()
+
+    if keep_alive:
+        shares = [
+            scrapes // concurrency + (i < scrapes % concurrency) for i in range(min(concurrency, scrapes))
+        ]
+    else:
+        shares = [1] * scrapes
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(scrape, range(scrapes)))
+        results = [result for share in pool.map(scraper, shares) for result in share]
     times = sorted(seconds for seconds, _ in results)
     return ScrapeTimes(percentile(times, 50), percentile(times, 99), results[-1][1])
 
@@ -173,6 +201,9 @@ def main() -> None:
     parser.add_argument("--batch-buckets", type=int, default=3, help="per namespace; 0: no batches")
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument(
+        "--new-connections", action="store_true", help="a new connection per scrape, not one per scraper"
+    )
     args = parser.parse_args()
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(
@@ -191,13 +222,19 @@ def main() -> None:
         print(f"{series:,} series ({args.namespaces} namespaces x {args.task_types} task types)")
         for what, seconds in costs.items():
             print(f"{what}: {seconds * 1000:.1f} ms")
-        print(f"{args.scrapes} scrapes, {args.concurrency} at once; CPU: the server process's, per scrape")
+        connections = "a new connection each" if args.new_connections else "one connection per scraper"
+        print(
+            f"{args.scrapes} scrapes, {args.concurrency} at once, {connections}; "
+            "CPU: the server process's, per scrape"
+        )
         print(f"{'format':<12} {'gzip':<5} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7} {'body bytes':>11}")
 
         def row(name: str, zipped: str, url: str, headers: dict[str, str]) -> None:
             parent.send("cpu")
             cpu = parent.recv()
-            times = measure_scrapes(url, args.scrapes, args.concurrency, headers)
+            times = measure_scrapes(
+                url, args.scrapes, args.concurrency, headers, keep_alive=not args.new_connections
+            )
             parent.send("cpu")
             cpu = (parent.recv() - cpu) / args.scrapes
             print(

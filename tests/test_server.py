@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import http.client
 import socket
 import ssl
 import subprocess
@@ -17,8 +19,9 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from support import Exporter
 
+from exporter import server as server_module
 from exporter.config import ConfigError
-from exporter.server import MetricsServer
+from exporter.server import INDEX, MetricsServer
 from exporter.simulator import FakeClock, SimulatorServer, World
 from exporter.webconfig import load_web_config
 
@@ -112,17 +115,112 @@ def test_a_stalled_client_does_not_block_others(base_url: str) -> None:
             assert http.get("/metrics").status_code == 200
 
 
+HOSTILE = [
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", 431),
+    (b"BREW /pot HTTP/1.1\r\n\r\n", 405),
+    (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+]
+HOSTILE_IDS = ["long-path", "huge-header", "many-headers", "odd-method", "not-http"]
+
+
+@contextlib.contextmanager
+def connect(base_url: str) -> Iterator[http.client.HTTPConnection]:
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.connect()
+        yield connection
+    finally:
+        connection.close()
+
+
+def get(connection: http.client.HTTPConnection, path: str, method: str = "GET") -> http.client.HTTPResponse:
+    connection.request(method, path)
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+def test_a_connection_is_kept_alive_between_requests(base_url: str) -> None:
+    with connect(base_url) as connection:
+        kept = connection.sock
+        for path, body in (("/healthz", b"ok\n"), ("/", INDEX), ("/healthz", b"ok\n")):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert response.status == 200 and response.read() == body
+            assert response.version == 11 and not response.will_close
+        assert get(connection, "/metrics").status == 200
+        assert connection.sock is kept  # http.client reconnects, on a new socket, after a close
+
+
 @pytest.mark.parametrize(
-    ("request_bytes", "status"),
+    ("request_bytes", "answers", "last_body"),
     [
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
-        (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", 431),
-        (b"BREW /pot HTTP/1.1\r\n\r\n", 405),
-        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 2, b"ok\n"),
+        (b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n", 1, b"ok\n"),
+        (
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 25\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            1,
+            b"method not allowed\n",
+        ),
     ],
-    ids=["long-path", "huge-header", "many-headers", "odd-method", "not-http"],
+    ids=["connection-close", "http-1.0", "request-body"],
 )
+def test_the_server_closes_when_asked_or_when_it_must(
+    base_url: str, request_bytes: bytes, answers: int, last_body: bytes
+) -> None:
+    """After `Connection: close`, after an HTTP/1.0 request, after a request whose body it did not read
+    (the next request would start with it): the answer ends with `Connection: close`, then the close."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(request_bytes)
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))  # until the server closes
+    assert answer.count(b"HTTP/1.1 ") == answers
+    assert answer.endswith(b"Connection: close\r\n\r\n" + last_body)
+
+
+def test_an_idle_kept_alive_connection_does_not_block_others(base_url: str) -> None:
+    with connect(base_url) as idle, connect(base_url) as other:
+        assert get(idle, "/healthz").status == 200  # its thread now waits for a next request
+        assert get(other, "/healthz").status == 200
+        with httpx.Client(base_url=base_url, timeout=5) as http:
+            assert http.get("/metrics").status_code == 200
+        assert get(idle, "/healthz").status == 200
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module._Handler, "timeout", 0.2)  # 30 s in service
+    with connect(base_url) as idle:
+        assert get(idle, "/healthz").status == 200
+        assert idle.sock.recv(1) == b""  # closed by the server, well before this socket's own 10 s
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), HOSTILE, ids=HOSTILE_IDS)
+def test_limits_hold_on_a_kept_alive_connection(base_url: str, request_bytes: bytes, status: int) -> None:
+    with connect(base_url) as connection:
+        assert get(connection, "/healthz").status == 200
+        connection.sock.sendall(request_bytes)
+        answer = connection.sock.recv(4096)
+    assert str(status).encode() in answer[:16] or f"Error code: {status}".encode() in answer, answer[:80]
+
+
+def test_head_on_a_kept_alive_connection_has_a_length_and_no_body(base_url: str) -> None:
+    with connect(base_url) as connection:
+        index = get(connection, "/", method="HEAD")
+        assert index.status == 200 and index.headers["Content-Length"] == str(len(INDEX))
+        metrics = get(connection, "/metrics", method="HEAD")
+        assert metrics.status == 200 and int(metrics.headers["Content-Length"]) > 0
+        # Had a body followed either HEAD, it would be read here as the next response.
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b"ok\n"
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), HOSTILE, ids=HOSTILE_IDS)
 def test_hostile_requests_get_a_4xx_and_no_trace(
     base_url: str, request_bytes: bytes, status: int, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -207,3 +305,24 @@ def test_bad_web_config_is_one_clear_line(tmp_path: Path, content: str, problem:
     with pytest.raises(ConfigError, match=problem) as caught:
         load_web_config(path)
     assert "\n" not in str(caught.value) and "MIXPEEK_WEB_CONFIG_FILE" in str(caught.value)
+
+
+def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[dict[str, object]]) -> None:
+    """A bug in rendering is the exporter's: the scraper gets a plain 500, the log one line, no traceback."""
+
+    class Broken:
+        def collect(self) -> Iterator[object]:
+            raise RuntimeError("boom")
+
+    server = MetricsServer("127.0.0.1", 0, Broken(), lambda: True)  # type: ignore[arg-type]
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
+            failed = http.get("/metrics")
+            after = http.get("/healthz")
+    finally:
+        server.stop()
+    assert (failed.status_code, failed.text) == (500, "internal server error\n")
+    assert "Traceback" not in failed.text and after.status_code == 200
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["error"]) for e in errors] == [("request failed", "RuntimeError: boom")]
