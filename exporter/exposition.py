@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class Exposition:
     def _cached(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> list[bytes]:
         render = self._render
         text = None
-        if render is not None and render.snapshot is collector.snapshot():
+        if render is not None and render.snapshot() is collector.snapshot():
             text = render.texts.get(fmt.content_type)
         if text is None or (zipped and text.zipped is None):
             with self._lock:
@@ -127,24 +128,28 @@ class Exposition:
         """Under the lock: lay out the newest snapshot if not done yet, render its text in `fmt`."""
         snapshot = collector.snapshot()
         render = self._render
-        if render is None or render.snapshot is not snapshot:
-            render = self._render = self._lay_out(collector, snapshot)
+        if render is None or render.snapshot() is not snapshot:
+            render = self._render = _Render(snapshot)
         text = render.texts.get(fmt.content_type)
         if text is None:
+            self._lay_out(collector, snapshot, render)
             text = render.texts[fmt.content_type] = self._text(render, fmt)
+            render.let_go()
         if zipped and text.zipped is None:
             text.deflate(self._level)
         return text
 
-    def _lay_out(self, collector: SnapshotCollector, snapshot: Snapshot) -> _Render:
-        """The snapshot's layout; the parts' text kept from before when their source is unchanged."""
+    def _lay_out(self, collector: SnapshotCollector, snapshot: Snapshot, render: _Render) -> None:
+        """The snapshot's layout into `render`; the parts' text kept from before when their source is
+        the same object."""
         before = self._chunks
         chunks: dict[ChunkKey, _Chunk] = {}
-        render = _Render(snapshot)
 
         def chunk(family: Family, part: Part, keep: int | None) -> _Chunk:
             key = (family.name, part.namespace, id(part.source), keep)
-            found = chunks.get(key) or before.get(key) or _Chunk(part.source)
+            found = chunks.get(key) or before.get(key)
+            if found is None or found.source() is not part.source:  # an id reused by a newer object
+                found = _Chunk(_reference(part.source))
             chunks[key] = found
             return found
 
@@ -160,7 +165,6 @@ class Exposition:
         ]
         # Only what this snapshot shows stays: the sources it no longer holds are let go.
         self._chunks = chunks
-        return render
 
     def _text(self, render: _Render, fmt: _Format) -> _Text:
         pieces: list[_Piece] = []
@@ -172,7 +176,6 @@ class Exposition:
                     rows = render.rows(part)[:keep]
                     piece = found.texts[fmt.content_type] = _Piece(fmt.rows(family, rows))
                 pieces.append(piece)
-        render.forget_rows()
         return _Text(pieces, fmt.eof)
 
 
@@ -207,10 +210,19 @@ class _Format:
 class _Chunk:
     """One part's text per format, and its number of series."""
 
-    source: object
-    """Held so that its id, the key of this chunk, is not reused while the chunk is kept."""
+    source: Callable[[], object]
+    """The part's source, weakly where it can be: its id is this chunk's key, and a namespace's state
+    (its whole task table) must not outlive the snapshots that hold it just because it was scraped."""
     size: int | None = None
     texts: dict[str, _Piece] = field(default_factory=dict)
+
+
+def _reference(source: object) -> Callable[[], object]:
+    """A weak reference, or for what cannot have one (small dicts and tuples), the object itself."""
+    try:
+        return weakref.ref(source)
+    except TypeError:
+        return lambda: source
 
 
 class _Piece:
@@ -261,20 +273,22 @@ class _Render:
     """One snapshot laid out: its families and parts, the chunk of each part, its text per format."""
 
     def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+        self.snapshot = weakref.ref(snapshot)
+        """Weak: the render is kept until the next scrape, the snapshot only while it is the current one."""
         self.layout: Layout = []
         self.chunks: list[list[_Chunk]] = []
         self.texts: dict[str, _Text] = {}
         self._rows: dict[int, Sequence[Row]] = {}
+
+    def let_go(self) -> None:
+        """Drop the layout once its text is made: its parts reach the namespaces' states."""
+        self.layout, self.chunks, self._rows = [], [], {}
 
     def rows(self, part: Part) -> Sequence[Row]:
         """A part's rows, made once while this snapshot is being rendered."""
         if id(part) not in self._rows:
             self._rows[id(part)] = part.rows()
         return self._rows[id(part)]
-
-    def forget_rows(self) -> None:
-        self._rows = {}
 
 
 class _Families:

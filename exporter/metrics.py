@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -246,7 +247,8 @@ class SnapshotCollector(Collector):
         self._max_series = max_series
         self._log = logger or structlog.get_logger("exporter.metrics")
         self._lock = threading.Lock()
-        self._counted: Snapshot | None = None
+        self._counted: weakref.ref[Snapshot] | None = None
+        """The snapshot last counted, weakly: it holds every namespace's task table."""
         self._dropped: dict[str, int] = {}
         self._dropping: set[str] = set()
 
@@ -297,8 +299,8 @@ class SnapshotCollector(Collector):
 
     def _count_dropped(self, snapshot: Snapshot, dropped: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         with self._lock:
-            if snapshot is not self._counted:
-                self._counted = snapshot
+            if self._counted is None or self._counted() is not snapshot:
+                self._counted = weakref.ref(snapshot)
                 for name, lost in dropped.items():
                     self._dropped[name] = self._dropped.get(name, 0) + lost
                 dropping = {name for name, lost in dropped.items() if lost}

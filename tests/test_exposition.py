@@ -3,8 +3,10 @@ format and encoding; the fresh collectors, the `name[]` filter and the HTTP head
 
 from __future__ import annotations
 
+import gc
 import gzip
 import threading
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +21,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from support import Exporter
 
 from exporter.exposition import MAX_FORMATS, Exposition
-from exporter.metrics import Family, Layout, Part, Row, Snapshot, SnapshotCollector
+from exporter.metrics import Family, Layout, Part, Row, Snapshot, SnapshotCollector, keep_all
 from exporter.server import MetricsServer
 from exporter.simulator import FakeClock, SimulatorServer, World
 
@@ -146,8 +148,23 @@ def test_many_scrapes_of_one_snapshot_lay_it_out_once(lively: Exporter) -> None:
     parts = sum(collector.rows.values())
     for _ in range(50):
         served.respond(OPENMETRICS, None)
-    assert collector.layouts == 1
-    assert sum(collector.rows.values()) == 2 * parts  # once more for the second format, then kept
+    # A layout is let go once its text is made (it reaches the namespaces' states): a second format lays
+    # the snapshot out once more, and makes each part's rows once more, then keeps its text.
+    assert collector.layouts == 2
+    assert sum(collector.rows.values()) == 2 * parts
+
+
+async def test_the_cache_does_not_keep_a_replaced_state_alive(lively: Exporter) -> None:
+    """A namespace's state holds its whole task table: once polls have replaced it, the cached text of an
+    earlier scrape must not keep it in memory until the next scrape."""
+    served = Exposition(SnapshotCollector(lambda: lively.poller.snapshot, "test", keep_all))
+    served.respond(None, "gzip")
+    scraped = weakref.ref(lively.poller.snapshot.namespaces["prod"])
+    await lively.poll()
+    await lively.poll()
+    gc.collect()
+    assert scraped() is None
+    assert b"mixpeek_tasks" in b"".join(served.respond(None, None).body)
 
 
 def test_concurrent_scrapes_of_a_new_snapshot_render_it_once(lively: Exporter) -> None:
