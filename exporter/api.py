@@ -10,11 +10,11 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import msgspec
@@ -231,14 +231,6 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class Listing(Generic[T]):
-    """Every item (task or batch) of one scope, each once, as listed by one complete poll, newest first."""
-
-    items: dict[str, T]
-    pages: int
-
-
-@dataclass(frozen=True, slots=True)
 class Namespace:
     namespace_id: str | None
     name: str
@@ -257,18 +249,6 @@ def parse_timestamp(value: str | float | None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
-
-
-def collector(into: dict[str, Any]) -> Sink[Any]:
-    """A sink keeping every item by id (the first sighting wins, as in a streamed listing)."""
-
-    def add(items: Iterable[Any]) -> int:
-        before = len(into)
-        for item in items:
-            into.setdefault(item.item_id, item)
-        return len(into) - before
-
-    return add
 
 
 def _error_object(body: Any) -> dict[str, Any]:
@@ -413,12 +393,6 @@ class MixpeekClient:
 
         return await self._walk(fetch, sink, self._older_window)
 
-    async def list_tasks(self, namespace: str | None) -> Listing[Task]:
-        """Every task of a scope, collected (the poller streams instead; this serves tools and tests)."""
-        tasks: dict[str, Task] = {}
-        pages = await self.walk_tasks(namespace, collector(tasks))
-        return Listing(tasks, pages)
-
     async def find_tasks(self, namespace: str | None, task_ids: Sequence[str], sink: Sink[Task]) -> int:
         """The tasks among `task_ids` that still exist, page-size ids per request; returns the requests."""
         requests = 0
@@ -440,11 +414,6 @@ class MixpeekClient:
             return [_to_batch(p) for p in page.results], cursor, None
 
         return await self._walk(fetch, sink, None)
-
-    async def list_batches(self, namespace: str) -> Listing[Batch]:
-        batches: dict[str, Batch] = {}
-        pages = await self.walk_batches(namespace, collector(batches))
-        return Listing(batches, pages)
 
     async def _walk(
         self,

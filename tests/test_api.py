@@ -22,12 +22,28 @@ from exporter.api import (
     ApiUnreachable,
     InvalidResponse,
     MixpeekClient,
+    Task,
     error_message,
     parse_retry_after,
     parse_timestamp,
 )
 
 KEY = "sk_live_do_not_leak_123"
+
+
+async def list_tasks(client: MixpeekClient, namespace: str | None) -> tuple[dict[str, Task], int]:
+    """Every task of a listing by id (the first sighting wins, as in the exporter's state), and its pages."""
+    items: dict[str, Task] = {}
+
+    def keep(page: list[Task]) -> int:
+        before = len(items)
+        for task in page:
+            items.setdefault(task.item_id, task)
+        return len(items) - before
+
+    return items, await client.walk_tasks(namespace, keep)
+
+
 NOW = 1_760_000_000.0
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -49,7 +65,7 @@ def item(task_id: str, status: str = "PENDING") -> dict[str, Any]:
 
 async def failure(handler: Handler) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        await client_for(handler).list_tasks("prod")
+        await list_tasks(client_for(handler), "prod")
     assert KEY not in str(caught.value)
     return caught.value
 
@@ -64,8 +80,8 @@ async def test_follows_cursor_and_sends_only_declared_keys() -> None:
         return page([item("c")])
 
     client = client_for(handler)
-    listing = await client.list_tasks("prod")
-    assert sorted(listing.items) == ["a", "b", "c"] and listing.pages == 2
+    items, pages = await list_tasks(client, "prod")
+    assert sorted(items) == ["a", "b", "c"] and pages == 2
     assert seen[1].url.params["cursor"] == "c1"
     for request in seen:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -81,7 +97,7 @@ async def test_organization_listing_sends_no_namespace_header() -> None:
         seen.append(request)
         return page([item("a")])
 
-    await client_for(handler).list_tasks(None)
+    await list_tasks(client_for(handler), None)
     assert "X-Namespace" not in seen[0].headers
 
 
@@ -208,8 +224,8 @@ def rate_limited(
 async def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
     handler, seen = scripted(httpx.Response(503), httpx.Response(502), page([item("a")]))
     sleeps = Sleeps()
-    listing = await client_for(handler, sleeps=sleeps).list_tasks("prod")
-    assert list(listing.items) == ["a"] and len(seen) == 3
+    items, _ = await list_tasks(client_for(handler, sleeps=sleeps), "prod")
+    assert list(items) == ["a"] and len(seen) == 3
     assert 1 <= sleeps.waits[0] <= 2 and 2 <= sleeps.waits[1] <= 3
 
 
@@ -229,7 +245,7 @@ async def test_429_honours_the_servers_advice(response: httpx.Response, wait: fl
     handler, _ = scripted(response, page([item("a")]))
     sleeps = Sleeps()
     client = client_for(handler, sleeps=sleeps)
-    await client.list_tasks("prod")
+    await list_tasks(client, "prod")
     assert (
         sleeps.waits == [wait] if wait is not None else 1 <= sleeps.waits[0] <= 2
     )  # no usable advice: backoff
@@ -254,7 +270,7 @@ async def test_retries_are_bounded_and_the_last_error_wins() -> None:
     sleeps = Sleeps()
     client = client_for(handler, sleeps=sleeps)
     with pytest.raises(ApiHTTPError) as caught:
-        await client.list_tasks("prod")
+        await list_tasks(client, "prod")
     assert caught.value.reason == "rate_limited"
     assert len(seen) == 4 and len(sleeps.waits) == 3
     assert client.requests == {(TASKS_LIST, "500"): 1, (TASKS_LIST, "429"): 3}
