@@ -450,7 +450,9 @@ def restore(
     oldest: dict[Key, float] = {}
     active = []
     newest: float | None = None
-    for item_id, key, first_seen, created_at, finished in tasks:
+    canonical: dict[Key, Key] = {}
+    for item_id, read_key, first_seen, created_at, finished in tasks:
+        key = canonical.setdefault(read_key, read_key)  # one tuple for all the tasks that have it
         index = indexes.setdefault(key, len(indexes))
         if created_at is not None and (newest is None or created_at > newest):
             newest = created_at

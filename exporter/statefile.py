@@ -144,7 +144,7 @@ def _decode_2(lines: Iterator[bytes], buckets: tuple[float, ...]) -> tuple[State
         states[entry.kind][entry.namespace] = restore(
             buckets=buckets,
             polled_at=entry.polled_at,
-            tasks=_shared_keys(_chunks(lines, entry.tasks, _ROWS)),
+            tasks=_chunks(lines, entry.tasks, _ROWS),
             gone=gone,
             groups=entry.groups,
             statuses=entry.statuses,
@@ -164,13 +164,6 @@ def _chunks(lines: Iterator[bytes], count: int, decoder: msgspec.json.Decoder[li
             raise ValueError(f"{count} items expected, a line of {len(chunk)} found")
         count -= len(chunk)
         yield from chunk
-
-
-def _shared_keys(rows: Iterable[tuple[str, Key, float, float | None, bool]]) -> Iterator[Row]:
-    """The rows with one (status, group) tuple for all that have it, as a state keeps them."""
-    keys: dict[Key, Key] = {}
-    for item_id, key, first_seen, created_at, finished in rows:
-        yield item_id, keys.setdefault(key, key), first_seen, created_at, finished
 
 
 def _histograms(
@@ -212,10 +205,8 @@ def _decode_state_1(raw: dict[str, Any], buckets: tuple[float, ...]) -> Namespac
 
 def _rows_1(raw: list[Any]) -> Iterator[Row]:
     """The task rows, checked, one at a time: a million of them are not worth a second list."""
-    keys: dict[tuple[str, str], tuple[str, str]] = {}
     for item_id, status, group, first, created, finished in raw:
-        key = keys.setdefault((str(status), str(group)), (str(status), str(group)))
-        yield str(item_id), key, float(first), _opt(created), bool(finished)
+        yield str(item_id), (str(status), str(group)), float(first), _opt(created), bool(finished)
 
 
 def _opt(value: Any) -> float | None:
