@@ -1,6 +1,8 @@
-"""The Mixpeek API client: lists every task of a namespace, page by page, and nothing else.
+"""The Mixpeek API client: the listings and lookups the poller makes, page by page, retried and decoded.
 
-It keeps no metric objects, only a plain count of the responses it got, which the poller publishes.
+It keeps no metric objects, only a plain count of the responses it got, which the poller publishes. It
+checks what the spec promises (shapes, page sizes, cursors); what the spec leaves open (whether a filter,
+a sort or a header is honoured) is the poller's to verify (see exporter/checks.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -26,18 +29,22 @@ from exporter.ratelimit import RateLimiter
 from exporter.vocabulary import FAILURE_CATEGORIES
 
 TASKS_LIST = "/v1/tasks/list"
+TASK_GET = "/v1/tasks/{task_id}"
 BATCHES_LIST = "/v1/batches/list"
+BUCKETS_LIST = "/v1/buckets/list"
+BUCKET_BATCHES_LIST = "/v1/buckets/{bucket_id}/batches/list"
 NAMESPACES_LIST = "/v1/namespaces/list"
 # The API refuses offsets above this; deeper listings need a cursor or a created_at window.
 MAX_OFFSET = 10_000
 # Cursor pages in a row that add nothing before a listing is judged a loop.
 MAX_BARREN_PAGES = 3
 NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
+OLDEST_FIRST = {"field": "created_at", "direction": "asc"}
 # Failure categories outside the API's enum count as "unknown", which keeps the label bounded.
 KNOWN_FAILURE_CATEGORIES = frozenset(FAILURE_CATEGORIES)
 
 T = TypeVar("T")
-P = TypeVar("P", "_TaskPage", "_BatchPage", "_NamespacePage")
+P = TypeVar("P", "_TaskPage", "_BatchPage", "_NamespacePage", "_BucketPage")
 Page = tuple[list[T], str | None, str | float | None]
 """One page: its items, the next cursor, and the last item's raw created_at (to narrow a window)."""
 Sink = Callable[[list[T]], int]
@@ -66,6 +73,10 @@ class PaginationLimit(ApiError):
     reason = "pagination_limit"
 
 
+class EndOfListing(Exception):
+    """Raised by a sink once it has read enough: the walk ends after the page it was given."""
+
+
 class ApiHTTPError(ApiError):
     def __init__(
         self, status_code: int, message: str, *, retry_after: float | None = None, retryable: bool = True
@@ -76,6 +87,11 @@ class ApiHTTPError(ApiError):
         """The server's advised wait in seconds (Retry-After, or the error body's hint)."""
         self.retryable = retryable
         """False when the error body says `retryable: false`."""
+
+    @property
+    def refused(self) -> bool:
+        """The API refused what was asked (400, 422): a body, filter or parameter it does not take."""
+        return self.status_code in (400, 422)
 
     @property
     def reason(self) -> str:  # type: ignore[override]
@@ -196,6 +212,14 @@ class _NamespacePayload(msgspec.Struct, gc=False):
 
 class _NamespacePage(msgspec.Struct, gc=False):
     results: list[_NamespacePayload]
+
+
+class _BucketPayload(msgspec.Struct, gc=False):
+    bucket_id: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _BucketPage(msgspec.Struct, gc=False):
+    results: list[_BucketPayload]
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +394,10 @@ class MixpeekClient:
         self.requests: Counter[tuple[str, str]] = Counter()
         """Responses by (endpoint, HTTP status), "error" where none came back."""
 
+    @property
+    def page_size(self) -> int:
+        return self._page_size
+
     async def walk_tasks(
         self, namespace: str | None, sink: Sink[Task], filters: dict[str, Any] | None = None
     ) -> int:
@@ -393,23 +421,63 @@ class MixpeekClient:
 
         return await self._walk(fetch, sink, self._older_window)
 
-    async def find_tasks(self, namespace: str | None, task_ids: Sequence[str], sink: Sink[Task]) -> int:
-        """The tasks among `task_ids` that still exist, page-size ids per request; returns the requests."""
-        requests = 0
-        for start in range(0, len(task_ids), self._page_size):
-            chunk = list(task_ids[start : start + self._page_size])
-            where = {"AND": [{"field": "task_id", "operator": "in", "value": chunk}]}
-            page = await self._task_page(namespace, {"limit": len(chunk)}, {"filters": where})
-            sink(page.results)
-            requests += 1
-        return requests
+    async def lookup_tasks(self, namespace: str | None, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among `task_ids` (at most a page of them) that the API returns for a `task_id in`
+        filter: one request. What it returns is the caller's to check (see exporter/checks.py)."""
+        where = {"AND": [{"field": "task_id", "operator": "in", "value": list(task_ids)}]}
+        page = await self._task_page(namespace, {"limit": len(task_ids)}, {"filters": where})
+        return page.results
+
+    async def get_task(self, namespace: str | None, task_id: str) -> Task | None:
+        """GET /v1/tasks/{task_id} (documented): the task, or None when the API no longer has it."""
+        try:
+            raw = await self._request("GET", f"/v1/tasks/{quote(task_id, safe='')}", TASK_GET, namespace)
+        except ApiHTTPError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        try:
+            return msgspec.json.decode(raw, type=Task)
+        except msgspec.ValidationError as exc:
+            raise InvalidResponse(f"{TASK_GET}: {exc}") from None
+        except msgspec.DecodeError:
+            raise InvalidResponse(f"{TASK_GET} answered 200 with a body that is not JSON") from None
+
+    async def first_tasks(self, namespace: str | None, sort: dict[str, str], limit: int = 1) -> list[Task]:
+        """The first tasks of the listing in this order: one request."""
+        page = await self._task_page(namespace, {"limit": limit}, {"sort": sort})
+        return page.results
 
     async def walk_batches(self, namespace: str, sink: Sink[Batch]) -> int:
-        """Every batch of a namespace (POST /v1/batches/list with X-Namespace); paging goes in the body."""
+        """Every batch of a namespace (POST /v1/batches/list with X-Namespace); paging goes in the body.
 
+        The route is in the SDK but not in the 0.81 spec: on 404, use `walk_bucket_batches` instead."""
+        return await self._walk_batch_route(BATCHES_LIST, BATCHES_LIST, namespace, sink)
+
+    async def walk_bucket_batches(self, namespace: str, sink: Sink[Batch]) -> int:
+        """Every batch of a namespace through the routes of the 0.81 spec: its buckets, then each bucket's
+        batches. Returns the requests made."""
+        buckets: list[str] = []
+        offset = 0
+        requests = 0
+        while True:
+            body = {"limit": self._page_size, "offset": offset}
+            raw = await self._request("POST", BUCKETS_LIST, BUCKETS_LIST, namespace, params={}, body=body)
+            requests += 1
+            page = _validated(_BucketPage, raw, BUCKETS_LIST, self._page_size)
+            buckets.extend(item.bucket_id for item in page.results)
+            offset += len(page.results)
+            if len(page.results) < self._page_size or offset > MAX_OFFSET - self._page_size:
+                break
+        for bucket in dict.fromkeys(buckets):
+            path = f"/v1/buckets/{quote(bucket, safe='')}/batches/list"
+            requests += await self._walk_batch_route(path, BUCKET_BATCHES_LIST, namespace, sink)
+        return requests
+
+    async def _walk_batch_route(self, path: str, endpoint: str, namespace: str, sink: Sink[Batch]) -> int:
         async def fetch(paging: dict[str, Any], narrowing: dict[str, Any]) -> Page[Batch]:
-            raw = await self._post(BATCHES_LIST, namespace, {}, paging)
-            page = _validated(_BatchPage, raw, BATCHES_LIST, paging["limit"])
+            raw = await self._request("POST", path, endpoint, namespace, params={}, body=paging)
+            page = _validated(_BatchPage, raw, endpoint, paging["limit"])
             cursor = page.pagination.next_cursor if page.pagination else None
             return [_to_batch(p) for p in page.results], cursor, None
 
@@ -425,7 +493,7 @@ class MixpeekClient:
         (`page_concurrency` pages at a time, handed to the sink in order), then by windows `narrow`ed below
         the last item's created_at (each starting again at offset 0). The sink says how many items were
         new; a repeated cursor, MAX_BARREN_PAGES pages of nothing new, or a window that adds nothing ends
-        the walk rather than loop. Returns the pages read."""
+        the walk rather than loop, and a sink raising EndOfListing ends it early. Returns the pages read."""
         narrowing: dict[str, Any] = {}
         seen_cursors: set[str] = set()
         cursor: str | None = None
@@ -442,7 +510,10 @@ class MixpeekClient:
             replies = await asyncio.gather(*(fetch(paging, narrowing) for paging in pagings))
             for results, next_cursor, tail in replies:
                 pages += 1
-                new = sink(results)
+                try:
+                    new = sink(results)
+                except EndOfListing:
+                    return pages
                 window_new += new
                 if next_cursor and (cursor is not None or not offset):
                     # A cursor must lead somewhere new: a repeated one, or cursors on page after page that
@@ -485,7 +556,7 @@ class MixpeekClient:
         offset = 0
         while True:
             body = {"limit": self._page_size, "offset": offset}
-            raw = await self._post(NAMESPACES_LIST, None, {}, body)
+            raw = await self._request("POST", NAMESPACES_LIST, NAMESPACES_LIST, None, params={}, body=body)
             page = _validated(_NamespacePage, raw, NAMESPACES_LIST, self._page_size)
             namespaces.extend(Namespace(item.namespace_id, item.namespace_name) for item in page.results)
             offset += len(page.results)
@@ -495,11 +566,18 @@ class MixpeekClient:
     async def _task_page(
         self, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
     ) -> _TaskPage:
-        raw = await self._post(TASKS_LIST, namespace, params, body)
+        raw = await self._request("POST", TASKS_LIST, TASKS_LIST, namespace, params=params, body=body)
         return _validated(_TaskPage, raw, TASKS_LIST, params["limit"])
 
-    async def _post(
-        self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        namespace: str | None,
+        *,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> bytes:
         """One logical request: retried on timeouts, connection errors, 5xx and 429, never on other 4xx."""
         retrying = tenacity.AsyncRetrying(
@@ -510,7 +588,9 @@ class MixpeekClient:
             before_sleep=self._log_retry,
             reraise=True,
         )
-        return await retrying(self._attempt, endpoint, namespace, params, body)
+        return await retrying(
+            self._attempt, method, path, endpoint, namespace=namespace, params=params, body=body
+        )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -522,7 +602,7 @@ class MixpeekClient:
         exc = state.outcome.exception() if state.outcome else None
         self._log.info(
             "retrying API request",
-            endpoint=state.args[0],
+            endpoint=state.args[2],
             attempt=state.attempt_number,
             wait_seconds=round(state.upcoming_sleep, 3),
             reason=getattr(exc, "reason", "error"),
@@ -530,7 +610,14 @@ class MixpeekClient:
         )
 
     async def _attempt(
-        self, endpoint: str, namespace: str | None, params: dict[str, Any], body: dict[str, Any]
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        namespace: str | None,
+        params: dict[str, Any] | None,
+        body: dict[str, Any] | None,
     ) -> bytes:
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -538,7 +625,7 @@ class MixpeekClient:
         if namespace is not None:
             headers["X-Namespace"] = namespace
         try:
-            response = await self._http.post(endpoint, params=params, json=body, headers=headers)
+            response = await self._http.request(method, path, params=params, json=body, headers=headers)
         except httpx.TimeoutException:
             self.requests[(endpoint, "error")] += 1
             raise ApiTimeout(f"{endpoint} timed out") from None

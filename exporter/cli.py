@@ -149,7 +149,7 @@ def build_poller(
 ) -> Poller:
     plan = PollPlan(
         namespaces=tuple(settings.namespaces),
-        organization=settings.scope is Scope.ORGANIZATION,
+        scope=settings.scope,
         interval=interval,
         concurrency=settings.concurrency,
         buckets=tuple(settings.histogram_buckets),
@@ -157,6 +157,8 @@ def build_poller(
         batches=settings.batches,
         reconcile_every=settings.reconcile_every,
         namespace_filter=namespace_filter(settings),
+        poll_timeout=settings.poll_timeout,
+        reprobe_after=settings.reprobe_interval or None,
     )
     return Poller(client, plan, state_file=state_file)
 

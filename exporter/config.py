@@ -38,6 +38,7 @@ DEFAULT_BUCKETS = (
 
 
 class Scope(StrEnum):
+    AUTO = "auto"
     NAMESPACE = "namespace"
     ORGANIZATION = "organization"
 
@@ -72,12 +73,24 @@ class Settings(BaseSettings):
         description="comma-separated namespace names or ns_ ids; empty discovers every namespace each cycle",
     )
     scope: Scope = Field(
-        Scope.NAMESPACE,
+        Scope.AUTO,
         description="namespace: one listing per namespace with X-Namespace; "
-        "organization: one listing labelled by additional_data.namespace_id",
+        "organization: one listing labelled by additional_data.namespace_id; "
+        "auto: namespace while the evidence says task routes honour X-Namespace, else organization",
     )
     poll_interval: float = Field(
         30.0, gt=0, description="seconds between the starts of two polls of a namespace"
+    )
+    poll_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="seconds one poll of a namespace may take before it fails (timeout)",
+    )
+    reprobe_interval: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds after which an API behaviour that failed its check is tried again; 0: never",
     )
     page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size, 1..1000")
     request_timeout: float = Field(10.0, gt=0, description="seconds before one API request times out")

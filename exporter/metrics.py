@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
+from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
 from exporter.views import View, view
@@ -48,6 +49,12 @@ TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
 UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
 SERIES_DROPPED = "mixpeek_exporter_series_dropped"  # exposed with _total
+API_CHECK_FAILURES = "mixpeek_exporter_api_check_failures"  # exposed with _total
+INTERNAL_ERRORS = "mixpeek_exporter_internal_errors"  # exposed with _total
+POLL_MODE = "mixpeek_exporter_poll_mode"
+SCOPE = "mixpeek_exporter_scope"
+BATCHES_UP = "mixpeek_batches_up"
+BATCH_POLL_ERRORS = "mixpeek_exporter_batch_poll_errors"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
 
 BATCHES = "mixpeek_batches"
@@ -57,6 +64,8 @@ BATCH_OBJECTS = "mixpeek_batch_objects"  # exposed with _total
 BATCH_FAILURES = "mixpeek_batch_failures"  # exposed with _total
 BATCH_OLDEST_ACTIVE_AGE = "mixpeek_batch_oldest_active_age_seconds"
 
+# Where an unexpected exception can happen in a poll loop: each is counted from 0.
+STAGES = ("discovery", "scope", "poll", "state", "batches")
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TASK_LABELS = ("namespace", "status", "task_type")
 BATCH_LABELS = ("namespace", "bucket_id", "status")
@@ -114,6 +123,32 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
     (f"{POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed polls by reason."),
     (f"{API_REQUESTS}_total", "counter", ("endpoint", "code"), "Requests sent to the Mixpeek API."),
+    (
+        f"{API_CHECK_FAILURES}_total",
+        "counter",
+        ("check",),
+        "Answers that showed the API not honouring a behaviour the documentation leaves open, by check.",
+    ),
+    (
+        POLL_MODE,
+        "gauge",
+        ("namespace", "resource", "mode", "reason"),
+        "1 for how each namespace's tasks or batches are polled now, and why (README: API behaviour).",
+    ),
+    (
+        SCOPE,
+        "gauge",
+        ("scope", "reason"),
+        "1 for the scope tasks are listed in (namespace or organization), and why.",
+    ),
+    (
+        f"{INTERNAL_ERRORS}_total",
+        "counter",
+        ("stage",),
+        "Unexpected exceptions in the poll loops, by stage; the loop goes on (a bug: please report it).",
+    ),
+    (BATCHES_UP, "gauge", ("namespace",), "1 if the last batch listing of the namespace succeeded, else 0."),
+    (f"{BATCH_POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed batch listings by reason."),
     (TRACKED_TASKS, "gauge", ("namespace",), "Tasks held in memory for the namespace."),
     (
         UNTRACKED_TASKS,
@@ -157,8 +192,15 @@ class Snapshot:
     namespaces: Mapping[str, NamespaceState] = field(default_factory=dict)
     batches: Mapping[str, NamespaceState] = field(default_factory=dict)
     health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
+    batch_health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
     state_writes: Mapping[str, int] = field(default_factory=dict)
+    check_failures: Mapping[str, int] = field(default_factory=dict)
+    internal_errors: Mapping[str, int] = field(default_factory=dict)
+    scope: tuple[str, str] | None = None
+    """(scope, reason) tasks are listed in; None before the first poll."""
+    modes: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """(namespace, resource) -> (mode, reason)."""
 
 
 Fold = Callable[[NamespaceState], Callable[[str], str]]
@@ -502,6 +544,21 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         return Family(name, "gauge", ("namespace",), parts)
 
     requests, writes = snapshot.api_requests, snapshot.state_writes
+    checks = {check: snapshot.check_failures.get(check, 0) for check in CHECKS}
+    internal = {stage: snapshot.internal_errors.get(stage, 0) for stage in STAGES}
+    modes, scope = snapshot.modes, snapshot.scope
+    batch_health = sorted(snapshot.batch_health.items())
+
+    def of_batch_health(
+        name: str, kind: str, labels: tuple[str, ...], rows: Callable[[str, NamespaceHealth], list[Row]]
+    ) -> Family:
+        return Family(name, kind, labels, tuple(Part(ns, h, partial(rows, ns, h)) for ns, h in batch_health))
+
+    def single(
+        name: str, kind: str, labels: tuple[str, ...], source: object, rows: Callable[[], list[Row]]
+    ) -> Family:
+        return Family(name, kind, labels, (Part("", source, rows),))
+
     return [
         of_health(UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
         of_health(
@@ -535,6 +592,37 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             "counter",
             ("result",),
             (Part("", writes, lambda: [((result,), n, None) for result, n in sorted(writes.items())]),),
+        ),
+        single(
+            API_CHECK_FAILURES,
+            "counter",
+            ("check",),
+            checks,
+            lambda: [((c,), n, None) for c, n in checks.items()],
+        ),
+        single(
+            POLL_MODE,
+            "gauge",
+            ("namespace", "resource", "mode", "reason"),
+            modes,
+            lambda: [((ns, resource, *how), 1, None) for (ns, resource), how in sorted(modes.items())],
+        ),
+        single(
+            SCOPE, "gauge", ("scope", "reason"), scope, lambda: [] if scope is None else [(scope, 1, None)]
+        ),
+        single(
+            INTERNAL_ERRORS,
+            "counter",
+            ("stage",),
+            internal,
+            lambda: [((s,), n, None) for s, n in internal.items()],
+        ),
+        of_batch_health(BATCHES_UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
+        of_batch_health(
+            BATCH_POLL_ERRORS,
+            "counter",
+            ("namespace", "reason"),
+            lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
         ),
     ]
 

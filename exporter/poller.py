@@ -1,20 +1,47 @@
 """Schedules the polls, turns each complete listing into new state, and publishes the Snapshot.
 
 Each namespace is polled on its own schedule, a bounded number at a time, so one slow or failing
-namespace never delays or breaks another. A poll that fails part-way changes no task state.
+namespace never delays or breaks another. A poll that fails part-way changes no task state, and a
+failing batch listing never costs the task metrics.
+
+What the documentation leaves open is verified on the way (exporter/checks.py): an incremental poll
+relies on filters, a sort and id lookups, and falls back to plain full listings, or lookups one id at
+a time, the moment the API is seen not to honour one; in `auto` scope, evidence that task routes ignore
+X-Namespace moves polling to one listing for the organisation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
 import structlog
 
-from exporter.api import ApiError, MixpeekClient, Task
+from exporter.api import (
+    NEWEST_FIRST,
+    OLDEST_FIRST,
+    ApiError,
+    ApiHTTPError,
+    EndOfListing,
+    MixpeekClient,
+    Task,
+)
+from exporter.checks import (
+    Check,
+    CheckFailed,
+    Evidence,
+    NamespaceIsolation,
+    NewestFirst,
+    active_only,
+    asked_only,
+    sorted_both_ways,
+)
+from exporter.config import Scope
 from exporter.histogram import Histogram
 from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
@@ -23,9 +50,10 @@ from exporter.statefile import StateFile
 from exporter.vocabulary import TERMINAL_STATUSES
 
 UNKNOWN_NAMESPACE = "unknown"
-# An incremental poll re-reads tasks created this long before the newest it knows, for tasks that show
-# up in listings a little after their created_at (or with a clock a little behind).
-BIRTH_SLACK_SECONDS = 120.0
+ACTIVE_TASKS = {"NOT": [{"field": "status", "operator": "in", "value": list(TERMINAL_STATUSES)}]}
+T = TypeVar("T")
+INTERNAL = "internal"
+"""The poll-error reason of an exception the exporter did not expect: a bug, or input nobody foresaw."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +61,7 @@ class PollPlan:
     """What to poll: fixed namespaces, or discovered ones; per namespace, or once for the organisation."""
 
     namespaces: tuple[str, ...]
-    organization: bool
+    scope: Scope
     interval: float
     concurrency: int
     buckets: tuple[float, ...]
@@ -43,6 +71,10 @@ class PollPlan:
     """Polls per full listing of a namespace's tasks; the polls between fetch only what changed."""
     namespace_filter: NamespaceFilter = ALL_NAMESPACES
     """The namespaces this replica owns (its shard, allow, deny); the others get no series at all."""
+    poll_timeout: float | None = None
+    """How long one poll may hold its concurrency slot before it fails with reason timeout."""
+    reprobe_after: float | None = None
+    """Seconds after which a behaviour that failed its check is trusted (and checked) again."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +82,25 @@ class Fetched:
     """Everything one poll listed, by namespace, before any of it is applied."""
 
     tasks: Mapping[str, Observation]
-    batches: Mapping[str, Observation]
     pages: int
     full: bool = True
     """Whether the tasks were listed completely (else: an incremental poll, see `_list_changes`)."""
+    epoch: int = 0
+    """The scope it was listed in: a poll that outlives a change of scope is void."""
+
+
+class ScopeChanged(Exception):
+    """The poll found that task routes ignore X-Namespace; its results are void."""
+
+
+@dataclass
+class _Listing:
+    """The observations of one poll, and how a page of tasks reaches them."""
+
+    observations: dict[str, Observation]
+    sink: Callable[[list[Task]], int]
+    known: Callable[[str], bool]
+    """Whether a task id was tracked (or had gone) before this poll: the ground births stop at."""
 
 
 class Poller:
@@ -72,10 +119,28 @@ class Poller:
         self._log = logger or structlog.get_logger("exporter.poller")
         self._limit = asyncio.Semaphore(plan.concurrency)
         self._discovered: tuple[str, ...] | None = None
+        self._ids: dict[str, str] = {}
+        """Namespace name -> id, from discovery: what a task's additional_data.namespace_id must say."""
+        self._names: dict[str, str] = {}
+        """Namespace id -> name, from discovery: how organisation-wide listings label tasks."""
         self._since_full: dict[str, int] = {}
         """Incremental polls since each namespace's last full listing."""
         self._listed = False
         """An organization listing has succeeded (in organization scope, that is readiness)."""
+        self._evidence = Evidence(plan.reprobe_after, clock=clock, logger=self._log)
+        self._isolation = NamespaceIsolation()
+        self._organization = plan.scope is Scope.ORGANIZATION
+        self._scope_reason = "configured" if plan.scope is not Scope.AUTO else "verified"
+        self._scope_verified = plan.scope is Scope.ORGANIZATION
+        self._epoch = 0
+        """Bumped at each change of scope."""
+        self._discovery_failing: str | None = None
+        self._rescoped = asyncio.Event()
+        self._batch_modes: dict[str, str] = {}
+        self._internal_errors: dict[str, int] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._dead: str | None = None
         self._state_file = state_file
         tasks, batches = state_file.load() if state_file else ({}, {})
         if plan.namespaces:
@@ -88,170 +153,368 @@ class Poller:
         self.snapshot = Snapshot(namespaces=tasks, batches=batches)
 
     @property
+    def organization(self) -> bool:
+        """Whether tasks are listed once for the organisation (configured, or the header check said so)."""
+        return self._organization
+
+    @property
     def targets(self) -> tuple[str, ...] | None:
         """The namespaces to poll (those this replica owns), or None while discovery has not succeeded yet."""
-        if self._plan.organization or self._plan.namespaces:
+        if self._plan.namespaces:
             return tuple(ns for ns in self._plan.namespaces if self._plan.namespace_filter.owns(ns))
+        if self._plan.scope is Scope.ORGANIZATION:
+            return ()
         return self._discovered
 
     def ready(self) -> bool:
         """True once every namespace to poll has had one complete poll."""
         targets = self.targets
+        if self._organization:  # owning none of the listed namespaces is fine, once listed
+            return self._listed
         if targets is None:
             return False
-        if self._plan.organization:  # owning none of the listed namespaces is fine, once listed
-            return self._listed
         health = self.snapshot.health
         return all(ns in health and health[ns].last_success is not None for ns in targets)
 
+    def alive(self) -> bool:
+        """False once a poll loop has died, which no poll should ever make happen: /healthz then fails,
+        and Kubernetes restarts the pod rather than serve stale numbers as fresh."""
+        return self._dead is None
+
     async def discover(self) -> tuple[str, ...] | None:
-        """Refresh the namespace list when none is configured; keeps the last good list on failure."""
-        if self._plan.organization or self._plan.namespaces:
+        """Refresh the namespaces (names and ids); keeps the last good list on failure.
+
+        Configured namespaces need the list too in `auto` and organisation scope: to know the id a
+        namespace's tasks must name, and the name an organisation-wide task is labelled with. (In
+        `namespace` scope with configured namespaces, the user has settled the question: no request.)"""
+        configured = bool(self._plan.namespaces) or self._plan.scope is Scope.ORGANIZATION
+        if configured and self._plan.scope is Scope.NAMESPACE:
             return self.targets
         try:
             found = await self._client.list_namespaces()
         except ApiError as exc:
-            self._log.warning("namespace discovery failed", reason=exc.reason, error=str(exc))
+            if exc.reason != self._discovery_failing:
+                self._log.warning("namespace discovery failed", reason=exc.reason, error=str(exc))
+            self._discovery_failing = exc.reason
         else:
-            names = tuple(sorted({ns.name for ns in found if self._plan.namespace_filter.owns(ns.name)}))
-            if names != self._discovered:
-                self._log.info("namespaces discovered", namespaces=list(names))
-            self._discovered = names
-            self._forget_except(names)
+            self._discovery_failing = None
+            self._ids = {ns.name: ns.namespace_id for ns in found if ns.namespace_id}
+            self._names = {ns.namespace_id: ns.name for ns in found if ns.namespace_id}
+            if not configured:
+                names = tuple(sorted({ns.name for ns in found if self._plan.namespace_filter.owns(ns.name)}))
+                if names != self._discovered:
+                    self._log.info("namespaces discovered", namespaces=list(names))
+                self._discovered = names
+                if not self._organization:
+                    self._forget_except(names)
         self._publish()
-        return self._discovered
+        return self.targets
 
     async def poll_once(self) -> None:
-        """Discover if needed, then poll every namespace once, concurrently within the bound."""
-        targets = await self.discover()
-        if self._plan.organization:
+        """Discover, check the scope when due, then poll every namespace once, concurrently in the bound."""
+        targets = await self._refresh()
+        if self._organization:
             await self.poll_organization()
         elif targets:
             await asyncio.gather(*(self.poll_namespace(ns) for ns in targets))
 
+    async def verify_scope(self, targets: tuple[str, ...] | None) -> None:
+        """Before namespace-scope polls (and again once per re-probe interval): list the newest tasks of
+        each namespace once, and look for evidence that task routes ignore X-Namespace."""
+        if self._plan.scope is not Scope.AUTO or not targets or len(targets) < 2:
+            return  # one namespace's tasks are checked as they are polled; the probe compares two
+        if self._scope_verified and (
+            not self._evidence.failed(Check.NAMESPACE_HEADER)
+            or not self._evidence.trusted(Check.NAMESPACE_HEADER)
+        ):
+            return  # verified, and no re-probe due
+        probe = NamespaceIsolation()
+        try:
+            for namespace in targets:
+                tasks = await self._client.first_tasks(namespace, NEWEST_FIRST, probe.SAMPLE)
+                probe.see(namespace, self._namespace_id(namespace), tasks, first_page=True)
+        except CheckFailed as failure:
+            self._evidence.fail(failure)
+            if self._plan.scope is Scope.AUTO:
+                self._rescope(organization=True)
+        except ApiError:
+            return  # the polls will say what is wrong; probe again next time
+        else:
+            if self._organization:
+                self._log.info("X-Namespace is honoured again on task routes: polling each namespace")
+                self._rescope(organization=False)
+        self._scope_verified = True
+
     async def poll_namespace(self, namespace: str) -> None:
         async def fetch() -> Fetched:
             now = self._clock()
-            previous = {namespace: self._previous(self.snapshot.namespaces, namespace)}
-            incremental = self._incremental(previous)
-            observation = Observation(previous[namespace], now, self._plan.max_tracked, partial=incremental)
-            if incremental:
-                pages = await self._list_changes(
-                    namespace, previous, {namespace: observation}, observation.add
-                )
-            else:
-                pages = await self._client.walk_tasks(namespace, observation.add)
-            batches = await self._batches((namespace,), now)
-            return Fetched({namespace: observation}, batches, pages, full=not incremental)
+            states = {namespace: self._previous(self.snapshot.namespaces, namespace)}
+            return await self._fetch_tasks(namespace, states, now)
 
         await self._poll((namespace,), fetch)
+        await self._poll_batches((namespace,))
 
     async def poll_organization(self) -> None:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
 
         async def fetch() -> Fetched:
-            now = self._clock()
-            wanted = set(self._plan.namespaces)
-            states = self.snapshot.namespaces
-            incremental = self._incremental(states)
-            observations = {
-                ns: Observation(self._previous(states, ns), now, self._plan.max_tracked, partial=incremental)
-                for ns in states
-            }
-
-            def route(tasks: list[Task]) -> int:
-                by_namespace: dict[str, list[Task]] = {}
-                for task in tasks:
-                    namespace = label_value(task.namespace_id) if task.namespace_id else UNKNOWN_NAMESPACE
-                    if (not wanted or namespace in wanted) and self._plan.namespace_filter.owns(namespace):
-                        by_namespace.setdefault(namespace, []).append(task)
-                new = 0
-                for namespace, items in by_namespace.items():
-                    if namespace not in observations:
-                        previous = self._previous(states, namespace)
-                        observations[namespace] = Observation(
-                            previous, now, self._plan.max_tracked, partial=incremental
-                        )
-                    new += observations[namespace].add(items)
-                return new
-
-            if incremental:
-                pages = await self._list_changes(None, states, observations, route)
-            else:
-                pages = await self._client.walk_tasks(None, route)
-            batches = await self._batches(tuple(ns for ns in observations if ns != UNKNOWN_NAMESPACE), now)
-            return Fetched(observations, batches, pages, full=not incremental)
+            return await self._fetch_tasks(None, dict(self.snapshot.namespaces), self._clock())
 
         await self._poll(tuple(self.snapshot.namespaces) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
+        await self._poll_batches(tuple(ns for ns in self.snapshot.namespaces if ns != UNKNOWN_NAMESPACE))
+
+    async def _fetch_tasks(self, scope: str | None, states: dict[str, NamespaceState], now: float) -> Fetched:
+        """An incremental poll when there is a baseline and the API has honoured what it relies on, else a
+        full listing; a check that fails during an incremental poll turns it into a full one at once."""
+        epoch = self._epoch
+        if self._incremental(states):
+            listing = self._listing(scope, states, now, partial=True)
+            try:
+                pages = await self._list_changes(scope, states, listing)
+            except CheckFailed as failure:
+                self._evidence.fail(failure, namespace=scope or "organization")
+            else:
+                return Fetched(listing.observations, pages, full=False, epoch=epoch)
+        listing = self._listing(scope, states, now, partial=False)
+        pages = await self._list_all(scope, listing)
+        return Fetched(listing.observations, pages, full=True, epoch=epoch)
+
+    def _listing(
+        self, scope: str | None, states: dict[str, NamespaceState], now: float, *, partial: bool
+    ) -> _Listing:
+        observations = {
+            ns: Observation(state, now, self._plan.max_tracked, partial=partial)
+            for ns, state in states.items()
+        }
+
+        def known(task_id: str) -> bool:
+            return any(task_id in state.tasks or task_id in state.gone for state in states.values())
+
+        if scope is not None:
+            return _Listing(observations, self._namespace_sink(scope, observations[scope]), known)
+        listing = _Listing(observations, lambda tasks: 0, known)
+        listing.sink = self._organization_sink(listing, states, now, partial)
+        return listing
+
+    def _namespace_sink(self, namespace: str, observation: Observation) -> Callable[[list[Task]], int]:
+        """Pages of one namespace's listing, checked for tasks of other namespaces before they count."""
+        namespace_id = self._namespace_id(namespace)
+        first = [True]
+
+        def sink(tasks: list[Task]) -> int:
+            try:
+                self._isolation.see(namespace, namespace_id, tasks, first_page=first[0])
+            except CheckFailed as failure:
+                self._evidence.fail(failure, namespace=namespace)
+                if self._plan.scope is Scope.AUTO:
+                    self._rescope(organization=True)
+                    raise ScopeChanged from None
+            first[0] = False
+            return observation.add(tasks)
+
+        return sink
+
+    def _organization_sink(
+        self, listing: _Listing, states: Mapping[str, NamespaceState], now: float, partial: bool
+    ) -> Callable[[list[Task]], int]:
+        """Pages of the organisation's listing, split by namespace: the name discovery gives for a task's
+        additional_data.namespace_id (its id when unknown), or a single `unknown` without one."""
+        wanted = set(self._plan.namespaces)
+        owns = self._plan.namespace_filter.owns
+        names = self._names
+        observations = listing.observations
+
+        def sink(tasks: list[Task]) -> int:
+            by_namespace: dict[str, list[Task]] = {}
+            for task in tasks:
+                namespace_id = task.namespace_id
+                if namespace_id is None:
+                    namespace = UNKNOWN_NAMESPACE
+                else:
+                    name = names.get(namespace_id)
+                    if wanted and name not in wanted and namespace_id not in wanted:
+                        continue
+                    namespace = label_value(name or namespace_id)
+                if owns(namespace):
+                    by_namespace.setdefault(namespace, []).append(task)
+            new = 0
+            for namespace, items in by_namespace.items():
+                if namespace not in observations:
+                    previous = self._previous(states, namespace)
+                    observations[namespace] = Observation(
+                        previous, now, self._plan.max_tracked, partial=partial
+                    )
+                new += observations[namespace].add(items)
+            return new
+
+        return sink
 
     def _incremental(self, states: Mapping[str, NamespaceState]) -> bool:
-        """Between full listings, and only once there is a baseline to build on: a state with untracked
-        tasks (the cap) or without creation times cannot be followed by changes alone."""
+        """Between full listings, once there is a baseline to build on, and while the API honours the
+        filters and the sort an incremental poll relies on. A state with untracked tasks (the cap) cannot
+        be followed by changes alone."""
         if not states:
             return False
+        for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER):
+            if not self._evidence.trusted(check):
+                return False
         for namespace, state in states.items():
             since_full = self._since_full.get(namespace)  # None: no full listing yet in this process
             if since_full is None or since_full + 1 >= self._plan.reconcile_every:
                 return False
             if state.polled_at is None or state.untracked:
                 return False
-        return any(state.newest is not None for state in states.values())
+        return True
+
+    async def _list_all(self, scope: str | None, listing: _Listing) -> int:
+        """Every task, newest first. When incremental polls are to follow, also check (one request) that
+        the API sorts as asked: births are read from the newest until known ground."""
+        order = NewestFirst()
+        newest: list[Task] = []
+        listed = 0
+
+        def sink(tasks: list[Task]) -> int:
+            nonlocal listed
+            if not newest and tasks:
+                newest.append(tasks[0])
+            listed += len(tasks)
+            self._checked(order.see, tasks)
+            return listing.sink(tasks)
+
+        pages = await self._client.walk_tasks(scope, sink)
+        if self._plan.reconcile_every > 1 and listed >= 2 and self._evidence.trusted(Check.SORT_ORDER):
+            oldest = await self._client.first_tasks(scope, OLDEST_FIRST)
+            pages += 1
+            self._checked(sorted_both_ways, newest[0], oldest[0] if oldest else None, listed)
+        return pages
+
+    def _checked(self, check: Callable[..., None], *args: object) -> None:
+        """Run a check whose failure changes how the next polls are made, not this one's result."""
+        try:
+            check(*args)
+        except CheckFailed as failure:
+            self._evidence.fail(failure)
 
     async def _list_changes(
-        self,
-        scope: str | None,
-        states: Mapping[str, NamespaceState],
-        observations: Mapping[str, Observation],
-        sink: Callable[[list[Task]], int],
+        self, scope: str | None, states: Mapping[str, NamespaceState], listing: _Listing
     ) -> int:
-        """An incremental poll: every task that is active or born since the last poll (one listing),
-        then, by id, the tasks that were active and are no longer in it (finished, or gone)."""
-        newest = max(state.newest for state in states.values() if state.newest is not None)
-        since = datetime.fromtimestamp(newest - BIRTH_SLACK_SECONDS, UTC).isoformat()
-        where = {
-            "OR": [
-                {"NOT": [{"field": "status", "operator": "in", "value": list(TERMINAL_STATUSES)}]},
-                {"field": "created_at", "operator": "gte", "value": since},
-            ]
-        }
-        pages = await self._client.walk_tasks(scope, sink, where)
+        """An incremental poll, with documented features only: the active set (a status filter), the
+        births (newest first, until a page reaches tasks already known), then the tasks that left the
+        active set, by id. Every answer is checked; a failed check raises CheckFailed."""
+
+        def active(tasks: list[Task]) -> int:
+            active_only(tasks)
+            return listing.sink(tasks)
+
+        order = NewestFirst()
+
+        def births(tasks: list[Task]) -> int:
+            order.see(tasks)
+            new = listing.sink(tasks)
+            if any(listing.known(task.item_id) for task in tasks):
+                raise EndOfListing
+            return new
+
+        try:
+            pages = await self._client.walk_tasks(scope, active, ACTIVE_TASKS)
+        except ApiHTTPError as exc:
+            if not exc.refused:
+                raise
+            raise CheckFailed(Check.FILTER_REFUSED, f"the active-set filter was refused: {exc}") from None
+        pages += await self._client.walk_tasks(scope, births)
+        observations = listing.observations
         left = sorted(
             task_id
             for namespace, state in states.items()
             for task_id in state.active
             if not observations[namespace].listed(task_id)
         )
-        pages += await self._client.find_tasks(scope, left, sink)
+        pages += await self._look_up(scope, left, listing.sink)
         for namespace, state in states.items():
             observations[namespace].vanish(state.active)
         return pages
 
+    async def _look_up(
+        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int]
+    ) -> int:
+        """The tasks among `task_ids` that still exist, into `sink`: by `task_id in` lookups of a page of
+        ids each, checked, else one GET per id (documented). Returns the requests made."""
+        requests = 0
+        size = self._client.page_size
+        for start in range(0, len(task_ids), size):
+            chunk = task_ids[start : start + size]
+            if self._evidence.trusted(Check.ID_LOOKUP):
+                try:
+                    requests += 1
+                    found = await self._look_up_in(scope, chunk)
+                except CheckFailed as failure:
+                    self._evidence.fail(failure, namespace=scope or "organization")
+                else:
+                    missing = [task_id for task_id in chunk if task_id not in found]
+                    sink(list(found.values()))
+                    requests += await self._get_each(scope, missing, sink, verify=True)
+                    continue
+            requests += await self._get_each(scope, chunk, sink, verify=False)
+        return requests
+
+    async def _look_up_in(self, scope: str | None, chunk: Sequence[str]) -> dict[str, Task]:
+        try:
+            tasks = await self._client.lookup_tasks(scope, chunk)
+        except ApiHTTPError as exc:
+            if not exc.refused:
+                raise
+            raise CheckFailed(Check.ID_LOOKUP, f"the task_id lookup was refused: {exc}") from None
+        return {task.item_id: task for task in asked_only(tasks, frozenset(chunk))}
+
+    async def _get_each(
+        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], *, verify: bool
+    ) -> int:
+        """GET each task; with `verify`, these are tasks a lookup did not return: finding one means the
+        lookup was incomplete."""
+        for task_id in task_ids:
+            task = await self._client.get_task(scope, task_id)
+            if task is None:
+                continue
+            if verify and self._evidence.trusted(Check.ID_LOOKUP):
+                self._evidence.fail(
+                    CheckFailed(
+                        Check.ID_LOOKUP, f"task {task_id} exists but a lookup of its id did not return it"
+                    )
+                )
+            sink([task])
+        return len(task_ids)
+
     def _previous(self, states: Mapping[str, NamespaceState], namespace: str) -> NamespaceState:
         return states.get(namespace) or NamespaceState(buckets=self._plan.buckets)
 
-    async def _batches(self, namespaces: tuple[str, ...], now: float) -> dict[str, Observation]:
-        if not self._plan.batches:
-            return {}
-        observations = {}
-        for ns in namespaces:
-            previous = self._previous(self.snapshot.batches, ns)
-            observations[ns] = Observation(previous, now, self._plan.max_tracked)
-            await self._client.walk_batches(ns, observations[ns].add)
-        return observations
+    def _namespace_id(self, namespace: str) -> str | None:
+        """The id a namespace's tasks name in additional_data: from discovery, or the name is an id."""
+        return self._ids.get(namespace) or (namespace if namespace.startswith("ns_") else None)
 
     async def run(self) -> None:
-        """Poll until cancelled: one loop per namespace, discovery refreshed every interval."""
-        loops: dict[str, asyncio.Task[None]] = {}
+        """Poll until cancelled: one loop per namespace (or one for the organisation), discovery and the
+        scope check refreshed every interval or as soon as the scope changes."""
+        loops = self._loops
         try:
             while True:
-                targets = await self.discover()
-                wanted = ("",) if self._plan.organization else (targets or ())
+                targets = await self._refresh()
+                wanted = ("",) if self._organization else (targets or ())
                 for target in set(loops) - set(wanted):
                     loops.pop(target).cancel()
+                for target, loop in list(loops.items()):
+                    if loop.done() and not loop.cancelled():
+                        self._died(f"the poll loop of {target or 'the organization'} ended")
                 for target in wanted:
                     if target not in loops:
                         loops[target] = asyncio.create_task(self._loop(target))
-                await asyncio.sleep(self._plan.interval)
+                self._rescoped.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rescoped.wait(), self._plan.interval)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._died(f"the poller stopped: {type(exc).__name__}")
+            raise
         finally:
             for loop in loops.values():
                 loop.cancel()
@@ -260,45 +523,84 @@ class Poller:
     async def _loop(self, target: str) -> None:
         while True:
             started = time.monotonic()
-            if self._plan.organization:
-                await self.poll_organization()
+            if not target:
+                await self._guarded("poll", self.poll_organization)
             else:
-                await self.poll_namespace(target)
+                await self._guarded("poll", lambda: self.poll_namespace(target))
             await asyncio.sleep(max(0.0, self._plan.interval - (time.monotonic() - started)))
+
+    def _died(self, why: str) -> None:
+        if self._dead is None:
+            self._log.error("poll loop died: /healthz now fails so that the pod is restarted", why=why)
+        self._dead = why
+
+    async def _refresh(self) -> tuple[str, ...] | None:
+        targets = await self._guarded("discovery", self.discover)
+        await self._guarded("scope", partial(self.verify_scope, targets))
+        return targets
+
+    async def _guarded(self, stage: str, step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one stage; an exception nobody expected is logged (with its traceback, once per kind) and
+        counted, and the loop goes on."""
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._internal(stage, exc)
+            return None
+
+    def _internal(self, stage: str, exc: BaseException, labels: Iterable[str] = ()) -> None:
+        self._internal_errors[stage] = self._internal_errors.get(stage, 0) + 1
+        kind = (stage, type(exc).__name__)
+        if kind not in self._reported:
+            self._reported.add(kind)
+            self._log.error("unexpected error; the poll loop goes on", stage=stage, exc_info=exc)
+        else:
+            self._log.debug("unexpected error again", stage=stage, error=type(exc).__name__)
+        if labels:
+            self._failed(labels, INTERNAL, f"{type(exc).__name__} in {stage}")
+        else:
+            self._publish()
 
     async def _poll(self, labels: tuple[str, ...], fetch: Callable[[], Awaitable[Fetched]]) -> None:
         """Fetch every listing of a poll, then apply them all; if any fails, record it and change nothing."""
         async with self._limit:
             started = time.perf_counter()
             try:
-                fetched = await fetch()
+                async with asyncio.timeout(self._plan.poll_timeout):
+                    fetched = await fetch()
             except ApiError as exc:
-                self._failed(labels, exc)
+                self._failed(labels, exc.reason, str(exc))
                 return
-        self._apply(fetched, time.perf_counter() - started)
+            except TimeoutError:
+                self._failed(labels, "timeout", f"the poll took longer than {self._plan.poll_timeout} s")
+                return
+            except ScopeChanged:
+                return
+            except Exception as exc:
+                self._internal("poll", exc, labels)
+                return
+        try:
+            self._apply(fetched, time.perf_counter() - started)
+        except Exception as exc:
+            self._internal("state", exc, labels)
 
     def _apply(self, fetched: Fetched, duration: float) -> None:
+        if fetched.epoch != self._epoch:
+            return
         now = self._clock()
         self._listed = True
         namespaces = dict(self.snapshot.namespaces)
-        batches = dict(self.snapshot.batches)
         health = dict(self.snapshot.health)
-        if self._plan.organization:  # the listing says which namespaces exist; drop placeholders
+        if self._organization:  # the listing says which namespaces exist; drop placeholders
             health = {ns: h for ns, h in health.items() if ns in fetched.tasks}
-        for namespace, observation in fetched.batches.items():
-            batches[namespace] = observation.result()
         for namespace, observation in fetched.tasks.items():
             previous = observation.previous
             namespaces[namespace] = state = observation.result()
             self._since_full[namespace] = 0 if fetched.full else self._since_full.get(namespace, 0) + 1
             before = health.get(namespace) or _new_health()
-            health[namespace] = replace(
-                before,
-                up=True,
-                last_success=now,
-                poll_durations=before.poll_durations.observe(duration),
-                failing=None,
-            )
+            health[namespace] = _succeeded(before, now, duration)
             if before.failing is not None:
                 self._log.info("poll recovered", namespace=namespace, after=before.failing)
             if state.untracked and not previous.untracked:
@@ -316,12 +618,78 @@ class Poller:
                 pages=fetched.pages,
                 full=fetched.full,
                 tasks=len(state.tasks),
-                batches=len(batches[namespace].tasks) if namespace in fetched.batches else None,
                 duration_seconds=round(duration, 3),
             )
-        self._publish(namespaces=namespaces, batches=batches, health=health)
+        self._publish(namespaces=namespaces, health=health)
+        self._save()
+
+    async def _poll_batches(self, namespaces: Iterable[str]) -> None:
+        """Batches after tasks, apart: a failing batch listing fails only the batch metrics."""
+        if not self._plan.batches:
+            return
+        for namespace in namespaces:
+            async with self._limit:
+                now, started = self._clock(), time.perf_counter()
+                observation = Observation(
+                    self._previous(self.snapshot.batches, namespace), now, self._plan.max_tracked
+                )
+                try:
+                    async with asyncio.timeout(self._plan.poll_timeout):
+                        await self._list_batches(namespace, observation)
+                    state = observation.result()
+                except ApiError as exc:
+                    self._batch_failed(namespace, exc.reason, str(exc))
+                    continue
+                except TimeoutError:
+                    self._batch_failed(namespace, "timeout", "the batch listing took too long")
+                    continue
+                except Exception as exc:
+                    self._internal("batches", exc)
+                    self._batch_failed(namespace, INTERNAL, type(exc).__name__)
+                    continue
+            batches = {**self.snapshot.batches, namespace: state}
+            before = self.snapshot.batch_health.get(namespace) or _new_health()
+            if before.failing is not None:
+                self._log.info("batch poll recovered", namespace=namespace, after=before.failing)
+            self._publish(
+                batches=batches,
+                batch_health={
+                    **self.snapshot.batch_health,
+                    namespace: _succeeded(before, now, time.perf_counter() - started),
+                },
+            )
+            self._save()
+
+    async def _list_batches(self, namespace: str, observation: Observation) -> None:
+        """POST /v1/batches/list while it exists; else the 0.81 spec's buckets, then each one's batches."""
+        if self._evidence.trusted(Check.BATCHES_ROUTE):
+            try:
+                await self._client.walk_batches(namespace, observation.add)
+            except ApiHTTPError as exc:
+                if exc.status_code != 404:
+                    raise
+                observation = Observation(observation.previous, self._clock(), self._plan.max_tracked)
+                await self._client.walk_bucket_batches(namespace, observation.add)
+                self._evidence.fail(
+                    CheckFailed(
+                        Check.BATCHES_ROUTE, "POST /v1/batches/list answered 404; per-bucket listings work"
+                    )
+                )
+            else:
+                self._batch_modes[namespace] = "batches_list"
+                return
+        self._batch_modes[namespace] = "per_bucket"
+        await self._client.walk_bucket_batches(namespace, observation.add)
+
+    def _batch_failed(self, namespace: str, reason: str, error: str) -> None:
+        before = self.snapshot.batch_health.get(namespace) or _new_health()
+        if before.failing != reason:
+            self._log.warning("batch poll failed", namespace=namespace, reason=reason, error=error)
+        self._publish(batch_health={**self.snapshot.batch_health, namespace: _failed(before, reason)})
+
+    def _save(self) -> None:
         if self._state_file is not None:
-            self._state_file.save_soon(namespaces, batches)
+            self._state_file.save_soon(self.snapshot.namespaces, self.snapshot.batches)
 
     async def flush(self) -> None:
         """Wait until the state file holds the last poll (no-op without one)."""
@@ -329,48 +697,120 @@ class Poller:
             await self._state_file.flush()
             self._publish()  # so the write counts show now, not after the next poll
 
-    def _failed(self, labels: tuple[str, ...], exc: ApiError) -> None:
+    def _failed(self, labels: Iterable[str], reason: str, error: str) -> None:
         health = dict(self.snapshot.health)
         for namespace in labels:
             before = health.get(namespace) or _new_health()
-            errors = dict(before.errors)
-            errors[exc.reason] = errors.get(exc.reason, 0) + 1
-            health[namespace] = replace(before, up=False, errors=errors, failing=exc.reason)
-            if exc.reason != "unauthorized":
-                self._log.warning("poll failed", namespace=namespace, reason=exc.reason, error=str(exc))
+            health[namespace] = _failed(before, reason)
+            if reason != "unauthorized":
+                self._log.warning("poll failed", namespace=namespace, reason=reason, error=error)
             elif before.failing != "unauthorized":
                 # Once per change, not every poll: the key stays rejected until someone rotates it.
                 self._log.error(
-                    "poll failed: API key rejected", namespace=namespace, reason=exc.reason, error=str(exc)
+                    "poll failed: API key rejected", namespace=namespace, reason=reason, error=error
                 )
             else:
                 self._log.debug("poll failed: API key still rejected", namespace=namespace)
         self._publish(health=health)
 
+    def _rescope(self, *, organization: bool) -> None:
+        """Switch between namespace and organisation scope. What was listed in the other scope is dropped:
+        after a header turned out to be ignored, it counted the organisation under each namespace."""
+        if organization == self._organization:
+            return
+        self._organization = organization
+        self._epoch += 1
+        self._scope_reason = Check.NAMESPACE_HEADER.value if organization else "verified"
+        self._log.warning(
+            "task routes ignore X-Namespace: listing the organisation once, labelled by namespace_id"
+            if organization
+            else "polling each namespace with X-Namespace",
+        )
+        self._since_full.clear()
+        self._isolation.forget()
+        self._listed = False
+        self._publish(namespaces={}, health={})
+        self._rescoped.set()
+
     def _forget_except(self, names: Iterable[str]) -> None:
         """Drop the series of namespaces that no longer exist."""
         keep = set(names)
-        namespaces = {ns: s for ns, s in self.snapshot.namespaces.items() if ns in keep}
-        batches = {ns: s for ns, s in self.snapshot.batches.items() if ns in keep}
-        health = {ns: h for ns, h in self.snapshot.health.items() if ns in keep}
-        self._publish(namespaces=namespaces, batches=batches, health=health)
+        self._publish(
+            namespaces={ns: s for ns, s in self.snapshot.namespaces.items() if ns in keep},
+            batches={ns: s for ns, s in self.snapshot.batches.items() if ns in keep},
+            health={ns: h for ns, h in self.snapshot.health.items() if ns in keep},
+            batch_health={ns: h for ns, h in self.snapshot.batch_health.items() if ns in keep},
+        )
+
+    def _modes(
+        self, health: Iterable[str], states: Mapping[str, NamespaceState], batches: Iterable[str]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """How each namespace is polled, and why: (namespace, resource) -> (mode, reason)."""
+        task_mode = self._task_mode()
+        modes: dict[tuple[str, str], tuple[str, str]] = {}
+        for namespace in health:
+            state = states.get(namespace)
+            if task_mode[0] != "full" and state is not None and state.untracked:
+                modes[(namespace, "tasks")] = ("full", "tracking_cap")
+            else:
+                modes[(namespace, "tasks")] = task_mode
+        for namespace in batches:
+            mode = self._batch_modes.get(namespace, "batches_list")
+            reason = Check.BATCHES_ROUTE.value if mode == "per_bucket" else "verified"
+            modes[(namespace, "batches")] = (mode, reason)
+        return modes
+
+    def _task_mode(self) -> tuple[str, str]:
+        if self._plan.reconcile_every <= 1:
+            return ("full", "configured")
+        for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER):
+            if not self._evidence.trusted(check):
+                return ("full", check.value)
+        if not self._evidence.trusted(Check.ID_LOOKUP):
+            return ("by_id", Check.ID_LOOKUP.value)
+        return ("incremental", "verified")
 
     def _publish(
         self,
         namespaces: Mapping[str, NamespaceState] | None = None,
         batches: Mapping[str, NamespaceState] | None = None,
         health: Mapping[str, NamespaceHealth] | None = None,
+        batch_health: Mapping[str, NamespaceHealth] | None = None,
     ) -> None:
         """Swap in a new snapshot in one assignment: readers see the old one or the new one."""
         current = self.snapshot
+        namespaces = current.namespaces if namespaces is None else namespaces
+        batches = current.batches if batches is None else batches
+        health = current.health if health is None else health
         self.snapshot = Snapshot(
-            namespaces=current.namespaces if namespaces is None else namespaces,
-            batches=current.batches if batches is None else batches,
-            health=current.health if health is None else health,
+            namespaces=namespaces,
+            batches=batches,
+            health=health,
+            batch_health=current.batch_health if batch_health is None else batch_health,
             api_requests=dict(self._client.requests),
             state_writes=dict(self._state_file.writes) if self._state_file else {},
+            check_failures={check.value: n for check, n in self._evidence.failures.items()},
+            internal_errors=dict(self._internal_errors),
+            scope=("organization" if self._organization else "namespace", self._scope_reason),
+            modes=self._modes(health, namespaces, batches if self._plan.batches else ()),
         )
 
 
 def _new_health() -> NamespaceHealth:
     return NamespaceHealth(up=False, last_success=None, poll_durations=Histogram.empty(POLL_DURATION_BUCKETS))
+
+
+def _succeeded(before: NamespaceHealth, now: float, duration: float) -> NamespaceHealth:
+    return replace(
+        before,
+        up=True,
+        last_success=now,
+        poll_durations=before.poll_durations.observe(duration),
+        failing=None,
+    )
+
+
+def _failed(before: NamespaceHealth, reason: str) -> NamespaceHealth:
+    errors = dict(before.errors)
+    errors[reason] = errors.get(reason, 0) + 1
+    return replace(before, up=False, errors=errors, failing=reason)

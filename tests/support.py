@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from exporter.api import MixpeekClient
-from exporter.config import DEFAULT_BUCKETS
+from exporter.config import DEFAULT_BUCKETS, Scope
 from exporter.exposition import Exposition
 from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
@@ -119,6 +119,8 @@ def build_exporter(
     task_type_fold: Fold = keep_all,
     histogram_task_type: bool = True,
     max_series: int = 0,
+    scope: Scope | None = None,
+    reprobe_after: float | None = None,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
@@ -126,9 +128,11 @@ def build_exporter(
     client = MixpeekClient(
         http, keys, page_size=page_size, page_concurrency=page_concurrency, clock=clock, sleep=sleeps
     )
+    if scope is None:
+        scope = Scope.ORGANIZATION if organization else Scope.NAMESPACE
     plan = PollPlan(
         namespaces,
-        organization,
+        scope,
         30.0,
         4,
         DEFAULT_BUCKETS,
@@ -136,6 +140,7 @@ def build_exporter(
         batches,
         namespace_filter=namespace_filter,
         reconcile_every=reconcile_every,
+        reprobe_after=reprobe_after,
     )
     store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
     poller = Poller(client, plan, clock=clock, state_file=store)

@@ -85,9 +85,13 @@ async def test_offset_only_api_past_ten_thousand_batches_fails_rather_than_under
     with SimulatorServer(world, cursor_pagination=False) as api:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True)
         await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 0
+    assert exporter.value("mixpeek_up", namespace="prod") == 1  # a batch listing never costs the tasks
+    assert exporter.value("mixpeek_batches_up", namespace="prod") == 0
     assert (
-        exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="pagination_limit") == 1
+        exporter.value(
+            "mixpeek_exporter_batch_poll_errors_total", namespace="prod", reason="pagination_limit"
+        )
+        == 1
     )
 
 

@@ -81,12 +81,13 @@ async def test_incremental_polls_give_the_metrics_of_full_listings(
 async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
     clock: FakeClock, world: World, make_exporter: MakeExporter
 ) -> None:
-    """5,000 finished tasks and a handful changing: a full listing needs 50 pages of 100, a poll of
-    changes one page of the active-or-new listing and one lookup by id."""
+    """5,000 finished tasks and a handful changing: a full listing needs 50 pages of 100 (and one request
+    to check the sort), a poll of changes one page of active tasks, one page of the newest tasks (births
+    stop at the first known task) and one lookup by id."""
+    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(20)]
     for _ in range(5000):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
-    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(20)]
     with SimulatorServer(world, api_key=API_KEY) as api:
         exporter = make_exporter(api, namespaces=("prod",), page_size=100, reconcile_every=10)
         await exporter.poll()
@@ -96,7 +97,7 @@ async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
         clock.advance(30)
         await exporter.poll()
         steady = task_requests(api) - first
-    assert (first, steady) == (51, 2)
+    assert (first, steady) == (52, 3)
     assert (
         exporter.value(
             "mixpeek_task_terminal_transitions_total",
@@ -152,14 +153,12 @@ async def test_concurrent_offset_pages_list_what_sequential_pages_list(
     assert (sequential, concurrent) == (24, 25)
 
 
-@pytest.mark.parametrize("failing", [1, 2], ids=["active-or-new listing", "lookup by id"])
-async def test_an_incremental_poll_that_fails_changes_nothing_and_the_next_counts_once(
-    clock: FakeClock, world: World, make_exporter: MakeExporter, failing: int
+async def test_an_incremental_poll_that_fails_part_way_changes_nothing_and_the_next_counts_once(
+    clock: FakeClock, world: World, make_exporter: MakeExporter
 ) -> None:
-    """A 400 (not retried) on either request of an incremental poll: the poll fails as a whole, the
+    """A 400 (not retried) on the births listing, which carries no filter: the poll fails as a whole, the
     state stays as it was, and the next poll counts each finished task once."""
     running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(4)]
-    clock.advance(600)  # older than the births the active-or-new listing re-reads: they need the lookup
     for _ in range(30):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
@@ -169,7 +168,7 @@ async def test_an_incremental_poll_that_fails_changes_nothing_and_the_next_count
         for task_id in running[:3]:
             world.set_status(task_id, "FAILED")
         clock.advance(30)
-        api.inject(HttpError(400), namespace="prod", requests=Requests.nth(failing))
+        api.inject(HttpError(400), namespace="prod", requests=Requests.nth(2))
         await exporter.poll()
         failed = task_series(exporter)
         up_during = exporter.value("mixpeek_up", namespace="prod")
@@ -177,10 +176,45 @@ async def test_an_incremental_poll_that_fails_changes_nothing_and_the_next_count
         clock.advance(30)
         await exporter.poll()
         await exporter.poll()
-        lookups = sum(1 for r in api.requests if r.path == TASKS_LIST and "task_id" in str(r.body))
     labels = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
     assert up_during == 0
-    assert lookups == (2 if failing == 2 else 1)  # the lookup is retried by the next poll
     assert failed[("mixpeek_tasks", frozenset({**labels, "status": "PROCESSING"}.items()))] == 4
     assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
     assert exporter.value("mixpeek_tasks", **labels) == 3
+
+
+@pytest.mark.parametrize(
+    ("failing", "check", "mode"),
+    [(1, "filter_refused", "full"), (3, "id_lookup", "by_id")],
+    ids=["active-set filter", "task_id lookup"],
+)
+async def test_a_refused_filter_falls_back_in_the_same_poll_and_counts_once(
+    clock: FakeClock, world: World, make_exporter: MakeExporter, failing: int, check: str, mode: str
+) -> None:
+    """A 400 or 422 on a request that carries filters says the API does not take them: not a dead end.
+    The poll goes on without them (a full listing, or one GET per id), stays exact, and the fallback
+    shows in the check counter and the poll-mode gauge."""
+    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(4)]
+    for _ in range(30):
+        world.create_task("prod", "thumbnail", "COMPLETED")
+        clock.advance(1)
+    with SimulatorServer(world, api_key=API_KEY) as api:
+        exporter = make_exporter(api, namespaces=("prod",), page_size=10, reconcile_every=10)
+        await exporter.poll()
+        for task_id in running[:3]:
+            world.set_status(task_id, "FAILED")
+        clock.advance(30)
+        api.inject(HttpError(422), namespace="prod", requests=Requests.nth(failing))
+        await exporter.poll()
+        up_during = exporter.value("mixpeek_up", namespace="prod")
+        api.clear_faults()
+        clock.advance(30)
+        await exporter.poll()
+    labels = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+    assert up_during == 1
+    assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
+    assert exporter.value("mixpeek_tasks", **labels) == 3
+    assert exporter.value("mixpeek_exporter_api_check_failures_total", check=check) == 1
+    assert exporter.value(
+        "mixpeek_exporter_poll_mode", namespace="prod", resource="tasks", mode=mode, reason=check
+    ) == 1
