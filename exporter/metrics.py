@@ -34,7 +34,7 @@ from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
 from exporter.views import View, view
-from exporter.vocabulary import FAILURE_CATEGORIES, TASK_STATUSES, TERMINAL_STATUSES
+from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 TASKS = "mixpeek_tasks"
 TERMINAL_TRANSITIONS = "mixpeek_task_terminal_transitions"  # exposed with _total
@@ -653,7 +653,7 @@ def series_count(
     task_types: int,
     *,
     buckets: int = 14,
-    statuses: int = len(TASK_STATUSES),
+    statuses: int = len(ZERO_FILLED_STATUSES),
     active: int | None = None,
     histogram_task_type: bool = True,
     batch_buckets: int = 0,
@@ -661,8 +661,8 @@ def series_count(
 ) -> dict[str, int]:
     """Series (sample lines) of each family that grows with the setup, as the README's formula says.
 
-    Per namespace: `task_types` task types seen (after folding), `statuses` known statuses (16 plus
-    any unknown one seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
+    Per namespace: `task_types` task types seen (after folding), `statuses` statuses (the 8 zero-filled
+    ones plus any other seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
     +Inf, plus _sum and _count), `batch_buckets` bucket_id values shown (0 without batches). `active`
     and `active_batches` count the non-terminal (status, group) pairs that have items now, summed over
     namespaces; None takes every one (the upper bound). Families that depend on history (poll errors by

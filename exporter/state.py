@@ -17,10 +17,8 @@ from typing import Protocol
 import msgspec
 
 from exporter.histogram import Exemplar, Histogram
-from exporter.vocabulary import TASK_STATUSES, TERMINAL_STATUSES
+from exporter.vocabulary import TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
-# Values outside TASK_STATUSES are exported as they come (sanitised).
-KNOWN_STATUSES = TASK_STATUSES
 _TERMINAL = frozenset(TERMINAL_STATUSES)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
 MAX_LABEL_LENGTH = 64
@@ -108,7 +106,8 @@ class NamespaceState:
     gone: Mapping[str, float] = field(default_factory=dict)
     groups: tuple[str, ...] = ()
     """Task types (or buckets) seen so far, in order of first sight."""
-    statuses: tuple[str, ...] = KNOWN_STATUSES
+    statuses: tuple[str, ...] = ZERO_FILLED_STATUSES
+    """Statuses with series: those zero-filled, then the others in order of first sight."""
     counts: Mapping[Key, int] = field(default_factory=dict)
     oldest_active: Mapping[Key, float] = field(default_factory=dict)
     transitions: Mapping[Key, int] = field(default_factory=dict)
@@ -117,8 +116,6 @@ class NamespaceState:
     """(group, *tally key) -> running total of the tallies of counted transitions."""
     active: frozenset[str] = frozenset()
     """Ids of tracked items not in a terminal status: what an incremental poll must follow up."""
-    newest: float | None = None
-    """The latest created_at listed so far: below it, an incremental poll has seen every birth."""
 
     def completion(self, key: Key) -> Histogram:
         return self.completions.get(key) or Histogram.empty(self.buckets)
@@ -177,7 +174,6 @@ class Observation:
         """Tracked items this listing that the previous state did not track."""
         self._oldest: dict[Key, float] = {}
         self._active: set[str] = set()
-        self._newest = previous.newest
         self._transitions = dict(previous.transitions)
         self._completions = dict(previous.completions)
         self._groups = dict.fromkeys(previous.groups)
@@ -212,8 +208,6 @@ class Observation:
         The hot loop of a poll: a finished task listed again unchanged costs two dict lookups and a
         store into a slot that exists (the id just decoded goes with its page), and allocates nothing.
         """
-        if items:
-            self._see_created(items[0].created_at)  # the page's newest: enough for the birth watermark
         tasks, untracked, active, oldest = self._tasks, self._untracked, self._active, self._oldest
         codes, keys, parity, partial = self._codes, self._keys, self._parity, self._partial
         announced = self._announced
@@ -279,10 +273,6 @@ class Observation:
     def _key_of(self, value: Tracked | int) -> Key:
         return self._keys[value >> 1] if isinstance(value, int) else value.key
 
-    def _see_created(self, created: float | None) -> None:
-        if created is not None and (self._newest is None or created > self._newest):
-            self._newest = created
-
     def _change(
         self, item: Item, item_id: str, key: Key, code: int, before: Tracked | int | None
     ) -> Tracked | int:
@@ -303,7 +293,6 @@ class Observation:
             was_finished, first_seen, item_id = before.finished, before.first_seen, before.item_id
         counted = terminal and not was_finished
         created = item.created_at if counted or not terminal else None
-        self._see_created(created)
         if counted:
             self._count(
                 item, item_id, key, created if created is not None else _first_seen(before, self._last_poll)
@@ -360,7 +349,6 @@ class Observation:
             completions=self._completions,
             tallies=self._tallies,
             active=frozenset(self._active),
-            newest=self._newest,
         )
 
     def _counts(self) -> Counter[Key]:
@@ -449,13 +437,10 @@ def restore(
     counts: dict[Key, int] = {}
     oldest: dict[Key, float] = {}
     active = []
-    newest: float | None = None
     canonical: dict[Key, Key] = {}
     for item_id, read_key, first_seen, created_at, finished in tasks:
         key = canonical.setdefault(read_key, read_key)  # one tuple for all the tasks that have it
         index = indexes.setdefault(key, len(indexes))
-        if created_at is not None and (newest is None or created_at > newest):
-            newest = created_at
         if key[0] in _TERMINAL:
             remembered[item_id] = index * 2
             _tally(counts, oldest, key, None)
@@ -477,7 +462,6 @@ def restore(
         completions=completions,
         tallies=tallies,
         active=frozenset(active),
-        newest=newest,
     )
 
 

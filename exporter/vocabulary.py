@@ -26,6 +26,13 @@ TASK_STATUSES: Final = (
     "DEACTIVATED",
 )
 
+# The statuses a task goes through, as the reference pages describe tasks and their polling guidance
+# names them: zero-filled, so a dashboard or an alert sees 0 rather than no data. The enum's other values
+# are exported only when something has them: UNKNOWN, SKIPPED, DRAFT and INTERRUPTED (possible for a task,
+# rare, and not terminal as documented), ACTIVE, ARCHIVED, SUSPENDED and DEACTIVATED (lifecycle statuses of
+# buckets, collections and namespaces, not of tasks). README: Vocabulary.
+ZERO_FILLED_STATUSES: Final = ("PENDING", "QUEUED", "IN_PROGRESS", "PROCESSING", *TERMINAL_STATUSES)
+
 # FailureCategory of a failed batch.
 FAILURE_CATEGORIES: Final = (
     "timeout",

@@ -215,6 +215,9 @@ async def test_a_refused_filter_falls_back_in_the_same_poll_and_counts_once(
     assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
     assert exporter.value("mixpeek_tasks", **labels) == 3
     assert exporter.value("mixpeek_exporter_api_check_failures_total", check=check) == 1
-    assert exporter.value(
-        "mixpeek_exporter_poll_mode", namespace="prod", resource="tasks", mode=mode, reason=check
-    ) == 1
+    assert (
+        exporter.value(
+            "mixpeek_exporter_poll_mode", namespace="prod", resource="tasks", mode=mode, reason=check
+        )
+        == 1
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from exporter.api import Task
-from exporter.state import KNOWN_STATUSES, NamespaceState, Observation, label_value, observe
+from exporter.state import NamespaceState, Observation, label_value, observe
+from exporter.vocabulary import ZERO_FILLED_STATUSES
 
 BUCKETS = (10.0, 60.0, 3600.0)
 
@@ -90,7 +91,7 @@ def test_vanished_active_task_is_forgotten_not_counted() -> None:
 def test_unknown_status_and_type_are_kept_sanitised() -> None:
     state = observe(fresh(), [task("a", "RETRYING", task_type="brand new/type\n")], now=0.0)
     assert "RETRYING" in state.statuses
-    assert state.statuses[: len(KNOWN_STATUSES)] == KNOWN_STATUSES
+    assert state.statuses[: len(ZERO_FILLED_STATUSES)] == ZERO_FILLED_STATUSES
     assert state.groups == ("brand_new_type",)
 
 
