@@ -443,9 +443,16 @@ class MixpeekClient:
         except msgspec.DecodeError:
             raise InvalidResponse(f"{TASK_GET} answered 200 with a body that is not JSON") from None
 
-    async def first_tasks(self, namespace: str | None, sort: dict[str, str], limit: int = 1) -> list[Task]:
-        """The first tasks of the listing in this order: one request."""
-        page = await self._task_page(namespace, {"limit": limit}, {"sort": sort})
+    async def first_tasks(
+        self,
+        namespace: str | None,
+        sort: dict[str, str],
+        limit: int = 1,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Task]:
+        """The first tasks of the listing in this order (matching `filters`): one request."""
+        body: dict[str, Any] = {"sort": sort} if filters is None else {"sort": sort, "filters": filters}
+        page = await self._task_page(namespace, {"limit": limit}, body)
         return page.results
 
     async def walk_batches(self, namespace: str, sink: Sink[Batch]) -> int:
