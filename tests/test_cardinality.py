@@ -138,12 +138,12 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
         await exporter.poll()
 
     text = capped.exposition()
-    # 2 namespaces x 3 task types x 16 statuses: the first 40 in exposition order are kept.
+    # 2 namespaces x 3 task types x 8 zero-filled statuses: the first 40 in exposition order are kept.
     assert lines_of(text, "mixpeek_tasks") == lines_of(whole.exposition(), "mixpeek_tasks")[:40]
-    assert len(lines_of(whole.exposition(), "mixpeek_tasks")) == 96
+    assert len(lines_of(whole.exposition(), "mixpeek_tasks")) == 48
     dropped = by_metric(capped.scrape())
-    assert dropped["mixpeek_tasks"] == 96 - 40
-    assert set(dropped.values()) == {0, 56}  # 24 counters and 24 histograms fit
+    assert dropped["mixpeek_tasks"] == 48 - 40
+    assert set(dropped.values()) == {0, 8}  # 24 counters and 24 histograms fit
     # The same snapshot, rendered again here or by the cached exposition, is not counted again.
     served = b"".join(capped.served.respond(None, None).body).decode()
     assert by_metric(capped.scrape())["mixpeek_tasks"] == 56
@@ -182,7 +182,7 @@ async def test_a_histogram_label_set_counts_as_one_series(
     assert set(buckets) == label_sets and set(buckets.values()) == {15}
     assert {labels for name, labels in series if name == f"{COMPLETION}_sum"} == label_sets
     assert by_metric(series)[COMPLETION] == 2
-    assert by_metric(series)["mixpeek_tasks"] == 3 * 16 - 10
+    assert by_metric(series)["mixpeek_tasks"] == 3 * 8 - 10
 
 
 def by_metric(series: Series) -> dict[str, float]:
