@@ -77,7 +77,7 @@ buildah bud "${args[@]}" .
 
 [ "$smoke" -eq 1 ] || exit 0
 
-# Smoke test: the image's own entrypoint and user, host network, the demo (no key); stopped and removed after.
+# Smoke test: the image's own entrypoint and user, host network, the demo (--demo); stopped and removed after.
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 ctr="$(buildah from "$tag")"
 log="$(mktemp)"
@@ -98,7 +98,7 @@ if buildah run --isolation chroot "$ctr" -- /bin/sh -c true >/dev/null 2>&1; the
     exit 1
 fi
 
-buildah run --isolation chroot --network host "$ctr" -- mixpeek-exporter --listen "127.0.0.1:$port" >"$log" 2>&1 &
+buildah run --isolation chroot --network host "$ctr" -- mixpeek-exporter --demo --listen "127.0.0.1:$port" >"$log" 2>&1 &
 run_pid=$!
 python3 - "$port" <<'EOF' || { cat "$log" >&2; exit 1; }
 """Wait (30 s at most) until /readyz answers 200, then check /metrics has the demo's namespaces up."""

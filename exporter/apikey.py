@@ -14,7 +14,8 @@ from exporter.config import read_key_file
 class ApiKeySource:
     """Hands out the current key; checks the file's identity on each call (a stat), reads it when it changed.
 
-    A file that becomes unreadable or empty keeps the last good key in use, and says so once.
+    A file that becomes unreadable, empty or unfit for a header (a second line, a space, non-ASCII) keeps the
+    last good key in use and says so once, without the content: a bad rotation never reaches a request.
     """
 
     def __init__(
@@ -57,9 +58,7 @@ class ApiKeySource:
             if self._key is None:
                 raise
             if not self._broken:
-                self._log.error(
-                    "API key file unreadable; keeping the last key", path=str(path), error=str(exc)
-                )
+                self._log.error("API key file unusable; keeping the last key", path=str(path), error=str(exc))
                 self._broken = True
             return
         rotated = self._key is not None and key.get_secret_value() != self._key.get_secret_value()

@@ -23,7 +23,7 @@ from exporter.api import ApiError, MixpeekClient, RetryPolicy
 from exporter.apikey import ApiKeySource
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.exposition import Exposition
-from exporter.logs import configure_logging
+from exporter.logs import configure_logging, redact
 from exporter.metrics import SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.ratelimit import RateLimiter
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Prometheus exporter for Mixpeek tasks. Every setting is a flag or a MIXPEEK_* env var; "
-        "flags win. With no API key it runs a demo against a built-in simulated API.",
+        "flags win. It needs an API key (MIXPEEK_API_KEY or MIXPEEK_API_KEY_FILE); --demo runs it against a "
+        "built-in simulated API instead.",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -79,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(**args)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+        keys = key_source(settings)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    keys = None if settings.demo_mode else ApiKeySource(settings.api_key, settings.api_key_file)
     configure_logging(settings.log_format, settings.log_level, keys.known if keys else set)
     try:
         if check:
@@ -93,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def key_source(settings: Settings) -> ApiKeySource | None:
+    """The configured key, also in demo mode so the log redactor knows it; None when there is none (demo)."""
+    if settings.api_key is None and settings.api_key_file is None:
+        return None
+    try:
+        return ApiKeySource(settings.api_key, settings.api_key_file if settings.api_key is None else None)
+    except ValueError as exc:  # the key file changed since it was validated
+        raise ConfigError(f"{env_name('api_key_file')}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,9 @@ class Target:
 
 @asynccontextmanager
 async def api_target(settings: Settings, keys: ApiKeySource | None) -> AsyncIterator[Target]:
-    if keys is not None:
+    """The real API with the user's key, or, only when asked (--demo), the built-in simulated one."""
+    if not settings.demo:
+        assert keys is not None, "Settings require a key unless demo is set"
         yield Target(settings.api_url, keys, demo=False)
         return
     from exporter.simulator import start_demo  # noqa: PLC0415 - the demo is not loaded in production
@@ -173,6 +186,7 @@ def build_exposition(settings: Settings, poller: Poller) -> Exposition:
         task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
         histogram_task_type=settings.histogram_task_type,
         max_series=settings.max_series_per_metric,
+        demo=settings.demo,
     )
     return Exposition(collector)
 
@@ -184,7 +198,9 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
         if target.demo:
             if "poll_interval" not in settings.model_fields_set:
                 interval = DEMO_POLL_INTERVAL
-            log.info("demo mode: no MIXPEEK_API_KEY, polling the built-in simulated API", api_url=target.url)
+            log.warning(
+                "demo mode: polling the built-in simulated API; its data is made up", api_url=target.url
+            )
         client = _api_client(settings, http, target)
         state_file = None
         if settings.state_file is not None:
@@ -224,7 +240,7 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         client = _api_client(settings, http, target, retries=False)  # one request each, answers at once
         if target.demo:
-            print(f"no API key: checking the built-in demo API at {target.url}", file=out)
+            print(f"demo mode: checking the built-in simulated API at {target.url}", file=out)
         if settings.scope is Scope.ORGANIZATION:
             names: list[str | None] = [None]
         elif settings.namespaces:
@@ -233,7 +249,7 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
             try:
                 found = await client.list_namespaces()
             except ApiError as exc:
-                print(f"namespace discovery: {describe(exc)}", file=out)
+                print(f"namespace discovery: {describe(exc, target.key())}", file=out)
                 return 1
             print(f"namespace discovery: ok, {len(found)} namespaces", file=out)
             names = owned(settings, [ns.name for ns in found], out)
@@ -244,7 +260,7 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
                 await client.probe_tasks(name)
             except ApiError as exc:
                 failures += 1
-                print(f"{label}: {describe(exc)}", file=out)
+                print(f"{label}: {describe(exc, target.key())}", file=out)
             else:
                 print(f"{label}: ok", file=out)
         return 1 if failures or not names else 0
@@ -269,7 +285,8 @@ def owned(settings: Settings, names: Sequence[str], out: TextIO) -> list[str | N
     return kept
 
 
-def describe(exc: ApiError) -> str:
+def describe(exc: ApiError, key: SecretStr) -> str:
+    """One line for the user: the API's own text, which may echo the Authorization header, without the key."""
     explanations = {
         "unauthorized": "key rejected",
         "not_found": "namespace unknown",
@@ -277,4 +294,5 @@ def describe(exc: ApiError) -> str:
         "connection_error": "unreachable",
         "rate_limited": "rate limited",
     }
-    return f"{explanations.get(exc.reason, 'failed')} ({exc})"
+    said = " ".join(redact(str(exc), [key.get_secret_value()]).split())
+    return f"{explanations.get(exc.reason, 'failed')} ({said})"

@@ -18,6 +18,12 @@ from exporter.sharding import pod_ordinal
 
 ENV_PREFIX = "MIXPEEK_"
 MAX_PAGE_SIZE = 1000
+# A key file is a few dozen bytes; reading no more keeps a wrong path (a log, /dev/zero) from filling memory.
+MAX_KEY_FILE_BYTES = 4096
+NO_KEY = (
+    "no API key: set MIXPEEK_API_KEY or MIXPEEK_API_KEY_FILE, "
+    "or pass --demo (MIXPEEK_DEMO=true) to run against the built-in simulated API"
+)
 # Async jobs run from seconds to hours; the API keeps tasks about 24 h.
 DEFAULT_BUCKETS = (
     1.0,
@@ -61,9 +67,12 @@ def _split_csv(value: Any) -> Any:
 class Settings(BaseSettings):
     """The exporter's configuration. Field descriptions double as `--help` text."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # allow_inf_nan=False: "inf" or "nan" in any float setting is a typo, never a wish (inf req/s overflowed).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
-    api_key: SecretStr | None = Field(None, description="Bearer API key (sk_...); unset runs the demo")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer API key (sk_...); one of api_key, api_key_file or demo is required"
+    )
     api_key_file: Path | None = Field(
         None, description="file holding the API key (a mounted Kubernetes Secret); used when api_key is unset"
     )
@@ -79,7 +88,7 @@ class Settings(BaseSettings):
         "auto: namespace while the evidence says task routes honour X-Namespace, else organization",
     )
     poll_interval: float = Field(
-        30.0, gt=0, description="seconds between the starts of two polls of a namespace"
+        30.0, ge=1, le=86400, description="seconds between the starts of two polls of a namespace, 1..86400"
     )
     poll_timeout: float = Field(
         300.0,
@@ -93,7 +102,9 @@ class Settings(BaseSettings):
         description="seconds after which an API behaviour that failed its check is tried again; 0: never",
     )
     page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size, 1..1000")
-    request_timeout: float = Field(10.0, gt=0, description="seconds before one API request times out")
+    request_timeout: float = Field(
+        10.0, ge=0.1, le=300, description="seconds before one API request times out, 0.1..300"
+    )
     concurrency: int = Field(4, ge=1, le=64, description="namespaces polled at the same time")
     max_retries: int = Field(
         3, ge=0, le=10, description="retries of a request after a timeout, connection error, 5xx or 429"
@@ -167,12 +178,27 @@ class Settings(BaseSettings):
         ge=0,
         description="series one metric may expose; the rest are dropped and counted (0: no cap)",
     )
-    demo: bool = Field(False, description="run against the built-in simulated API even with a key")
+    demo: bool = Field(
+        False,
+        description="run against the built-in simulated API, not the real one (no key needed); "
+        'its metrics carry demo="true" on mixpeek_exporter_build_info',
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
     def _namespaces_csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces_fit_a_header(cls, value: list[str]) -> list[str]:
+        """Each name travels in the X-Namespace header, which takes printable ASCII only."""
+        for name in value:
+            if not (name.isascii() and name.isprintable()):
+                raise ValueError(
+                    f"namespace {name!r} cannot go in the X-Namespace header: printable ASCII only"
+                )
+        return value
 
     @field_validator("histogram_buckets", mode="before")
     @classmethod
@@ -196,7 +222,8 @@ class Settings(BaseSettings):
         if value is not None:
             try:
                 re.compile(value)
-            except re.error as exc:
+            # Not only re.error: a{99999999999} raises OverflowError, deep nesting RecursionError.
+            except (re.error, OverflowError, RecursionError, MemoryError, ValueError) as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
@@ -264,6 +291,16 @@ class Settings(BaseSettings):
             raise ValueError("must be debug, info, warning or error")
         return value.lower()
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if problem := key_problem(key):
+            raise ValueError(f"{problem}; fix it, or unset it and use MIXPEEK_API_KEY_FILE or --demo")
+        return SecretStr(key)
+
     @field_validator("api_key_file")
     @classmethod
     def _key_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -271,24 +308,46 @@ class Settings(BaseSettings):
             read_key_file(value)
         return value
 
-    @property
-    def demo_mode(self) -> bool:
-        return self.demo or (self.api_key is None and self.api_key_file is None)
+    @model_validator(mode="after")
+    def _key_or_demo(self) -> Settings:
+        """Fail closed: a Secret that failed to mount must stop the exporter, never chart the demo's data."""
+        if not self.demo and self.api_key is None and self.api_key_file is None:
+            raise ValueError(NO_KEY)
+        return self
 
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be a bearer token in a header, in words that never quote it; None when it can."""
+    if not key:
+        return "is empty"
+    if "\n" in key or "\r" in key:
+        return "has more than one line; it must hold the key alone"
+    if any(char.isspace() for char in key):
+        return "has whitespace inside the key"
+    if not all("!" <= char <= "~" for char in key):
+        return "has characters an API key cannot have (printable ASCII only)"
+    return None
+
+
 def read_key_file(path: Path) -> SecretStr:
+    """The key in `path` without surrounding whitespace; ValueError, never quoting the content, if unfit."""
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as file:
+            data = file.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ValueError(f"{path} is over {MAX_KEY_FILE_BYTES} bytes: not a key file")
+    try:
+        key = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
-    if not key:
-        raise ValueError(f"{path} is empty")
+    if problem := key_problem(key):
+        raise ValueError(f"{path} {problem}")
     return SecretStr(key)
 
 

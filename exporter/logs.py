@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
@@ -12,17 +13,31 @@ import structlog
 REDACTED = "[redacted]"
 
 
-def redactor(secrets: Callable[[], Iterable[str]]) -> structlog.typing.Processor:
-    """Replace every API key this process has held wherever it appears in an event, however it got there."""
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced, also in its JSON-escaped form. Empty secrets are skipped: replacing
+    "" would put the marker between every character."""
+    for secret in secrets:
+        if not secret:
+            continue
+        text = text.replace(secret, REDACTED)
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, REDACTED)
+    return text
 
-    def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for secret in secrets():
-            for key, item in event.items():
-                if isinstance(item, str) and secret in item:
-                    event[key] = item.replace(secret, REDACTED)
-        return event
 
-    return scrub
+def redactor(
+    renderer: structlog.typing.Processor, secrets: Callable[[], Iterable[str]]
+) -> structlog.typing.Processor:
+    """Render, then scrub every API key this process has held from the finished line: wherever it came from
+    (a value, a nested one, a traceback), it is text by then."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        line = renderer(logger, name, event)
+        assert isinstance(line, str), "both renderers make text"
+        return redact(line, secrets())
+
+    return render
 
 
 def configure_logging(fmt: str | None, level: str, secrets: Callable[[], Iterable[str]]) -> None:
@@ -30,13 +45,15 @@ def configure_logging(fmt: str | None, level: str, secrets: Callable[[], Iterabl
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # A JSON line carries a traceback as one string; the console renderer prints its own.
+    tracebacks = [structlog.processors.format_exc_info] if json_lines else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redactor(secrets),
-            renderer,
+            *tracebacks,
+            redactor(renderer, secrets),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

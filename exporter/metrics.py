@@ -56,6 +56,7 @@ SCOPE = "mixpeek_exporter_scope"
 BATCHES_UP = "mixpeek_batches_up"
 BATCH_POLL_ERRORS = "mixpeek_exporter_batch_poll_errors"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
+BUILD_LABELS = ("version", "python_version", "demo")
 
 BATCHES = "mixpeek_batches"
 BATCH_TERMINAL_TRANSITIONS = "mixpeek_batch_terminal_transitions"  # exposed with _total
@@ -169,7 +170,13 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Series left out by MIXPEEK_MAX_SERIES_PER_METRIC, by metric, added up over each new poll result "
         "rendered; a histogram's label set (its buckets, sum and count) counts as one series.",
     ),
-    (BUILD_INFO, "gauge", ("version", "python_version"), "Always 1; labels carry the exporter's build."),
+    (
+        BUILD_INFO,
+        "gauge",
+        BUILD_LABELS,
+        "Always 1; labels carry the exporter's build; demo is true when the data comes from the built-in "
+        "simulated API (--demo), never the real one.",
+    ),
 )
 _HELP = {name.removesuffix("_total"): text for name, _, _, text in METRICS}
 _EXPOSED = {name.removesuffix("_total"): name for name, _, _, _ in METRICS}
@@ -279,10 +286,11 @@ class SnapshotCollector(Collector):
         task_type_fold: Fold = keep_all,
         histogram_task_type: bool = True,
         max_series: int = 0,
+        demo: bool = False,
         logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._snapshot = snapshot
-        self._build = (version, platform.python_version())
+        self._build = (version, platform.python_version(), "true" if demo else "false")
         self._bucket_fold = bucket_fold
         self._task_type_fold = task_type_fold
         self._histogram_task_type = histogram_task_type
@@ -362,9 +370,7 @@ class SnapshotCollector(Collector):
         """Every family, in exposition order, the build info last."""
         tasks, batches = self._task_families(snapshot.namespaces), self._batch_families(snapshot.batches)
         build = self._build
-        info = Family(
-            BUILD_INFO, "gauge", ("version", "python_version"), (Part("", build, lambda: [(build, 1, None)]),)
-        )
+        info = Family(BUILD_INFO, "gauge", BUILD_LABELS, (Part("", build, lambda: [(build, 1, None)]),))
         return [*tasks, *batches, *_health_families(snapshot), info]
 
     def _task_families(self, namespaces: Mapping[str, NamespaceState]) -> list[Family]:

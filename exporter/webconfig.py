@@ -57,7 +57,11 @@ def load_web_config(path: Path) -> WebConfig:
     """Read and check the file, including the TLS files and hashes, or raise a one-line ConfigError."""
     where = f"MIXPEEK_WEB_CONFIG_FILE ({path})"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if raw is None:
+            raise ConfigError(f"{where}: is empty; give tls_server_config and/or basic_auth_users")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a YAML mapping (tls_server_config, basic_auth_users)")
         config = WebConfig.model_validate(raw)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
@@ -67,6 +71,10 @@ def load_web_config(path: Path) -> WebConfig:
         error = exc.errors(include_url=False, include_input=False)[0]
         field = ".".join(str(part) for part in error["loc"])
         raise ConfigError(f"{where}: {field}: {error['msg']}") from None
+    if config.tls_server_config is None and not config.basic_auth_users:
+        # A file that configures nothing is a mistake (a ConfigMap that failed to render), not a wish for
+        # plain HTTP: without the variable the server is plain HTTP anyway.
+        raise ConfigError(f"{where}: sets neither tls_server_config nor basic_auth_users")
     for user, hashed in config.basic_auth_users.items():
         if not hashed.get_secret_value().startswith(("$2a$", "$2b$", "$2y$")):
             raise ConfigError(f"{where}: basic_auth_users.{user}: not a bcrypt hash")

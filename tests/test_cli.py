@@ -33,7 +33,7 @@ from exporter.simulator import SimulatorServer
 def test_bad_setting_exits_2_with_one_line(
     argv: list[str], setting: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv) == 2
+    assert main(["--demo", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and setting in err and "Traceback" not in err
 
@@ -49,6 +49,7 @@ def test_bad_env_var_from_a_real_process_has_no_traceback(tmp_path: Path) -> Non
 
 
 def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXPEEK_DEMO", "true")
     monkeypatch.setenv("MIXPEEK_PAGE_SIZE", "10")
     monkeypatch.setenv("MIXPEEK_NAMESPACES", "prod, staging,")
     assert load_settings().page_size == 10
@@ -61,7 +62,7 @@ def test_key_file_is_read_and_never_shown(tmp_path: Path) -> None:
     key_file.write_text(API_KEY + "\n")
     settings = load_settings(api_key_file=str(key_file))
     assert ApiKeySource(path=settings.api_key_file)().get_secret_value() == API_KEY
-    assert not settings.demo_mode
+    assert not settings.demo
     assert API_KEY not in repr(settings) and API_KEY not in str(load_settings(api_key=API_KEY))
 
 

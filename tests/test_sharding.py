@@ -243,6 +243,7 @@ def test_pod_ordinal(pod: str, ordinal: int | None) -> None:
 
 
 def test_the_pod_ordinal_is_the_shard_unless_one_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXPEEK_DEMO", "true")
     monkeypatch.setenv("MIXPEEK_POD_NAME", "mixpeek-exporter-2")
     monkeypatch.setenv("MIXPEEK_TOTAL_SHARDS", "3")
     assert load_settings().shard == 2
@@ -314,7 +315,9 @@ def test_check_config_checks_only_this_replicas_namespaces(
 
 def test_serving_logs_the_shard_taken_from_the_pod_name() -> None:
     """The real program, as the StatefulSet runs it: the pod name from the downward API, no --shard."""
-    exporter = ExporterProcess(env={"MIXPEEK_POD_NAME": "mixpeek-exporter-2", "MIXPEEK_TOTAL_SHARDS": "3"})
+    exporter = ExporterProcess(
+        "--demo", env={"MIXPEEK_POD_NAME": "mixpeek-exporter-2", "MIXPEEK_TOTAL_SHARDS": "3"}
+    )
     try:
         exporter.wait_serving()
         (serving,) = [event for event in exporter.events if event.get("event") == "serving"]

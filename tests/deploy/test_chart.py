@@ -18,7 +18,7 @@ import pytest
 import yaml
 from support import CRDS, REPO, deploy_module
 
-from exporter.config import Settings, env_name, load_settings
+from exporter.config import ConfigError, Settings, env_name, load_settings
 
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -171,12 +171,17 @@ def test_a_wrong_value_fails_at_install_with_the_field_named(values: dict[str, A
 # Render + offline validation
 
 
-def test_default_values_render_a_valid_deployment_and_service() -> None:
+def test_default_values_render_a_valid_deployment_and_service(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = render()
     assert sorted(doc["kind"] for doc in docs) == ["Deployment", "Service"]
     validate(docs)
     variables = env(container(docs))
-    assert "MIXPEEK_API_KEY_FILE" not in variables  # no key given: the exporter runs its demo (NOTES warn)
+    # No key given: the pod fails closed at start ("no API key"; NOTES say so), never a silent demo.
+    assert "MIXPEEK_API_KEY_FILE" not in variables and variables["MIXPEEK_DEMO"] == "false"
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="no API key"):
+        load_settings()
 
 
 def test_everything_on_renders_valid_manifests_and_custom_resources() -> None:
@@ -341,7 +346,7 @@ def test_each_pod_takes_its_shard_from_its_name() -> None:
     name, replicas = statefulset["metadata"]["name"], statefulset["spec"]["replicas"]
     shards = [
         load_settings(
-            pod_name=f"{name}-{ordinal}", total_shards=variables["MIXPEEK_TOTAL_SHARDS"]["value"]
+            demo="true", pod_name=f"{name}-{ordinal}", total_shards=variables["MIXPEEK_TOTAL_SHARDS"]["value"]
         ).shard
         for ordinal in range(replicas)
     ]

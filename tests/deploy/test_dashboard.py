@@ -184,7 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     exporters: list[ExporterProcess] = []
     server: ServiceProcess | None = None
     try:
-        exporters.append(ExporterProcess())  # the demo
+        exporters.append(ExporterProcess("--demo"))
         exporters.extend(ExporterProcess("--poll-interval", "1", env=env) for _ in range(2))
         for exporter in exporters:
             exporter.wait_ready()

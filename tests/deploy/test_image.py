@@ -168,7 +168,7 @@ def test_build_steps_install_the_exporter_without_pip(runtime_tree: tuple[Path, 
 READ_ONLY_CHROOT = """
 mount --bind "$1" "$1"
 mount -o remount,bind,ro "$1" "$1"
-exec chroot --userspec=65532:65532 "$1" "$2" --listen "$3"
+exec chroot --userspec=65532:65532 "$1" "$2" --demo --listen "$3"
 """
 
 

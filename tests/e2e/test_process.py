@@ -24,7 +24,7 @@ def processes() -> Iterator[list[ExporterProcess]]:
 
 
 def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[ExporterProcess]) -> None:
-    exporter = ExporterProcess()
+    exporter = ExporterProcess("--demo")
     processes.append(exporter)
     exporter.wait_ready()
     series = parse_exposition(httpx.get(f"{exporter.url}/metrics").text)
@@ -32,6 +32,7 @@ def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[Expo
     assert namespaces == {"demo-prod", "demo-staging", "demo-dev"}
     assert all(v == 1 for v in select(series, "mixpeek_up").values())
     assert sum(select(series, "mixpeek_tasks").values()) > 0
+    assert select(series, "mixpeek_exporter_build_info", demo="true")  # the made-up data says so
     assert any(e.get("event", "").startswith("demo mode") for e in exporter.events)  # type: ignore[union-attr]
     started = time.monotonic()
     assert exporter.terminate() == 0
@@ -46,7 +47,7 @@ def test_real_key_never_leaves_the_process(world: World, processes: list[Exporte
             "--namespaces",
             "prod,ghost",
             "--poll-interval",
-            "0.2",
+            "1",
             env={"MIXPEEK_API_KEY": API_KEY, "MIXPEEK_API_URL": api.url, "MIXPEEK_LOG_LEVEL": "debug"},
         )
         processes.append(exporter)
@@ -62,6 +63,7 @@ def test_real_key_never_leaves_the_process(world: World, processes: list[Exporte
     series = parse_exposition(metrics)
     assert series[("mixpeek_up", frozenset({("namespace", "prod")}))] == 1
     assert series[("mixpeek_up", frozenset({("namespace", "ghost")}))] == 0
+    assert select(series, "mixpeek_exporter_build_info", demo="false")
     assert any(e.get("event") == "poll failed" and e.get("namespace") == "ghost" for e in exporter.events)
     everything = metrics + "".join(exporter.lines)
     assert API_KEY not in everything
