@@ -553,11 +553,6 @@ class MixpeekClient:
             )
         return {"AND": [{"field": "created_at", "operator": "lte", "value": oldest}]}
 
-    async def probe_tasks(self, namespace: str | None) -> int:
-        """One authenticated one-item listing: does the key work for this namespace?"""
-        page = await self._task_page(namespace, {"limit": 1}, {})
-        return len(page.results)
-
     async def list_namespaces(self) -> list[Namespace]:
         namespaces: list[Namespace] = []
         offset = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,13 +20,15 @@ import structlog
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.api import ApiError, MixpeekClient, RetryPolicy
+from exporter.api import ApiError, MixpeekClient, Namespace, RetryPolicy
 from exporter.apikey import ApiKeySource
+from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.exposition import Exposition
 from exporter.logs import configure_logging, redact
 from exporter.metrics import SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
+from exporter.probe import probe
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
 from exporter.sharding import NamespaceFilter
@@ -241,10 +244,13 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
         client = _api_client(settings, http, target, retries=False)  # one request each, answers at once
         if target.demo:
             print(f"demo mode: checking the built-in simulated API at {target.url}", file=out)
+        found: list[Namespace] = []
         if settings.scope is Scope.ORGANIZATION:
             names: list[str | None] = [None]
         elif settings.namespaces:
             names = owned(settings, settings.namespaces, out)
+            with contextlib.suppress(ApiError):  # only to check the ids tasks name, when the key may list
+                found = await client.list_namespaces()
         else:
             try:
                 found = await client.list_namespaces()
@@ -253,16 +259,26 @@ async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextI
                 return 1
             print(f"namespace discovery: ok, {len(found)} namespaces", file=out)
             names = owned(settings, [ns.name for ns in found], out)
+        ids = {ns.name: ns.namespace_id for ns in found if ns.namespace_id}
+        isolation = NamespaceIsolation()
         failures = 0
         for name in names:
             label = name or "organization"
             try:
-                await client.probe_tasks(name)
+                behaviour = await probe(
+                    client,
+                    name,
+                    ids=ids,
+                    isolation=isolation,
+                    namespaces=len(names),
+                    batches=settings.batches,
+                )
             except ApiError as exc:
                 failures += 1
                 print(f"{label}: {describe(exc, target.key())}", file=out)
             else:
-                print(f"{label}: ok", file=out)
+                said = " ".join(redact(behaviour, [target.key().get_secret_value()]).split())
+                print(f"{label}: ok; {said}", file=out)
         return 1 if failures or not names else 0
 
 

@@ -7,7 +7,7 @@ filters: honoured; task timestamps: absent (incremental by sort order)`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from exporter.api import (
     NEWEST_FIRST,
@@ -34,35 +34,30 @@ SAMPLE = NamespaceIsolation.SAMPLE
 
 async def probe(
     client: MixpeekClient,
-    namespaces: Sequence[str | None],
-    ids: Mapping[str, str],
+    namespace: str | None,
     *,
+    ids: Mapping[str, str],
+    isolation: NamespaceIsolation,
+    namespaces: int,
     batches: bool,
-) -> dict[str | None, str]:
-    """What each namespace's answers say (None: the organisation-wide listing); raises ApiError only when
-    the newest tasks cannot be listed at all (the caller reports that as the namespace's failure)."""
-    isolation = NamespaceIsolation()
-    found: dict[str | None, str] = {}
-    for namespace in namespaces:
-        newest = await client.first_tasks(namespace, NEWEST_FIRST, SAMPLE)
-        parts = []
-        if namespace is not None:
-            parts.append(
-                f"X-Namespace honoured: {_header(isolation, namespace, ids, newest, len(namespaces))}"
-            )
-        parts.append(f"filters: {await _filters(client, namespace)}")
-        parts.append(f"task_id lookup: {await _lookup(client, namespace, newest)}")
-        parts.append(f"sort: {await _sort(client, namespace, newest)}")
-        stamped = any(task.created_at is not None for task in newest)
-        parts.append(
-            "task timestamps: " + ("present" if stamped else "absent (incremental by sort order)")
-            if newest
-            else "task timestamps: untested (no tasks)"
-        )
-        if batches and namespace is not None:
-            parts.append(f"batches: {await _batches(client, namespace)}")
-        found[namespace] = "; ".join(parts)
-    return found
+) -> str:
+    """What the API's answers for one namespace say (None: the organisation-wide listing), e.g.
+    `X-Namespace honoured: yes; filters: honoured; ...`. `isolation` is shared by the namespaces of one
+    check, to see a task listed under two of them. Raises ApiError when the newest tasks cannot be listed
+    at all: that is the namespace's failure, not a behaviour."""
+    newest = await client.first_tasks(namespace, NEWEST_FIRST, SAMPLE)
+    parts = []
+    if namespace is not None:
+        parts.append(f"X-Namespace honoured: {_header(isolation, namespace, ids, newest, namespaces)}")
+    parts.append(f"filters: {await _filters(client, namespace)}")
+    parts.append(f"task_id lookup: {await _lookup(client, namespace, newest)}")
+    parts.append(f"sort: {await _sort(client, namespace, newest)}")
+    stamped = any(task.created_at is not None for task in newest)
+    timestamps = "present" if stamped else "absent (incremental by sort order)"
+    parts.append(f"task timestamps: {timestamps if newest else 'untested (no tasks)'}")
+    if batches and namespace is not None:
+        parts.append(f"batches: {await _batches(client, namespace)}")
+    return "; ".join(parts)
 
 
 def _header(
