@@ -231,7 +231,7 @@ class Poller:
         probe = NamespaceIsolation()
         try:
             for namespace in targets:
-                tasks = await self._client.first_tasks(namespace, NEWEST_FIRST, probe.SAMPLE)
+                tasks = await self._client.first_tasks(self._header(namespace), NEWEST_FIRST, probe.SAMPLE)
                 probe.see(namespace, self._namespace_id(namespace), tasks, first_page=True)
         except CheckFailed as failure:
             self._evidence.fail(failure)
@@ -267,16 +267,17 @@ class Poller:
         """An incremental poll when there is a baseline and the API has honoured what it relies on, else a
         full listing; a check that fails during an incremental poll turns it into a full one at once."""
         epoch = self._epoch
+        header = None if scope is None else self._header(scope)
         if self._incremental(states):
             listing = self._listing(scope, states, now, partial=True)
             try:
-                pages = await self._list_changes(scope, states, listing)
+                pages = await self._list_changes(header, states, listing)
             except CheckFailed as failure:
                 self._evidence.fail(failure, namespace=scope or "organization")
             else:
                 return Fetched(listing.observations, pages, full=False, epoch=epoch)
         listing = self._listing(scope, states, now, partial=False)
-        pages = await self._list_all(scope, listing)
+        pages = await self._list_all(header, listing)
         return Fetched(listing.observations, pages, full=True, epoch=epoch)
 
     def _listing(
@@ -487,6 +488,13 @@ class Poller:
     def _previous(self, states: Mapping[str, NamespaceState], namespace: str) -> NamespaceState:
         return states.get(namespace) or NamespaceState(buckets=self._plan.buckets)
 
+    def _header(self, namespace: str) -> str:
+        """What X-Namespace says for a namespace: its name, or its id when the name cannot go in a header
+        (HTTP header values are ASCII; discovery may find any name)."""
+        if namespace.isascii() and namespace.isprintable():
+            return namespace
+        return self._ids.get(namespace, namespace)
+
     def _namespace_id(self, namespace: str) -> str | None:
         """The id a namespace's tasks name in additional_data: from discovery, or the name is an id."""
         return self._ids.get(namespace) or (namespace if namespace.startswith("ns_") else None)
@@ -664,12 +672,12 @@ class Poller:
         """POST /v1/batches/list while it exists; else the 0.81 spec's buckets, then each one's batches."""
         if self._evidence.trusted(Check.BATCHES_ROUTE):
             try:
-                await self._client.walk_batches(namespace, observation.add)
+                await self._client.walk_batches(self._header(namespace), observation.add)
             except ApiHTTPError as exc:
                 if exc.status_code != 404:
                     raise
                 observation = Observation(observation.previous, self._clock(), self._plan.max_tracked)
-                await self._client.walk_bucket_batches(namespace, observation.add)
+                await self._client.walk_bucket_batches(self._header(namespace), observation.add)
                 self._evidence.fail(
                     CheckFailed(
                         Check.BATCHES_ROUTE, "POST /v1/batches/list answered 404; per-bucket listings work"
@@ -679,7 +687,7 @@ class Poller:
                 self._batch_modes[namespace] = "batches_list"
                 return
         self._batch_modes[namespace] = "per_bucket"
-        await self._client.walk_bucket_batches(namespace, observation.add)
+        await self._client.walk_bucket_batches(self._header(namespace), observation.add)
 
     def _batch_failed(self, namespace: str, reason: str, error: str) -> None:
         before = self.snapshot.batch_health.get(namespace) or _new_health()

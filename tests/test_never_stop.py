@@ -1,0 +1,181 @@
+"""The poll loops never stop silently: an exception nobody expected, at any stage, is logged with its
+traceback once per kind, counted, the last good numbers stay, and the next poll goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import API_KEY
+from support import Exporter
+
+from exporter import api as api_module
+from exporter import state as state_module
+from exporter.simulator import FakeClock, SimulatorServer, World
+
+MakeExporter = Callable[..., Exporter]
+
+
+class Once:
+    """Replaces a function so that its next call raises `error`; later calls go through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, error: BaseException) -> None:
+        self.original = getattr(owner, name)
+        self.error: BaseException | None = error
+        self.calls = 0
+
+        def replacement(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            return self.original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, replacement)
+
+
+def internal_errors(exporter: Exporter, stage: str) -> float:
+    return exporter.value("mixpeek_exporter_internal_errors_total", stage=stage)
+
+
+@pytest.fixture
+def seeded(world: World, clock: FakeClock) -> Iterator[None]:
+    for status in ("PROCESSING", "COMPLETED", "FAILED"):
+        world.create_task("prod", "thumbnail", status)
+        clock.advance(1)
+    yield
+
+
+@pytest.mark.parametrize(
+    ("stage", "owner", "name"),
+    [
+        ("poll", api_module, "_validated"),  # decoding a page
+        ("state", state_module.Observation, "result"),  # folding a listing into the state
+    ],
+    ids=["decoding", "state"],
+)
+async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    seeded: None,
+    logs: list[dict[str, Any]],
+    world: World,
+    stage: str,
+    owner: Any,
+    name: str,
+) -> None:
+    exporter = make_exporter(api, namespaces=("prod",))
+    await exporter.poll()
+    before = exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail")
+    broken = Once(monkeypatch, owner, name, RecursionError("maximum recursion depth exceeded"))
+    world.create_task("prod", "thumbnail", "PROCESSING")
+    await exporter.poll()
+    assert broken.calls >= 1
+    assert exporter.value("mixpeek_up", namespace="prod") == 0
+    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="internal") == 1
+    assert internal_errors(exporter, stage) == 1
+    assert (
+        exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail")
+        == before
+    )
+    logged = [event for event in logs if event["event"].startswith("unexpected error")]
+    assert logged[0]["exc_info"] is not None and logged[0]["stage"] == stage
+    await exporter.poll()
+    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail") == 2
+
+
+async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_counted(
+    monkeypatch: pytest.MonkeyPatch,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    seeded: None,
+    logs: list[dict[str, Any]],
+) -> None:
+    exporter = make_exporter(api, namespaces=("prod",))
+
+    def always(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(state_module.Observation, "result", always)
+    for _ in range(3):
+        await exporter.poll()
+    assert internal_errors(exporter, "state") == 3
+    tracebacks = [event for event in logs if event["event"] == "unexpected error; the poll loop goes on"]
+    assert len(tracebacks) == 1
+
+
+async def test_a_failing_batch_listing_costs_only_the_batch_metrics(
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+) -> None:
+    exporter = make_exporter(api, namespaces=("prod",), batches=True)
+    Once(monkeypatch, exporter.client, "walk_batches", KeyError("surprise"))
+    await exporter.poll()
+    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_batches_up", namespace="prod") == 0
+    assert (
+        exporter.value("mixpeek_exporter_batch_poll_errors_total", namespace="prod", reason="internal") == 1
+    )
+    assert internal_errors(exporter, "batches") == 1
+    await exporter.poll()
+    assert exporter.value("mixpeek_batches_up", namespace="prod") == 1
+
+
+async def test_an_unexpected_error_in_discovery_keeps_the_poller_going(
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+) -> None:
+    exporter = make_exporter(api)  # discovers its namespaces
+    Once(monkeypatch, exporter.client, "list_namespaces", RecursionError("nested error body"))
+    await exporter.poll()
+    assert internal_errors(exporter, "discovery") == 1
+    await exporter.poll()
+    assert exporter.value("mixpeek_up", namespace="prod") == 1
+
+
+async def test_a_namespace_name_that_cannot_go_in_a_header_is_polled_by_its_id(
+    clock: FakeClock, make_exporter: MakeExporter
+) -> None:
+    world = World(clock=clock, seed=3)
+    world.add_namespace("équipe-données")
+    world.create_task("équipe-données", "thumbnail", "PROCESSING")
+    with SimulatorServer(world, api_key=API_KEY) as server:
+        exporter = make_exporter(server)
+        await exporter.poll()
+        headers = {r.headers.get("x-namespace") for r in server.requests if r.path == "/v1/tasks/list"}
+    namespace = world.namespace("équipe-données")
+    assert namespace is not None
+    assert headers == {namespace.namespace_id}
+    labels = {"namespace": "équipe-données", "status": "PROCESSING", "task_type": "thumbnail"}
+    assert exporter.value("mixpeek_tasks", **labels) == 1
+
+
+class Fatal(BaseException):
+    """Something that gets past every `except Exception`."""
+
+
+async def test_a_poll_loop_that_dies_all_the_same_fails_liveness(
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+) -> None:
+    """Nothing a poll does should end its loop; if something does all the same, alive() turns false so
+    that /healthz fails and Kubernetes restarts the pod."""
+    exporter = make_exporter(api, namespaces=("prod",))
+    poller = exporter.poller
+    assert poller.alive()
+
+    async def dies(namespace: str) -> None:
+        raise Fatal
+
+    monkeypatch.setattr(poller, "poll_namespace", dies)
+    runner = asyncio.create_task(poller.run())
+    try:
+        async with asyncio.timeout(10):
+            while poller.alive():
+                poller._rescoped.set()  # wake the supervisor now instead of after an interval
+                await asyncio.sleep(0)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert not poller.alive()
