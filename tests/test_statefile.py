@@ -170,7 +170,6 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
             "counts",
             "oldest_active",
             "active",
-            "newest",
         ):
             assert getattr(after, name) == getattr(before, name), name
         assert after.transitions == before.transitions and after.tallies == before.tallies
