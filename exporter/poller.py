@@ -150,6 +150,13 @@ class Poller:
         owns = plan.namespace_filter.owns
         tasks = {ns: state for ns, state in tasks.items() if owns(ns)}
         batches = {ns: state for ns, state in batches.items() if owns(ns)}
+        self._tasks: Mapping[str, NamespaceState] = tasks
+        """Task states as of the last poll of each namespace (what the next poll builds on)."""
+        self._batches: Mapping[str, NamespaceState] = batches
+        self._health: Mapping[str, NamespaceHealth] = {}
+        self._batch_health: Mapping[str, NamespaceHealth] = {}
+        self._saved: tuple[Mapping[str, NamespaceState], Mapping[str, NamespaceState]] = (tasks, batches)
+        """The states the state file holds: with one, what is published."""
         self.snapshot = Snapshot(namespaces=tasks, batches=batches)
 
     @property
@@ -173,7 +180,7 @@ class Poller:
             return self._listed
         if targets is None:
             return False
-        health = self.snapshot.health
+        health = self._health
         return all(ns in health and health[ns].last_success is not None for ns in targets)
 
     def alive(self) -> bool:
@@ -217,6 +224,7 @@ class Poller:
             await self.poll_organization()
         elif targets:
             await asyncio.gather(*(self.poll_namespace(ns) for ns in targets))
+        await self.flush()  # with a state file, the results are published once it holds them
 
     async def verify_scope(self, targets: tuple[str, ...] | None) -> None:
         """Before namespace-scope polls (and again once per re-probe interval): list the newest tasks of
@@ -248,7 +256,7 @@ class Poller:
     async def poll_namespace(self, namespace: str) -> None:
         async def fetch() -> Fetched:
             now = self._clock()
-            states = {namespace: self._previous(self.snapshot.namespaces, namespace)}
+            states = {namespace: self._previous(self._tasks, namespace)}
             return await self._fetch_tasks(namespace, states, now)
 
         await self._poll((namespace,), fetch)
@@ -258,10 +266,10 @@ class Poller:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
 
         async def fetch() -> Fetched:
-            return await self._fetch_tasks(None, dict(self.snapshot.namespaces), self._clock())
+            return await self._fetch_tasks(None, dict(self._tasks), self._clock())
 
-        await self._poll(tuple(self.snapshot.namespaces) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
-        await self._poll_batches(tuple(ns for ns in self.snapshot.namespaces if ns != UNKNOWN_NAMESPACE))
+        await self._poll(tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
+        await self._poll_batches(tuple(ns for ns in self._tasks if ns != UNKNOWN_NAMESPACE))
 
     async def _fetch_tasks(self, scope: str | None, states: dict[str, NamespaceState], now: float) -> Fetched:
         """An incremental poll when there is a baseline and the API has honoured what it relies on, else a
@@ -599,8 +607,8 @@ class Poller:
             return
         now = self._clock()
         self._listed = True
-        namespaces = dict(self.snapshot.namespaces)
-        health = dict(self.snapshot.health)
+        namespaces = dict(self._tasks)
+        health = dict(self._health)
         if self._organization:  # the listing says which namespaces exist; drop placeholders
             health = {ns: h for ns, h in health.items() if ns in fetched.tasks}
         for namespace, observation in fetched.tasks.items():
@@ -639,7 +647,7 @@ class Poller:
             async with self._limit:
                 now, started = self._clock(), time.perf_counter()
                 observation = Observation(
-                    self._previous(self.snapshot.batches, namespace), now, self._plan.max_tracked
+                    self._previous(self._batches, namespace), now, self._plan.max_tracked
                 )
                 try:
                     async with asyncio.timeout(self._plan.poll_timeout):
@@ -655,14 +663,14 @@ class Poller:
                     self._internal("batches", exc)
                     self._batch_failed(namespace, INTERNAL, type(exc).__name__)
                     continue
-            batches = {**self.snapshot.batches, namespace: state}
-            before = self.snapshot.batch_health.get(namespace) or _new_health()
+            batches = {**self._batches, namespace: state}
+            before = self._batch_health.get(namespace) or _new_health()
             if before.failing is not None:
                 self._log.info("batch poll recovered", namespace=namespace, after=before.failing)
             self._publish(
                 batches=batches,
                 batch_health={
-                    **self.snapshot.batch_health,
+                    **self._batch_health,
                     namespace: _succeeded(before, now, time.perf_counter() - started),
                 },
             )
@@ -690,14 +698,24 @@ class Poller:
         await self._client.walk_bucket_batches(self._header(namespace), observation.add)
 
     def _batch_failed(self, namespace: str, reason: str, error: str) -> None:
-        before = self.snapshot.batch_health.get(namespace) or _new_health()
+        before = self._batch_health.get(namespace) or _new_health()
         if before.failing != reason:
             self._log.warning("batch poll failed", namespace=namespace, reason=reason, error=error)
-        self._publish(batch_health={**self.snapshot.batch_health, namespace: _failed(before, reason)})
+        self._publish(batch_health={**self._batch_health, namespace: _failed(before, reason)})
 
     def _save(self) -> None:
+        """Queue a save of the states; with a state file they are published once it holds them."""
         if self._state_file is not None:
-            self._state_file.save_soon(self.snapshot.namespaces, self.snapshot.batches)
+            self._state_file.save_soon(self._tasks, self._batches, self._on_saved)
+
+    def _on_saved(self, tasks: Mapping[str, NamespaceState], batches: Mapping[str, NamespaceState]) -> None:
+        """Publish what the state file now holds: a restart restores counters no lower than those served.
+        (Namespaces dropped since the save began stay dropped.)"""
+        self._saved = (
+            {ns: state for ns, state in tasks.items() if ns in self._tasks},
+            {ns: state for ns, state in batches.items() if ns in self._batches},
+        )
+        self._publish()
 
     async def flush(self) -> None:
         """Wait until the state file holds the last poll (no-op without one)."""
@@ -706,7 +724,7 @@ class Poller:
             self._publish()  # so the write counts show now, not after the next poll
 
     def _failed(self, labels: Iterable[str], reason: str, error: str) -> None:
-        health = dict(self.snapshot.health)
+        health = dict(self._health)
         for namespace in labels:
             before = health.get(namespace) or _new_health()
             health[namespace] = _failed(before, reason)
@@ -737,17 +755,24 @@ class Poller:
         self._since_full.clear()
         self._isolation.forget()
         self._listed = False
+        self._saved = ({}, self._saved[1])
         self._publish(namespaces={}, health={})
+        self._save()
         self._rescoped.set()
 
     def _forget_except(self, names: Iterable[str]) -> None:
         """Drop the series of namespaces that no longer exist."""
         keep = set(names)
+
+        def kept(states: Mapping[str, T]) -> dict[str, T]:
+            return {ns: state for ns, state in states.items() if ns in keep}
+
+        self._saved = (kept(self._saved[0]), kept(self._saved[1]))
         self._publish(
-            namespaces={ns: s for ns, s in self.snapshot.namespaces.items() if ns in keep},
-            batches={ns: s for ns, s in self.snapshot.batches.items() if ns in keep},
-            health={ns: h for ns, h in self.snapshot.health.items() if ns in keep},
-            batch_health={ns: h for ns, h in self.snapshot.batch_health.items() if ns in keep},
+            namespaces=kept(self._tasks),
+            batches=kept(self._batches),
+            health=kept(self._health),
+            batch_health=kept(self._batch_health),
         )
 
     def _modes(
@@ -785,22 +810,28 @@ class Poller:
         health: Mapping[str, NamespaceHealth] | None = None,
         batch_health: Mapping[str, NamespaceHealth] | None = None,
     ) -> None:
-        """Swap in a new snapshot in one assignment: readers see the old one or the new one."""
-        current = self.snapshot
-        namespaces = current.namespaces if namespaces is None else namespaces
-        batches = current.batches if batches is None else batches
-        health = current.health if health is None else health
+        """Take the changes given, then swap in a new snapshot in one assignment: readers see the old one or
+        the new one. With a state file, the task and batch states shown are those it holds."""
+        if namespaces is not None:
+            self._tasks = namespaces
+        if batches is not None:
+            self._batches = batches
+        if health is not None:
+            self._health = health
+        if batch_health is not None:
+            self._batch_health = batch_health
+        shown = self._saved if self._state_file is not None else (self._tasks, self._batches)
         self.snapshot = Snapshot(
-            namespaces=namespaces,
-            batches=batches,
-            health=health,
-            batch_health=current.batch_health if batch_health is None else batch_health,
+            namespaces=shown[0],
+            batches=shown[1],
+            health=self._health,
+            batch_health=self._batch_health,
             api_requests=dict(self._client.requests),
             state_writes=dict(self._state_file.writes) if self._state_file else {},
             check_failures={check.value: n for check, n in self._evidence.failures.items()},
             internal_errors=dict(self._internal_errors),
             scope=("organization" if self._organization else "namespace", self._scope_reason),
-            modes=self._modes(health, namespaces, batches if self._plan.batches else ()),
+            modes=self._modes(self._health, self._tasks, self._batches if self._plan.batches else ()),
         )
 
 

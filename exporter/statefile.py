@@ -7,10 +7,11 @@ down is counted once, and none twice, and counters carry on from where they were
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -213,6 +214,9 @@ def _opt(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+Saved = Callable[[States, States], None]
+
+
 class StateFile:
     """Loads at start; saves after polls atomically (write, fsync, rename), one at a time, in a thread."""
 
@@ -228,7 +232,7 @@ class StateFile:
         self._identity = identity
         self._buckets = buckets
         self._log = logger or structlog.get_logger("exporter.statefile")
-        self._pending: tuple[States, States] | None = None
+        self._pending: tuple[States, States, Saved | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.writes: Counter[str] = Counter()
         """Saves by result, "ok" or "error"."""
@@ -251,9 +255,13 @@ class StateFile:
         self._log.info("state restored", path=str(self.path), namespaces=sorted(tasks))
         return tasks, batches
 
-    def save_soon(self, tasks: States, batches: States) -> None:
-        """Queue a save of this state; saves coalesce, so a burst of polls costs one or two writes."""
-        self._pending = (tasks, batches)
+    def save_soon(self, tasks: States, batches: States, saved: Saved | None = None) -> None:
+        """Queue a save of this state; saves coalesce, so a burst of polls costs one or two writes.
+
+        `saved` is called with what was written once it is on disk. If the write fails, the file is
+        removed first: a restart then starts from a baseline rather than restore counters below those
+        served (a drop, then a jump, to Prometheus)."""
+        self._pending = (tasks, batches, saved)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -264,14 +272,23 @@ class StateFile:
 
     async def _drain(self) -> None:
         while self._pending is not None:
-            (tasks, batches), self._pending = self._pending, None
+            (tasks, batches, saved), self._pending = self._pending, None
             try:
                 await asyncio.to_thread(self.save, tasks, batches)
-            except OSError as exc:
+            except Exception as exc:  # a full disk, or a bug: either way the file must not lag behind
                 self.writes["error"] += 1
-                self._log.error("state file not saved", path=str(self.path), error=str(exc))
+                self._log.error(
+                    "state file not saved; removing it so that a restart starts afresh",
+                    path=str(self.path),
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=not isinstance(exc, OSError),
+                )
+                with contextlib.suppress(OSError):
+                    self.path.unlink(missing_ok=True)
             else:
                 self.writes["ok"] += 1
+            if saved is not None:
+                saved(tasks, batches)
 
     def save(self, tasks: States, batches: States) -> None:
         temporary = self.path.with_name(f".{self.path.name}.tmp")
