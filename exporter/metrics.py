@@ -42,6 +42,7 @@ COMPLETION_SECONDS = "mixpeek_task_completion_seconds"
 OLDEST_ACTIVE_AGE = "mixpeek_task_oldest_active_age_seconds"
 UP = "mixpeek_up"
 LAST_SUCCESS = "mixpeek_exporter_last_success_timestamp_seconds"
+LAST_FULL = "mixpeek_exporter_last_full_listing_timestamp_seconds"
 POLL_DURATION = "mixpeek_exporter_poll_duration_seconds"
 POLL_ERRORS = "mixpeek_exporter_poll_errors"  # exposed with _total
 API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
@@ -121,6 +122,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ),
     (UP, "gauge", ("namespace",), "1 if the last poll of the namespace succeeded, else 0."),
     (LAST_SUCCESS, "gauge", ("namespace",), "Unix time of the last complete poll of the namespace."),
+    (
+        LAST_FULL,
+        "gauge",
+        ("namespace",),
+        "Unix time of the last full listing of the namespace's tasks; the polls between list what changed.",
+    ),
     (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
     (f"{POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed polls by reason."),
     (f"{API_REQUESTS}_total", "counter", ("endpoint", "code"), "Requests sent to the Mixpeek API."),
@@ -190,6 +197,8 @@ class NamespaceHealth:
     errors: Mapping[str, int] = field(default_factory=dict)
     failing: str | None = None
     """The reason the last poll failed, None after a success: logs speak when this changes."""
+    last_full: float | None = None
+    """When the tasks were last listed completely (incremental polls list only what changed)."""
 
 
 @dataclass(frozen=True)
@@ -572,6 +581,12 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             "gauge",
             ("namespace",),
             lambda ns, h: [] if h.last_success is None else [((ns,), h.last_success, None)],
+        ),
+        of_health(
+            LAST_FULL,
+            "gauge",
+            ("namespace",),
+            lambda ns, h: [] if h.last_full is None else [((ns,), h.last_full, None)],
         ),
         of_health(
             POLL_DURATION,

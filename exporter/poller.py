@@ -617,6 +617,8 @@ class Poller:
             self._since_full[namespace] = 0 if fetched.full else self._since_full.get(namespace, 0) + 1
             before = health.get(namespace) or _new_health()
             health[namespace] = _succeeded(before, now, duration)
+            if fetched.full:
+                health[namespace] = replace(health[namespace], last_full=now)
             if before.failing is not None:
                 self._log.info("poll recovered", namespace=namespace, after=before.failing)
             if state.untracked and not previous.untracked:
