@@ -44,6 +44,7 @@ LAST_SUCCESS = "mixpeek_exporter_last_success_timestamp_seconds"
 POLL_DURATION = "mixpeek_exporter_poll_duration_seconds"
 POLL_ERRORS = "mixpeek_exporter_poll_errors"  # exposed with _total
 API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
+INVALID_VALUES = "mixpeek_exporter_invalid_values"  # exposed with _total
 TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
 UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
@@ -114,6 +115,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
     (f"{POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed polls by reason."),
     (f"{API_REQUESTS}_total", "counter", ("endpoint", "code"), "Requests sent to the Mixpeek API."),
+    (
+        f"{INVALID_VALUES}_total",
+        "counter",
+        ("endpoint", "field"),
+        "Values from the API that cannot be true (e.g. a negative count), ignored, by endpoint and field.",
+    ),
     (TRACKED_TASKS, "gauge", ("namespace",), "Tasks held in memory for the namespace."),
     (
         UNTRACKED_TASKS,
@@ -158,6 +165,7 @@ class Snapshot:
     batches: Mapping[str, NamespaceState] = field(default_factory=dict)
     health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    invalid_values: Mapping[tuple[str, str], int] = field(default_factory=dict)
     state_writes: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -501,7 +509,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         parts = tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in states)
         return Family(name, "gauge", ("namespace",), parts)
 
-    requests, writes = snapshot.api_requests, snapshot.state_writes
+    requests, writes, invalid = snapshot.api_requests, snapshot.state_writes, snapshot.invalid_values
     return [
         of_health(UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
         of_health(
@@ -529,6 +537,12 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             "counter",
             ("endpoint", "code"),
             (Part("", requests, lambda: [(key, count, None) for key, count in sorted(requests.items())]),),
+        ),
+        Family(
+            INVALID_VALUES,
+            "counter",
+            ("endpoint", "field"),
+            (Part("", invalid, lambda: [(key, count, None) for key, count in sorted(invalid.items())]),),
         ),
         Family(
             STATE_WRITES,

@@ -368,6 +368,7 @@ class Poller:
             batches=current.batches if batches is None else batches,
             health=current.health if health is None else health,
             api_requests=dict(self._client.requests),
+            invalid_values=dict(self._client.invalid_values),
             state_writes=dict(self._state_file.writes) if self._state_file else {},
         )
 
