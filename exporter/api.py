@@ -273,7 +273,7 @@ def parse_timestamp(value: Any) -> float | None:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         try:
-            return _epoch(parsed.timestamp())
+            return _plausible(parsed.timestamp())
         except (OverflowError, ValueError, OSError):  # e.g. year 1 shifted below datetime.min by its zone
             return None
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -284,10 +284,13 @@ def parse_timestamp(value: Any) -> float | None:
     return None
 
 
-def _epoch(seconds: float) -> float | None:
-    """`seconds`, or milliseconds above EPOCH_MILLISECONDS_ABOVE, if plausible (see parse_timestamp)."""
-    if seconds > EPOCH_MILLISECONDS_ABOVE:
-        seconds /= 1000.0
+def _epoch(number: float) -> float | None:
+    """A number of unix seconds, or milliseconds above EPOCH_MILLISECONDS_ABOVE, as plausible seconds."""
+    return _plausible(number / 1000.0 if number > EPOCH_MILLISECONDS_ABOVE else number)
+
+
+def _plausible(seconds: float) -> float | None:
+    """`seconds` if between 1970 and the year 10000 (nan and inf are not)."""
     return seconds if 0.0 <= seconds < MAX_EPOCH_SECONDS else None
 
 

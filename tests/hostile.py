@@ -8,7 +8,6 @@ It counts the body bytes it managed to hand to the socket, so a test can tell th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,9 @@ class HostileServer:
     def __init__(self, reply: Reply) -> None:
         self._reply = reply
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = False
+        self._done = asyncio.Event()
         self.url = ""
         self.sent = 0
         """Bytes written to the sockets so far, headers included."""
@@ -42,21 +43,23 @@ class HostileServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Hang up on every client; each reply then ends at its next send (none is cancelled)."""
         assert self._server is not None
+        self._closing = True
         self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._done.clear()
+        for writer in list(self._writers):
+            writer.close()
+        if self._writers:
+            await self._done.wait()
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+        self._writers.add(writer)
 
         async def send(data: bytes) -> None:
+            if self._closing:
+                raise ConnectionAbortedError("the server is shutting down")
             writer.write(data)
             await writer.drain()
             self.sent += len(data)
@@ -76,8 +79,10 @@ class HostileServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client hung up: what a capped or timed-out client does
         finally:
-            self._handlers.discard(task)
+            self._writers.discard(writer)
             writer.close()
+            if not self._writers:
+                self._done.set()
 
 
 def head(status: int = 200, **headers: str | int) -> bytes:
@@ -145,4 +150,3 @@ class RewriteJson(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-

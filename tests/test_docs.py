@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hostile import RewriteJson
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from hostile import RewriteJson
 from support import Exporter
 
 from exporter.api import BATCHES_LIST
