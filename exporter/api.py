@@ -11,7 +11,7 @@ import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -41,6 +41,8 @@ KNOWN_FAILURE_CATEGORIES = frozenset(FAILURE_CATEGORIES)
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # The Content-Encodings the client inflates itself, within the size cap; it offers no other.
 ACCEPT_ENCODING = "gzip, deflate"
+# Decompressed bytes made at a time: a page's worth, far below what one network read can unpack to.
+INFLATE_STEP = 1024 * 1024
 # An error body is read only for its message and retry advice: anything longer is ignored, unread.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Messages taken from an error body are cut to this: they end up in log lines.
@@ -681,10 +683,10 @@ class MixpeekClient:
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
-    """The body, decompressed, or None as soon as it would pass `cap` bytes (or declares more).
+    """The body, decompressed, or None as soon as it passes `cap` bytes (or declares more).
 
-    The raw bytes are inflated here, never more than the room left at a time: a gzip bomb costs at
-    most `cap` bytes, not what one network read (64 KiB) can unpack to (64 MiB).
+    The raw bytes are inflated here, INFLATE_STEP at a time: a gzip bomb costs about `cap` bytes, not
+    what one network read (64 KiB) can unpack to (64 MiB).
     """
     if response.is_stream_consumed:  # a transport that answers from memory (httpx.MockTransport)
         return response.content if len(response.content) <= cap else None
@@ -695,15 +697,26 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
     chunks: list[bytes] = []
     room = cap
     async for raw in response.aiter_raw():
-        try:
-            chunk = raw if inflater is None else inflater.decompress(raw, room + 1)
-        except zlib.error as exc:
-            raise httpx.DecodingError(f"the body does not inflate: {exc}", request=response.request) from None
-        room -= len(chunk)
-        if room < 0:
+        for chunk in (raw,) if inflater is None else _inflate(inflater, raw, response.request):
+            room -= len(chunk)
+            if room < 0:
+                return None
+            chunks.append(chunk)
+    if inflater is not None:
+        chunks.append(inflater.flush())  # the few bytes of a copy still pending, if any
+        if len(chunks[-1]) > room:
             return None
-        chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _inflate(inflater: zlib._Decompress, data: bytes, request: httpx.Request) -> Iterator[bytes]:
+    """`data` decompressed, INFLATE_STEP bytes at a time, so the reader can stop at its cap."""
+    while data:
+        try:
+            yield inflater.decompress(data, INFLATE_STEP)
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"the body does not inflate: {exc}", request=request) from None
+        data = inflater.unconsumed_tail
 
 
 def _inflater(response: httpx.Response) -> zlib._Decompress | None:
