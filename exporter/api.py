@@ -659,12 +659,17 @@ class MixpeekClient:
         self, endpoint: str, params: dict[str, Any], body: dict[str, Any], headers: dict[str, str]
     ) -> tuple[httpx.Response, bytes | None]:
         """The response and its decoded body, None once the body passes the cap (a 200's:
-        max_response_bytes; an error's: MAX_ERROR_BODY_BYTES). Leaving the stream early closes the
-        connection: nothing past the cap is read."""
+        max_response_bytes; an error's: MAX_ERROR_BODY_BYTES, and an error body that does not decode
+        is None too: the status says enough). Leaving the stream early closes the connection: nothing
+        past the cap is read."""
         request = self._http.stream("POST", endpoint, params=params, json=body, headers=headers)
         async with request as response:
-            cap = self._max_response_bytes if response.status_code == 200 else MAX_ERROR_BODY_BYTES
-            return response, await _read_capped(response, cap)
+            if response.status_code == 200:
+                return response, await _read_capped(response, self._max_response_bytes)
+            try:
+                return response, await _read_capped(response, MAX_ERROR_BODY_BYTES)
+            except httpx.DecodingError:
+                return response, None
 
     def _invalid_batch_value(self, field: str) -> None:
         self._invalid(BATCHES_LIST, field)

@@ -119,6 +119,16 @@ async def test_an_unsupported_content_encoding_is_an_invalid_response() -> None:
     assert "Content-Encoding" in str(caught.value)
 
 
+async def test_an_error_whose_body_does_not_decode_is_still_the_http_error() -> None:
+    async def reply(send: Callable[[bytes], Any]) -> None:
+        await send(head(503, Content_Encoding="gzip", Content_Length=9) + b"not gzip!")
+
+    async with HostileServer(reply) as server, client_at(server.url) as c:
+        with pytest.raises(ApiHTTPError) as caught:
+            await probe(c)
+    assert caught.value.reason == "http_5xx" and c.requests == {(TASKS_LIST, "503"): 1}
+
+
 def test_the_client_offers_only_the_encodings_it_inflates() -> None:
     settings = load_settings(api_key="k")
     assert _http_client(settings, "http://api.test").headers["Accept-Encoding"] == "gzip, deflate"
@@ -365,7 +375,7 @@ async def test_a_negative_failed_count_never_lowers_the_object_counter(
     invalid = exporter.value(
         "mixpeek_exporter_invalid_values_total", endpoint=BATCHES_LIST, field="failed_object_count"
     )
-    assert invalid >= 2  # each listing that carries an impossible count counts it
+    assert invalid == 3  # each listing that carries one counts it: one batch, then two
     warnings = [e for e in logs if e["event"].startswith("the API sent an impossible value")]
     assert {(e["endpoint"], e["field"]) for e in warnings} == {
         (BATCHES_LIST, "failed_object_count"),
