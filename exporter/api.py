@@ -8,11 +8,12 @@ a sort or a header is honoured) is the poller's to verify (see exporter/checks.p
 from __future__ import annotations
 
 import asyncio
-import json
 import math
+import re
 import time
+import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -42,6 +43,24 @@ NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
 OLDEST_FIRST = {"field": "created_at", "direction": "asc"}
 # Failure categories outside the API's enum count as "unknown", which keeps the label bounded.
 KNOWN_FAILURE_CATEGORIES = frozenset(FAILURE_CATEGORIES)
+# A 1000-task page of the documented TaskResponse is about 470 KiB, a 1000-batch page of 100-object batches
+# about 5.3 MiB: 32 MiB leaves room for both while one response can never take the process down.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# The Content-Encodings the client inflates itself, within the size cap; it offers no other.
+ACCEPT_ENCODING = "gzip, deflate"
+# Decompressed bytes made at a time: a page's worth, far below what one network read can unpack to.
+INFLATE_STEP = 1024 * 1024
+# An error body is read only for its message and retry advice: anything longer is ignored, unread.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# Messages taken from an error body are cut to this: they end up in log lines.
+MAX_ERROR_MESSAGE_CHARS = 300
+# A count above this is no real batch's: it is invalid input, not a number to add to a counter.
+MAX_COUNT = 1_000_000_000
+# Unix seconds from 1970 up to the year 10000: the range of a plausible timestamp.
+MAX_EPOCH_SECONDS = 253_402_300_800.0
+# Numbers above this are epoch milliseconds: as seconds they would be past the year 5000.
+EPOCH_MILLISECONDS_ABOVE = 1e11
+_NUMERIC = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?")
 
 T = TypeVar("T")
 P = TypeVar("P", "_TaskPage", "_BatchPage", "_NamespacePage", "_BucketPage")
@@ -116,8 +135,9 @@ class _Extra(msgspec.Struct, gc=False):
     namespace_id: Any = None
 
 
-Stamp = str | float | None
-"""A timestamp as the API sends it: ISO 8601 text or unix seconds; parsed only when needed."""
+Stamp = Any
+"""A timestamp as the API sends it (ISO 8601 text, unix seconds or milliseconds, or anything odd), kept raw
+and parsed only when needed: an odd value then counts as absent instead of rejecting the whole page."""
 
 
 class Task(msgspec.Struct, frozen=True, gc=False):
@@ -179,8 +199,8 @@ class _TierPayload(msgspec.Struct, gc=False):
 
 
 class _ProgressPayload(msgspec.Struct, gc=False):
-    total: int | None = None
-    objects_failed: int | None = None
+    total: Any = None
+    objects_failed: Any = None
 
 
 class _BatchPayload(msgspec.Struct, gc=False):
@@ -196,7 +216,7 @@ class _BatchPayload(msgspec.Struct, gc=False):
     object_ids: list[Any] | None = None
     loaded_object_ids: list[Any] | None = None
     progress: _ProgressPayload | None = None
-    failed_object_count: int | None = None
+    failed_object_count: Any = None
     failure_category: str | None = None
 
 
@@ -260,19 +280,44 @@ class Namespace:
     name: str
 
 
-def parse_timestamp(value: str | float | None) -> float | None:
-    """ISO 8601 (naive means UTC, as the API sends) or unix seconds; anything else counts as absent."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+def parse_timestamp(value: Any) -> float | None:
+    """Unix seconds from a timestamp in any plausible encoding, else None (absent); never raises.
+
+    Accepted: ISO 8601 text with or without a zone (naive means UTC, as the API sends), a number of unix
+    seconds, or of unix milliseconds (any number above 1e11, which as seconds would be past the year 5000),
+    and the same numbers as digit strings ("1733000000", "1733000000123"). Anything else, or a time outside
+    1970 to 9999 (nan, inf, huge numbers, year 0, bools, nested objects, garbage), counts as absent.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            text = value.strip()
+            if _NUMERIC.fullmatch(text) is None:
+                return None
+            return _epoch(float(text))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            return _plausible(parsed.timestamp())
+        except (OverflowError, ValueError, OSError):  # e.g. year 1 shifted below datetime.min by its zone
+            return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return _epoch(float(value))
+        except OverflowError:  # an int too large for a float
+            return None
+    return None
+
+
+def _epoch(number: float) -> float | None:
+    """A number of unix seconds, or milliseconds above EPOCH_MILLISECONDS_ABOVE, as plausible seconds."""
+    return _plausible(number / 1000.0 if number > EPOCH_MILLISECONDS_ABOVE else number)
+
+
+def _plausible(seconds: float) -> float | None:
+    """`seconds` if between 1970 and the year 10000 (nan and inf are not)."""
+    return seconds if 0.0 <= seconds < MAX_EPOCH_SECONDS else None
 
 
 def _error_object(body: Any) -> dict[str, Any]:
@@ -284,13 +329,21 @@ def _error_object(body: Any) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _to_batch(payload: _BatchPayload) -> Batch:
+def _to_batch(payload: _BatchPayload, invalid: Callable[[str], None]) -> Batch:
+    """The batch a payload describes. A count that cannot be true (not a whole number, negative, above
+    MAX_COUNT, more failed objects than objects) is reported to `invalid` by field and counts as absent:
+    a counter fed from it could otherwise go down or leap."""
     tiers = payload.tier_tasks or []
     tier_ends = [ts for ts in (parse_timestamp(t.completed_at) for t in tiers) if ts is not None]
     fallback = parse_timestamp(payload.last_activity_at) or parse_timestamp(payload.updated_at)
     progress = payload.progress or _ProgressPayload()
     ids = payload.loaded_object_ids if payload.loaded_object_ids is not None else payload.object_ids
-    objects = progress.total if progress.total is not None else (len(ids) if ids is not None else None)
+    objects = _count(progress.total, "progress.total", None, invalid)
+    if objects is None:
+        objects = len(ids) if ids is not None else None
+    failed = _count(payload.failed_object_count, "failed_object_count", objects, invalid)
+    if not failed:
+        failed = _count(progress.objects_failed, "progress.objects_failed", objects, invalid)
     category = payload.failure_category
     return Batch(
         batch_id=payload.batch_id,
@@ -299,21 +352,51 @@ def _to_batch(payload: _BatchPayload) -> Batch:
         created_at=parse_timestamp(payload.created_at),
         finished_at=max(tier_ends) if tier_ends else fallback,
         objects=objects,
-        failed_objects=payload.failed_object_count or progress.objects_failed or 0,
+        failed_objects=failed or 0,
         failure_category=None
         if category is None
         else (category if category in KNOWN_FAILURE_CATEGORIES else "unknown"),
     )
 
 
+def _count(value: Any, name: str, most: int | None, invalid: Callable[[str], None]) -> int | None:
+    """`value` as a count of objects (at most `most` when known), None when absent or reported invalid."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is int and 0 <= value <= (MAX_COUNT if most is None else min(MAX_COUNT, most)):
+        return value
+    invalid(name)
+    return None
+
+
+def decode_error_body(raw: bytes | None) -> Any:
+    """An error body as JSON values, or None when it is absent, too long or not JSON. Never raises:
+    msgspec bounds the nesting depth (RecursionError past it), and what reads the result only walks
+    the top levels."""
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
 def error_message(body: Any) -> str:
-    """The message of any of the API's three error shapes, else a fixed text."""
+    """The message of any of the API's three error shapes (cut to MAX_ERROR_MESSAGE_CHARS), else a fixed
+    text; only strings are taken, so no nested value is ever rendered."""
+    return _message(body)[:MAX_ERROR_MESSAGE_CHARS]
+
+
+def _message(body: Any) -> str:
     message = _error_object(body).get("message")
     if isinstance(message, str):
         return message
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        return "; ".join(str(item.get("msg", item)) for item in detail[:3])
+        texts = [item.get("msg") for item in detail[:3] if isinstance(item, dict)]
+        return "; ".join(text for text in texts if isinstance(text, str)) or "unexpected error body"
     if isinstance(detail, str):
         return detail
     return "unexpected error body"
@@ -378,7 +461,11 @@ class MixpeekClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline: float | None = None,
     ) -> None:
+        """`max_response_bytes` caps each response's body after decompression; `deadline` (seconds, None:
+        none) bounds each attempt as a whole, from connecting to the body's last byte."""
         self._http = http
         self._api_key = api_key
         self._page_size = page_size
@@ -391,8 +478,12 @@ class MixpeekClient:
         self._clock = clock
         self._sleep = sleep
         self._log = logger or structlog.get_logger("exporter.api")
+        self._max_response_bytes = max_response_bytes
+        self._deadline = deadline
         self.requests: Counter[tuple[str, str]] = Counter()
         """Responses by (endpoint, HTTP status), "error" where none came back."""
+        self.invalid_values: Counter[tuple[str, str]] = Counter()
+        """Values the API sent that cannot be true and were ignored, by (endpoint, field)."""
 
     @property
     def page_size(self) -> int:
@@ -486,7 +577,7 @@ class MixpeekClient:
             raw = await self._request("POST", path, endpoint, namespace, params={}, body=paging)
             page = _validated(_BatchPage, raw, endpoint, paging["limit"])
             cursor = page.pagination.next_cursor if page.pagination else None
-            return [_to_batch(p) for p in page.results], cursor, None
+            return [_to_batch(p, self._invalid_batch_value) for p in page.results], cursor, None
 
         return await self._walk(fetch, sink, None)
 
@@ -621,14 +712,16 @@ class MixpeekClient:
         params: dict[str, Any] | None,
         body: dict[str, Any] | None,
     ) -> bytes:
+        """One request and its whole body, within the deadline and the size cap; failures are ApiErrors."""
         if self._limiter is not None:
             await self._limiter.acquire()
         headers = {"Authorization": f"Bearer {self._api_key().get_secret_value()}"}
         if namespace is not None:
             headers["X-Namespace"] = namespace
         try:
-            response = await self._http.request(method, path, params=params, json=body, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._deadline):
+                response, content = await self._exchange(method, path, params, body, headers)
+        except (TimeoutError, httpx.TimeoutException):
             self.requests[(endpoint, "error")] += 1
             raise ApiTimeout(f"{endpoint} timed out") from None
         except httpx.TransportError as exc:
@@ -639,15 +732,100 @@ class MixpeekClient:
             raise InvalidResponse(f"{endpoint}: {type(exc).__name__}: {exc}") from None
         self.requests[(endpoint, str(response.status_code))] += 1
         if response.status_code != 200:
-            try:
-                decoded = response.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                decoded = None
+            decoded = decode_error_body(content)
             advised, retryable = _retry_advice(response, decoded, self._clock())
             raise ApiHTTPError(
                 response.status_code, error_message(decoded), retry_after=advised, retryable=retryable
             )
-        return response.content
+        if content is None:
+            raise InvalidResponse(
+                f"{endpoint} answered with more than {self._max_response_bytes} bytes "
+                "(MIXPEEK_MAX_RESPONSE_BYTES); the rest was not read"
+            )
+        return content
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: dict[str, Any] | None,
+        headers: dict[str, str],
+    ) -> tuple[httpx.Response, bytes | None]:
+        """The response and its decoded body, None once the body passes the cap (a 200's:
+        max_response_bytes; an error's: MAX_ERROR_BODY_BYTES, and an error body that does not decode
+        is None too: the status says enough). Leaving the stream early closes the connection: nothing
+        past the cap is read."""
+        request = self._http.stream(method, path, params=params, json=body, headers=headers)
+        async with request as response:
+            if response.status_code == 200:
+                return response, await _read_capped(response, self._max_response_bytes)
+            try:
+                return response, await _read_capped(response, MAX_ERROR_BODY_BYTES)
+            except httpx.DecodingError:
+                return response, None
+
+    def _invalid_batch_value(self, field: str) -> None:
+        self._invalid(BATCHES_LIST, field)
+
+    def _invalid(self, endpoint: str, field: str) -> None:
+        """Count a value that cannot be true; warn the first time per (endpoint, field)."""
+        key = (endpoint, field)
+        if not self.invalid_values[key]:
+            self._log.warning(
+                "the API sent an impossible value; ignoring it (counted in "
+                "mixpeek_exporter_invalid_values_total)",
+                endpoint=endpoint,
+                field=field,
+            )
+        self.invalid_values[key] += 1
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, decompressed, or None as soon as it passes `cap` bytes (or declares more).
+
+    The raw bytes are inflated here, INFLATE_STEP at a time: a gzip bomb costs about `cap` bytes, not
+    what one network read (64 KiB) can unpack to (64 MiB).
+    """
+    if response.is_stream_consumed:  # a transport that answers from memory (httpx.MockTransport)
+        return response.content if len(response.content) <= cap else None
+    inflater = _inflater(response)
+    declared = response.headers.get("Content-Length", "")
+    if inflater is None and declared.isdigit() and int(declared) > cap:
+        return None
+    chunks: list[bytes] = []
+    room = cap
+    async for raw in response.aiter_raw():
+        for chunk in (raw,) if inflater is None else _inflate(inflater, raw, response.request):
+            room -= len(chunk)
+            if room < 0:
+                return None
+            chunks.append(chunk)
+    if inflater is not None:
+        chunks.append(inflater.flush())  # the few bytes of a copy still pending, if any
+        if len(chunks[-1]) > room:
+            return None
+    return b"".join(chunks)
+
+
+def _inflate(inflater: zlib._Decompress, data: bytes, request: httpx.Request) -> Iterator[bytes]:
+    """`data` decompressed, INFLATE_STEP bytes at a time, so the reader can stop at its cap."""
+    while data:
+        try:
+            yield inflater.decompress(data, INFLATE_STEP)
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"the body does not inflate: {exc}", request=request) from None
+        data = inflater.unconsumed_tail
+
+
+def _inflater(response: httpx.Response) -> zlib._Decompress | None:
+    """A decompressor for the body's Content-Encoding (None: none); ACCEPT_ENCODING offers only these."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib tells a gzip from a zlib header
+    raise httpx.DecodingError(f"unsupported Content-Encoding {encoding!r}", request=response.request)
 
 
 def _validated(page_type: type[P], raw: bytes, endpoint: str, limit: int) -> P:
@@ -657,7 +835,7 @@ def _validated(page_type: type[P], raw: bytes, endpoint: str, limit: int) -> P:
         page = msgspec.json.decode(raw, type=page_type)
     except msgspec.ValidationError as exc:
         raise InvalidResponse(f"{endpoint}: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec bounds nesting with a RecursionError
         raise InvalidResponse(f"{endpoint} answered 200 with a body that is not JSON") from None
     if len(page.results) > limit:
         raise InvalidResponse(f"{endpoint} returned {len(page.results)} items for limit {limit}")

@@ -20,7 +20,7 @@ import structlog
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.api import ApiError, MixpeekClient, Namespace, RetryPolicy
+from exporter.api import ACCEPT_ENCODING, ApiError, MixpeekClient, Namespace, RetryPolicy
 from exporter.apikey import ApiKeySource
 from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
@@ -146,14 +146,18 @@ def _api_client(
         page_concurrency=settings.page_concurrency,
         retry=RetryPolicy(attempts=settings.max_retries + 1 if retries else 1),
         limiter=RateLimiter(rate, burst=max(1, int(rate))) if rate else None,
+        max_response_bytes=settings.max_response_bytes,
+        deadline=settings.request_timeout,
     )
 
 
 def _http_client(settings: Settings, url: str) -> httpx.AsyncClient:
+    """The pooled client. Its timeout bounds each wait (connect, a read); MixpeekClient bounds each request
+    as a whole. It offers only the encodings MixpeekClient inflates within its size cap."""
     return httpx.AsyncClient(
         base_url=url,
         timeout=settings.request_timeout,
-        headers={"User-Agent": f"{PROG}/{__version__}"},
+        headers={"User-Agent": f"{PROG}/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
         limits=httpx.Limits(
             max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency
         ),

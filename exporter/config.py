@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from exporter.api import DEFAULT_MAX_RESPONSE_BYTES
 from exporter.sharding import pod_ordinal
 
 ENV_PREFIX = "MIXPEEK_"
@@ -103,7 +104,17 @@ class Settings(BaseSettings):
     )
     page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="listing page size, 1..1000")
     request_timeout: float = Field(
-        10.0, ge=0.1, le=300, description="seconds before one API request times out, 0.1..300"
+        10.0,
+        ge=0.1,
+        le=300,
+        description="seconds one API request may take in all (connect, send, headers and the whole body) "
+        "before it times out, 0.1..300",
+    )
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1024,
+        description="bytes one API response may hold once decompressed; a larger one fails the poll "
+        "(invalid_response) and is not read further",
     )
     concurrency: int = Field(4, ge=1, le=64, description="namespaces polled at the same time")
     max_retries: int = Field(

@@ -46,6 +46,7 @@ LAST_FULL = "mixpeek_exporter_last_full_listing_timestamp_seconds"
 POLL_DURATION = "mixpeek_exporter_poll_duration_seconds"
 POLL_ERRORS = "mixpeek_exporter_poll_errors"  # exposed with _total
 API_REQUESTS = "mixpeek_exporter_api_requests"  # exposed with _total
+INVALID_VALUES = "mixpeek_exporter_invalid_values"  # exposed with _total
 TRACKED_TASKS = "mixpeek_exporter_tracked_tasks"
 UNTRACKED_TASKS = "mixpeek_exporter_untracked_tasks"
 STATE_WRITES = "mixpeek_exporter_state_file_writes"  # exposed with _total
@@ -157,6 +158,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ),
     (BATCHES_UP, "gauge", ("namespace",), "1 if the last batch listing of the namespace succeeded, else 0."),
     (f"{BATCH_POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed batch listings by reason."),
+    (
+        f"{INVALID_VALUES}_total",
+        "counter",
+        ("endpoint", "field"),
+        "Values from the API that cannot be true (e.g. a negative count), ignored, by endpoint and field.",
+    ),
     (TRACKED_TASKS, "gauge", ("namespace",), "Tasks held in memory for the namespace."),
     (
         UNTRACKED_TASKS,
@@ -210,6 +217,7 @@ class Snapshot:
     health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     batch_health: Mapping[str, NamespaceHealth] = field(default_factory=dict)
     api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    invalid_values: Mapping[tuple[str, str], int] = field(default_factory=dict)
     state_writes: Mapping[str, int] = field(default_factory=dict)
     check_failures: Mapping[str, int] = field(default_factory=dict)
     internal_errors: Mapping[str, int] = field(default_factory=dict)
@@ -558,7 +566,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         parts = tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in states)
         return Family(name, "gauge", ("namespace",), parts)
 
-    requests, writes = snapshot.api_requests, snapshot.state_writes
+    requests, writes, invalid = snapshot.api_requests, snapshot.state_writes, snapshot.invalid_values
     checks = {check: snapshot.check_failures.get(check, 0) for check in CHECKS}
     internal = {stage: snapshot.internal_errors.get(stage, 0) for stage in STAGES}
     modes, scope = snapshot.modes, snapshot.scope
@@ -607,6 +615,12 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             "counter",
             ("endpoint", "code"),
             (Part("", requests, lambda: [(key, count, None) for key, count in sorted(requests.items())]),),
+        ),
+        Family(
+            INVALID_VALUES,
+            "counter",
+            ("endpoint", "field"),
+            (Part("", invalid, lambda: [(key, count, None) for key, count in sorted(invalid.items())]),),
         ),
         Family(
             STATE_WRITES,

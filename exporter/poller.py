@@ -829,6 +829,7 @@ class Poller:
             health=self._health,
             batch_health=self._batch_health,
             api_requests=dict(self._client.requests),
+            invalid_values=dict(self._client.invalid_values),
             state_writes=dict(self._state_file.writes) if self._state_file else {},
             check_failures={check.value: n for check, n in self._evidence.failures.items()},
             internal_errors=dict(self._internal_errors),

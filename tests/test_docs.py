@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hostile import RewriteJson
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from support import Exporter
 
+from exporter.api import BATCHES_LIST
 from exporter.cli import _shown_default
 from exporter.config import Settings, env_name
 from exporter.metrics import METRICS
@@ -55,8 +58,16 @@ async def test_exposition_has_exactly_the_documented_families(
     world.create_task("prod", "thumbnail", status="PENDING")
     batch_id = world.create_batch("prod", status="PROCESSING")
     world.create_batch("prod", status="PENDING")
+
+    def impossible_count(page: dict[str, Any]) -> None:  # so mixpeek_exporter_invalid_values_total shows
+        page["results"][0]["failed_object_count"] = -1
+
     exporter = make_exporter(
-        api, namespaces=("prod", "ghost"), state_file=tmp_path / "state.json", batches=True
+        api,
+        namespaces=("prod", "ghost"),
+        state_file=tmp_path / "state.json",
+        batches=True,
+        transport=RewriteJson(BATCHES_LIST, impossible_count),
     )
     await exporter.poll()
     await exporter.poller.flush()
