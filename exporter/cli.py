@@ -29,7 +29,7 @@ from exporter.poller import Poller, PollPlan
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
 from exporter.sharding import NamespaceFilter
-from exporter.statefile import StateFile
+from exporter.statefile import StateFile, identity
 from exporter.views import capped, task_type_filter
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -186,8 +186,10 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
         client = _api_client(settings, http, target)
         state_file = None
         if settings.state_file is not None:
-            identity = f"{target.url}|{settings.scope.value}"
-            state_file = StateFile(settings.state_file, identity, tuple(settings.histogram_buckets))
+            # The key at start: after a rotation, the next restart starts the counters afresh.
+            scope, owner = settings.scope.value, namespace_filter(settings)
+            setup = identity(target.key(), target.url, scope, settings.namespaces, owner)
+            state_file = StateFile(settings.state_file, setup, tuple(settings.histogram_buckets))
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
         server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready, web)

@@ -7,25 +7,28 @@ down is counted once, and none twice, and counters carry on from where they were
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
 import structlog
+from pydantic import SecretStr
 
 from exporter.histogram import Histogram
+from exporter.sharding import NamespaceFilter
 from exporter.state import Key, NamespaceState, Row, restore
 
 FORMAT = "mixpeek-exporter-state/2"
 """One JSON document a line, written and read a line at a time: a million tasks never sit in memory as
 one document (version 1 did, and cost several times the state to save or load). It goes:
 
-    {"format": FORMAT, "identity": ...}
+    {"format": FORMAT, "identity": {part: value, ...}}            see identity()
     {"type": "state", "kind": "tasks" or "batches", "namespace": ..., ..., "gone": G, "tasks": N}
     [[item_id, when], ...]                                        G gone items, up to CHUNK a line
     [[item_id, [status, group], first_seen, created_at, finished], ...]   N rows, up to CHUNK a line
@@ -40,10 +43,38 @@ CHUNK = 1000
 
 T = TypeVar("T")
 Kind = Literal["tasks", "batches"]
+Identity = Mapping[str, str]
+_KEY_SALT = b"mixpeek-exporter state file identity\x00"
+"""Hashed before the key, so that the file holds no bare hash of it to look up or compare elsewhere."""
+
+
+def identity(
+    key: SecretStr, url: str, scope: str, namespaces: Sequence[str], owner: NamespaceFilter
+) -> Identity:
+    """What a state file is for: the API key (a salted, truncated hash; never the key), the API, the scope
+    and the namespaces polled. Counters restored into another setup would be someone else's, and every
+    task already finished there would count as a new transition at the first poll (a spike of FAILED)."""
+    fingerprint = hashlib.sha256(_KEY_SALT + key.get_secret_value().encode()).hexdigest()[:16]
+    return {
+        "api_key": fingerprint,
+        "url": url,
+        "scope": scope,
+        "namespaces": ",".join(sorted(set(namespaces))) or "discover",
+        "namespace_filter": f"shard {owner.shard} of {owner.total_shards}, "
+        f"allow {owner.allow!r}, deny {owner.deny!r}",
+    }
 
 
 class StateFileError(Exception):
-    """The file is not one of ours, is for another API or scope, or is damaged."""
+    """The file is not one of ours, is for another setup, or is damaged."""
+
+
+class ForeignStateFile(StateFileError):
+    """The file was written for another setup: `parts` names what differs (the key's hash is not shown)."""
+
+    def __init__(self, parts: Sequence[str], detail: str) -> None:
+        super().__init__(detail)
+        self.parts = tuple(parts)
 
 
 States = Mapping[str, NamespaceState]
@@ -76,13 +107,13 @@ _GONE = msgspec.json.Decoder(list[tuple[str, float]])
 _ROWS = msgspec.json.Decoder(list[tuple[str, tuple[str, str], float, float | None, bool]])
 
 
-def encode(tasks: States, batches: States, identity: str) -> Iterator[bytes]:
+def encode(tasks: States, batches: States, identity: Identity) -> Iterator[bytes]:
     """The file, a line at a time."""
     kinds: dict[Kind, States] = {"tasks": tasks, "batches": batches}
     polled = [
         (k, name, state) for k, states in kinds.items() for name, state in states.items() if state.polled_at
     ]
-    yield _line({"format": FORMAT, "identity": identity})
+    yield _line({"format": FORMAT, "identity": dict(identity)})
     for kind, name, state in polled:
         yield from _encode_state(kind, name, state)
     yield _line(_End(len(polled)))
@@ -113,15 +144,14 @@ def _line(value: Any) -> bytes:
     return _ENCODER.encode(value) + b"\n"
 
 
-def decode(lines: Iterable[bytes], identity: str, buckets: tuple[float, ...]) -> tuple[States, States]:
+def decode(lines: Iterable[bytes], identity: Identity, buckets: tuple[float, ...]) -> tuple[States, States]:
     """(task states, batch states) by namespace, from the file's lines (an open binary file will do)."""
     lines = iter(lines)
     try:
         head = json.loads(next(lines, b""))  # all of a version 1 file, which is a single line
         if not isinstance(head, dict) or head.get("format") not in (FORMAT, FORMAT_1):
             raise StateFileError("not a mixpeek-exporter state file")
-        if head.get("identity") != identity:
-            raise StateFileError(f"written for {head.get('identity')!r}, not {identity!r}")
+        _check_identity(head.get("identity"), identity)
         if head["format"] == FORMAT_1:
             return _decode_1(head, buckets)
         return _decode_2(lines, buckets)
@@ -129,6 +159,21 @@ def decode(lines: Iterable[bytes], identity: str, buckets: tuple[float, ...]) ->
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:  # msgspec's errors are ValueErrors
         raise StateFileError(f"damaged: {type(exc).__name__}: {exc}") from None
+
+
+def _check_identity(saved: object, expected: Identity) -> None:
+    if not isinstance(saved, dict):  # "url|scope" in earlier versions
+        raise ForeignStateFile(
+            list(expected),
+            "written by an earlier version, which recorded neither API key nor namespaces",
+        )
+    differs = [part for part, value in expected.items() if saved.get(part) != value]
+    if differs:
+        shown = (
+            "another API key" if part == "api_key" else f"{part} {saved.get(part)!r}, now {expected[part]!r}"
+            for part in differs
+        )
+        raise ForeignStateFile(differs, "written for " + "; ".join(shown))
 
 
 def _decode_2(lines: Iterator[bytes], buckets: tuple[float, ...]) -> tuple[States, States]:
@@ -219,7 +264,7 @@ class StateFile:
     def __init__(
         self,
         path: Path,
-        identity: str,
+        identity: Identity,
         buckets: tuple[float, ...],
         *,
         logger: structlog.typing.FilteringBoundLogger | None = None,
@@ -244,6 +289,14 @@ class StateFile:
             return {}, {}
         except OSError as exc:
             self._log.error("state file unreadable; starting afresh", path=str(self.path), error=str(exc))
+            return {}, {}
+        except ForeignStateFile as exc:
+            self._log.warning(
+                "state file is for another setup; starting afresh",
+                path=str(self.path),
+                differs=",".join(exc.parts),
+                detail=str(exc),
+            )
             return {}, {}
         except StateFileError as exc:
             self._log.error("state file ignored; starting afresh", path=str(self.path), error=str(exc))
