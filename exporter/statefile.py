@@ -12,7 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from exporter.histogram import Histogram
 from exporter.sharding import NamespaceFilter
-from exporter.state import Key, NamespaceState, Row, restore
+from exporter.state import Key, NamespaceState, restore
 
 FORMAT = "mixpeek-exporter-state/2"
 """One JSON document a line, written and read a line at a time: a million tasks never sit in memory as
@@ -37,7 +37,9 @@ one document (version 1 did, and cost several times the state to save or load). 
 
 The counts make a file cut anywhere show as damaged."""
 FORMAT_1 = "mixpeek-exporter-state/1"
-"""A single JSON document; still read, never written."""
+"""A single JSON document, written before files were bound to an API key: recognised, never restored."""
+MAX_HEAD = 64 * 1024
+"""Bytes read of the first line: a format 1 file is all one line, possibly of hundreds of MB."""
 CHUNK = 1000
 """Items a line: a chunk is encoded or decoded whole, so this bounds the memory a save or a load adds."""
 
@@ -148,12 +150,10 @@ def decode(lines: Iterable[bytes], identity: Identity, buckets: tuple[float, ...
     """(task states, batch states) by namespace, from the file's lines (an open binary file will do)."""
     lines = iter(lines)
     try:
-        head = json.loads(next(lines, b""))  # all of a version 1 file, which is a single line
+        head = json.loads(next(lines, b""))
         if not isinstance(head, dict) or head.get("format") not in (FORMAT, FORMAT_1):
             raise StateFileError("not a mixpeek-exporter state file")
-        _check_identity(head.get("identity"), identity)
-        if head["format"] == FORMAT_1:
-            return _decode_1(head, buckets)
+        _check_identity(head, identity)
         return _decode_2(lines, buckets)
     except StateFileError:
         raise
@@ -161,8 +161,9 @@ def decode(lines: Iterable[bytes], identity: Identity, buckets: tuple[float, ...
         raise StateFileError(f"damaged: {type(exc).__name__}: {exc}") from None
 
 
-def _check_identity(saved: object, expected: Identity) -> None:
-    if not isinstance(saved, dict):  # "url|scope" in earlier versions
+def _check_identity(head: dict[str, Any], expected: Identity) -> None:
+    saved = head.get("identity")
+    if head["format"] == FORMAT_1 or not isinstance(saved, dict):  # bound to "url|scope" only
         raise ForeignStateFile(
             list(expected),
             "written by an earlier version, which recorded neither API key nor namespaces",
@@ -228,36 +229,6 @@ def _histograms(
     return completions
 
 
-def _decode_1(body: dict[str, Any], buckets: tuple[float, ...]) -> tuple[States, States]:
-    tasks = {name: _decode_state_1(raw, buckets) for name, raw in body["namespaces"].items()}
-    batches = {name: _decode_state_1(raw, buckets) for name, raw in body["batches"].items()}
-    return tasks, batches
-
-
-def _decode_state_1(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
-    return restore(
-        buckets=buckets,
-        polled_at=float(raw["polled_at"]),
-        tasks=_rows_1(raw["tasks"]),
-        gone={str(item_id): float(when) for item_id, when in raw["gone"]},
-        groups=tuple(map(str, raw["groups"])),
-        statuses=tuple(map(str, raw["statuses"])),
-        transitions={(str(s), str(g)): int(n) for s, g, n in raw["transitions"]},
-        completions=_histograms(raw["completions"], raw["buckets"], buckets),
-        tallies={tuple(map(str, row[:-1])): int(row[-1]) for row in raw["tallies"]},
-    )
-
-
-def _rows_1(raw: list[Any]) -> Iterator[Row]:
-    """The task rows, checked, one at a time: a million of them are not worth a second list."""
-    for item_id, status, group, first, created, finished in raw:
-        yield str(item_id), (str(status), str(group)), float(first), _opt(created), bool(finished)
-
-
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 class StateFile:
     """Loads at start; saves after polls atomically (write, fsync, rename), one at a time, in a thread."""
 
@@ -283,7 +254,11 @@ class StateFile:
         foreign or damaged."""
         try:
             with open(self.path, "rb") as lines:
-                tasks, batches = decode(lines, self._identity, self._buckets)
+                head = lines.readline(MAX_HEAD)
+                if len(head) == MAX_HEAD and not head.endswith(b"\n"):
+                    detail = f"a first line over {MAX_HEAD} bytes, as in an earlier version's file (format 1)"
+                    raise ForeignStateFile(list(self._identity), detail)
+                tasks, batches = decode(chain([head], lines), self._identity, self._buckets)
         except FileNotFoundError:
             self._log.info("no state file yet; the first poll is a baseline", path=str(self.path))
             return {}, {}

@@ -185,45 +185,26 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
         assert after.completions.keys() == before.completions.keys()
 
 
-def test_files_of_earlier_versions_load(tmp_path: Path) -> None:
-    # Version 1: one JSON document; each row in full, a finished one with its first sight.
-    counts = [0] * (len(DEFAULT_BUCKETS) + 1)
-    counts[2] = 1
-    prod = {
-        "polled_at": 30.0,
-        "buckets": list(DEFAULT_BUCKETS),
-        "groups": ["t"],
-        "statuses": ["PENDING", "COMPLETED", "FAILED"],
-        "tasks": [["b", "COMPLETED", "t", 0.0, None, True], ["a", "PENDING", "t", 0.0, 5.0, False]],
-        "gone": [["c", 20.0]],
-        "transitions": [["FAILED", "t", 1]],
-        "completions": [["FAILED", "t", counts, 12.5]],
-        "tallies": [["t", "failed", 3]],
+def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    """Bound to "url|scope" only, they may be another key's: a baseline is the safe side."""
+    prod = {"polled_at": 30.0, "tasks": [["a", "PENDING", "t", 0.0, 5.0, False]], "gone": []}
+    version_1 = {"format": "mixpeek-exporter-state/1", "identity": "https://api.example|namespace"}
+    files = {
+        "format 1": json.dumps({**version_1, "namespaces": {"prod": prod}, "batches": {}}).encode(),
+        "format 1, large": json.dumps(
+            {**version_1, "namespaces": {"prod": prod}, "pad": "x" * 70_000}
+        ).encode(),
+        "format 2": json.dumps({"format": FORMAT, "identity": "https://api.example|namespace"}).encode()
+        + b'\n{"type":"end","states":0}\n',
     }
     path = tmp_path / "state.json"
-    path.write_text(
-        json.dumps(
-            {
-                "format": "mixpeek-exporter-state/1",
-                "identity": SETUP,
-                "namespaces": {"prod": prod},
-                "batches": {},
-            }
-        )
-    )
-    old = StateFile(path, SETUP, DEFAULT_BUCKETS).load()[0]["prod"]
-    assert sorted(old.rows()) == [
-        ("a", ("PENDING", "t"), 0.0, 5.0, False),
-        ("b", ("COMPLETED", "t"), 30.0, None, True),
-    ]
-    assert old.counts == {("PENDING", "t"): 1, ("COMPLETED", "t"): 1}
-    assert old.oldest_active == {("PENDING", "t"): 5.0}
-    assert old.gone == {"c": 20.0} and old.tallies == {("t", "failed"): 3}
-    assert old.transitions == {("FAILED", "t"): 1}
-    assert (
-        old.completion(("FAILED", "t")).counts == tuple(counts)
-        and old.completion(("FAILED", "t")).total == 12.5
-    )
+    for name, content in files.items():
+        path.write_bytes(content)
+        logs.clear()
+        assert StateFile(path, SETUP, DEFAULT_BUCKETS).load() == ({}, {}), name
+        assert foreign(logs) == [",".join(SETUP)], name
+        assert [e["log_level"] for e in logs] == ["warning"], name
+        assert ("first line over" in logs[0]["detail"]) == name.endswith("large")  # not parsed whole
 
 
 KEY_A = "sk_org_a_0123456789abcdef"
