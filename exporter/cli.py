@@ -164,11 +164,14 @@ def build_poller(
 def build_exposition(settings: Settings, poller: Poller) -> Exposition:
     """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
+    task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
+    if settings.max_task_types_per_namespace:
+        task_types = capped(settings.max_task_types_per_namespace, task_types)
     collector = SnapshotCollector(
         lambda: poller.snapshot,
         __version__,
         fold,
-        task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
+        task_type_fold=task_types,
         histogram_task_type=settings.histogram_task_type,
         max_series=settings.max_series_per_metric,
     )
