@@ -41,7 +41,7 @@ class View:
 def capped(limit: int, within: Fold | None = None) -> Fold:
     """Keep the first `limit` groups seen in each namespace (of those `within` shows, when given); fold
     the rest into `_other`. The state keeps its groups in order of first sight and never forgets one, so
-    the groups kept are the same from one scrape to the next; their sum is in `_other`, never lost."""
+    the groups kept are the same from one scrape to the next; the others add up in `_other`, never lost."""
 
     def fold_for(state: NamespaceState) -> Callable[[str], str]:
         shown = within(state) if within is not None else None
