@@ -32,7 +32,7 @@ from exporter.probe import probe
 from exporter.ratelimit import RateLimiter
 from exporter.server import MetricsServer
 from exporter.sharding import NamespaceFilter
-from exporter.statefile import StateFile
+from exporter.statefile import StateFile, identity
 from exporter.views import capped, task_type_filter
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -186,11 +186,14 @@ def build_poller(
 def build_exposition(settings: Settings, poller: Poller) -> Exposition:
     """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
+    task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
+    if settings.max_task_types_per_namespace:
+        task_types = capped(settings.max_task_types_per_namespace, task_types)
     collector = SnapshotCollector(
         lambda: poller.snapshot,
         __version__,
         fold,
-        task_type_fold=task_type_filter(settings.task_type_allow, settings.task_type_deny),
+        task_type_fold=task_types,
         histogram_task_type=settings.histogram_task_type,
         max_series=settings.max_series_per_metric,
         demo=settings.demo,
@@ -211,8 +214,10 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
         client = _api_client(settings, http, target)
         state_file = None
         if settings.state_file is not None:
-            identity = f"{target.url}|{settings.scope.value}"
-            state_file = StateFile(settings.state_file, identity, tuple(settings.histogram_buckets))
+            # The key at start: after a rotation, the next restart starts the counters afresh.
+            scope, owner = settings.scope.value, namespace_filter(settings)
+            setup = identity(target.key(), target.url, scope, settings.namespaces, owner)
+            state_file = StateFile(settings.state_file, setup, tuple(settings.histogram_buckets))
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
         server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready, web)

@@ -181,13 +181,20 @@ class Settings(BaseSettings):
     task_type_deny: str | None = Field(
         None, description="regex: task types fully matching it are exported as _other"
     )
+    max_task_types_per_namespace: int = Field(
+        100,
+        ge=0,
+        description="task_type values shown per namespace, in order of first sight; the rest are folded "
+        "into _other (0: no cap)",
+    )
     histogram_task_type: bool = Field(
         True, description="label mixpeek_task_completion_seconds by task_type; off sums types per namespace"
     )
     max_series_per_metric: int = Field(
         100_000,
         ge=0,
-        description="series one metric may expose; the rest are dropped and counted (0: no cap)",
+        description="samples one metric may expose (each bucket, _sum and _count of a histogram is one); "
+        "the rest are dropped and counted (0: no cap)",
     )
     demo: bool = Field(
         False,

@@ -33,7 +33,7 @@ from prometheus_client.samples import Exemplar as PromExemplar
 from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
-from exporter.views import View, view
+from exporter.views import Fold, View, view
 from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 TASKS = "mixpeek_tasks"
@@ -181,8 +181,8 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         f"{SERIES_DROPPED}_total",
         "counter",
         ("metric",),
-        "Series left out by MIXPEEK_MAX_SERIES_PER_METRIC, by metric, added up over each new poll result "
-        "rendered; a histogram's label set (its buckets, sum and count) counts as one series.",
+        "Samples left out by MIXPEEK_MAX_SERIES_PER_METRIC, by metric, added up over each new poll result "
+        "rendered; each bucket, _sum and _count of a histogram is one (its label sets are dropped whole).",
     ),
     (
         BUILD_INFO,
@@ -227,9 +227,6 @@ class Snapshot:
     """(namespace, resource) -> (mode, reason)."""
 
 
-Fold = Callable[[NamespaceState], Callable[[str], str]]
-
-
 def keep_all(state: NamespaceState) -> Callable[[str], str]:
     return lambda group: group
 
@@ -255,6 +252,8 @@ class Part:
     namespace: str
     source: object
     rows: Callable[[], Sequence[Row]]
+    width: int = 1
+    """Samples a row makes: 1, or a histogram's buckets (+Inf included), _sum and _count."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +289,8 @@ class SnapshotCollector(Collector):
     `bucket_fold` and `task_type_fold` rename groups (e.g. to `_other`) before series are made, so
     folded values add up and no counter is lost; `histogram_task_type=False` merges the task
     completion histograms of every task type per namespace and status; `max_series` (0: no cap) keeps
-    the first series of each family in exposition order and counts the rest in
-    mixpeek_exporter_series_dropped_total, once per snapshot.
+    the first samples of each family in exposition order, a histogram's label set whole or not at all,
+    and counts the samples left out in mixpeek_exporter_series_dropped_total, once per snapshot.
     """
 
     def __init__(
@@ -349,10 +348,11 @@ class SnapshotCollector(Collector):
                 if not self._max_series:
                     shown.append((part, None))
                     continue
+                # Whole rows (a histogram's label set is kept or dropped whole), counted in samples.
                 count = size(family, part)
-                keep = min(count, room)
-                room -= keep
-                lost += count - keep
+                keep = min(count, room // part.width)
+                room = room - keep * part.width if keep == count else 0
+                lost += (count - keep) * part.width
                 if keep:
                     shown.append((part, None if keep == count else keep))
             layout.append((family, shown))
@@ -449,11 +449,16 @@ def _parts(
     views: Mapping[str, LazyView],
     rows: Rows,
     labels: tuple[str, ...] = (),
+    *,
+    histogram: bool = False,
 ) -> tuple[Part, ...]:
     def of(namespace: str) -> list[Row]:
         return rows(namespace, views[namespace](), labels)
 
-    return tuple(Part(namespace, state, partial(of, namespace)) for namespace, state in items)
+    return tuple(
+        Part(namespace, state, partial(of, namespace), _histogram_width(state.buckets) if histogram else 1)
+        for namespace, state in items
+    )
 
 
 def _ordered(labels: tuple[str, ...], namespace: str, status: str, group: str) -> tuple[str, ...]:
@@ -533,7 +538,7 @@ def _completion_family(
             for status in TERMINAL_STATUSES
         ]
 
-    return Family(name, "histogram", labels, _parts(items, views, rows, labels))
+    return Family(name, "histogram", labels, _parts(items, views, rows, labels, histogram=True))
 
 
 def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
@@ -559,7 +564,10 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
     def of_health(
         name: str, kind: str, labels: tuple[str, ...], rows: Callable[[str, NamespaceHealth], list[Row]]
     ) -> Family:
-        parts = tuple(Part(ns, h, partial(rows, ns, h)) for ns, h in health)
+        def width(h: NamespaceHealth) -> int:
+            return _histogram_width(h.poll_durations.bounds) if kind == "histogram" else 1
+
+        parts = tuple(Part(ns, h, partial(rows, ns, h), width(h)) for ns, h in health)
         return Family(name, kind, labels, parts)
 
     def of_state(name: str, rows: Callable[[str, NamespaceState], list[Row]]) -> Family:
@@ -666,6 +674,11 @@ def _dropped_rows(totals: tuple[tuple[str, int], ...]) -> list[Row]:
     return [((_EXPOSED[name],), count, None) for name, count in totals]
 
 
+def _histogram_width(bounds: Sequence[float]) -> int:
+    """A histogram's samples: its bounds and +Inf, _sum, _count."""
+    return len(bounds) + 3
+
+
 def _histogram_row(labels: tuple[str, ...], histogram: Histogram) -> Row:
     return (labels, histogram.total, _buckets(histogram))
 
@@ -693,10 +706,12 @@ def series_count(
     histogram_task_type: bool = True,
     batch_buckets: int = 0,
     active_batches: int | None = None,
+    max_task_types: int = 0,
 ) -> dict[str, int]:
     """Series (sample lines) of each family that grows with the setup, as the README's formula says.
 
-    Per namespace: `task_types` task types seen (after folding), `statuses` statuses (the 8 zero-filled
+    Per namespace: `task_types` task types seen (after allow/deny; `max_task_types`, when not 0, shows
+    at most that many and `_other`), `statuses` statuses (the 8 zero-filled
     ones plus any other seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
     +Inf, plus _sum and _count), `batch_buckets` bucket_id values shown (0 without batches). `active`
     and `active_batches` count the non-terminal (status, group) pairs that have items now, summed over
@@ -704,6 +719,8 @@ def series_count(
     reason, API requests by code, state writes) and the fixed ones (build info, series dropped) are not
     counted.
     """
+    if max_task_types and task_types > max_task_types:
+        task_types = max_task_types + 1
     histogram = buckets + 3
     terminal = len(TERMINAL_STATUSES)
     active_statuses = statuses - terminal

@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
 import structlog
+from pydantic import SecretStr
 
 from exporter.histogram import Histogram
-from exporter.state import Key, NamespaceState, Row, restore
+from exporter.sharding import NamespaceFilter
+from exporter.state import Key, NamespaceState, restore
 
 FORMAT = "mixpeek-exporter-state/2"
 """One JSON document a line, written and read a line at a time: a million tasks never sit in memory as
 one document (version 1 did, and cost several times the state to save or load). It goes:
 
-    {"format": FORMAT, "identity": ...}
+    {"format": FORMAT, "identity": {part: value, ...}}            see identity()
     {"type": "state", "kind": "tasks" or "batches", "namespace": ..., ..., "gone": G, "tasks": N}
     [[item_id, when], ...]                                        G gone items, up to CHUNK a line
     [[item_id, [status, group], first_seen, created_at, finished], ...]   N rows, up to CHUNK a line
@@ -35,16 +38,46 @@ one document (version 1 did, and cost several times the state to save or load). 
 
 The counts make a file cut anywhere show as damaged."""
 FORMAT_1 = "mixpeek-exporter-state/1"
-"""A single JSON document; still read, never written."""
+"""A single JSON document, written before files were bound to an API key: recognised, never restored."""
+MAX_HEAD = 64 * 1024
+"""Bytes read of the first line: a format 1 file is all one line, possibly of hundreds of MB."""
 CHUNK = 1000
 """Items a line: a chunk is encoded or decoded whole, so this bounds the memory a save or a load adds."""
 
 T = TypeVar("T")
 Kind = Literal["tasks", "batches"]
+Identity = Mapping[str, str]
+_KEY_SALT = b"mixpeek-exporter state file identity\x00"
+"""Hashed before the key, so that the file holds no bare hash of it to look up or compare elsewhere."""
+
+
+def identity(
+    key: SecretStr, url: str, scope: str, namespaces: Sequence[str], owner: NamespaceFilter
+) -> Identity:
+    """What a state file is for: the API key (a salted, truncated hash; never the key), the API, the scope
+    and the namespaces polled. Counters restored into another setup would be someone else's, and every
+    task already finished there would count as a new transition at the first poll (a spike of FAILED)."""
+    fingerprint = hashlib.sha256(_KEY_SALT + key.get_secret_value().encode()).hexdigest()[:16]
+    return {
+        "api_key": fingerprint,
+        "url": url,
+        "scope": scope,
+        "namespaces": ",".join(sorted(set(namespaces))) or "discover",
+        "namespace_filter": f"shard {owner.shard} of {owner.total_shards}, "
+        f"allow {owner.allow!r}, deny {owner.deny!r}",
+    }
 
 
 class StateFileError(Exception):
-    """The file is not one of ours, is for another API or scope, or is damaged."""
+    """The file is not one of ours, is for another setup, or is damaged."""
+
+
+class ForeignStateFile(StateFileError):
+    """The file was written for another setup: `parts` names what differs (the key's hash is not shown)."""
+
+    def __init__(self, parts: Sequence[str], detail: str) -> None:
+        super().__init__(detail)
+        self.parts = tuple(parts)
 
 
 States = Mapping[str, NamespaceState]
@@ -77,13 +110,13 @@ _GONE = msgspec.json.Decoder(list[tuple[str, float]])
 _ROWS = msgspec.json.Decoder(list[tuple[str, tuple[str, str], float, float | None, bool]])
 
 
-def encode(tasks: States, batches: States, identity: str) -> Iterator[bytes]:
+def encode(tasks: States, batches: States, identity: Identity) -> Iterator[bytes]:
     """The file, a line at a time."""
     kinds: dict[Kind, States] = {"tasks": tasks, "batches": batches}
     polled = [
         (k, name, state) for k, states in kinds.items() for name, state in states.items() if state.polled_at
     ]
-    yield _line({"format": FORMAT, "identity": identity})
+    yield _line({"format": FORMAT, "identity": dict(identity)})
     for kind, name, state in polled:
         yield from _encode_state(kind, name, state)
     yield _line(_End(len(polled)))
@@ -114,22 +147,35 @@ def _line(value: Any) -> bytes:
     return _ENCODER.encode(value) + b"\n"
 
 
-def decode(lines: Iterable[bytes], identity: str, buckets: tuple[float, ...]) -> tuple[States, States]:
+def decode(lines: Iterable[bytes], identity: Identity, buckets: tuple[float, ...]) -> tuple[States, States]:
     """(task states, batch states) by namespace, from the file's lines (an open binary file will do)."""
     lines = iter(lines)
     try:
-        head = json.loads(next(lines, b""))  # all of a version 1 file, which is a single line
+        head = json.loads(next(lines, b""))
         if not isinstance(head, dict) or head.get("format") not in (FORMAT, FORMAT_1):
             raise StateFileError("not a mixpeek-exporter state file")
-        if head.get("identity") != identity:
-            raise StateFileError(f"written for {head.get('identity')!r}, not {identity!r}")
-        if head["format"] == FORMAT_1:
-            return _decode_1(head, buckets)
+        _check_identity(head, identity)
         return _decode_2(lines, buckets)
     except StateFileError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:  # msgspec's errors are ValueErrors
         raise StateFileError(f"damaged: {type(exc).__name__}: {exc}") from None
+
+
+def _check_identity(head: dict[str, Any], expected: Identity) -> None:
+    saved = head.get("identity")
+    if head["format"] == FORMAT_1 or not isinstance(saved, dict):  # bound to "url|scope" only
+        raise ForeignStateFile(
+            list(expected),
+            "written by an earlier version, which recorded neither API key nor namespaces",
+        )
+    differs = [part for part, value in expected.items() if saved.get(part) != value]
+    if differs:
+        shown = (
+            "another API key" if part == "api_key" else f"{part} {saved.get(part)!r}, now {expected[part]!r}"
+            for part in differs
+        )
+        raise ForeignStateFile(differs, "written for " + "; ".join(shown))
 
 
 def _decode_2(lines: Iterator[bytes], buckets: tuple[float, ...]) -> tuple[States, States]:
@@ -184,36 +230,6 @@ def _histograms(
     return completions
 
 
-def _decode_1(body: dict[str, Any], buckets: tuple[float, ...]) -> tuple[States, States]:
-    tasks = {name: _decode_state_1(raw, buckets) for name, raw in body["namespaces"].items()}
-    batches = {name: _decode_state_1(raw, buckets) for name, raw in body["batches"].items()}
-    return tasks, batches
-
-
-def _decode_state_1(raw: dict[str, Any], buckets: tuple[float, ...]) -> NamespaceState:
-    return restore(
-        buckets=buckets,
-        polled_at=float(raw["polled_at"]),
-        tasks=_rows_1(raw["tasks"]),
-        gone={str(item_id): float(when) for item_id, when in raw["gone"]},
-        groups=tuple(map(str, raw["groups"])),
-        statuses=tuple(map(str, raw["statuses"])),
-        transitions={(str(s), str(g)): int(n) for s, g, n in raw["transitions"]},
-        completions=_histograms(raw["completions"], raw["buckets"], buckets),
-        tallies={tuple(map(str, row[:-1])): int(row[-1]) for row in raw["tallies"]},
-    )
-
-
-def _rows_1(raw: list[Any]) -> Iterator[Row]:
-    """The task rows, checked, one at a time: a million of them are not worth a second list."""
-    for item_id, status, group, first, created, finished in raw:
-        yield str(item_id), (str(status), str(group)), float(first), _opt(created), bool(finished)
-
-
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 Saved = Callable[[States, States], None]
 
 
@@ -223,7 +239,7 @@ class StateFile:
     def __init__(
         self,
         path: Path,
-        identity: str,
+        identity: Identity,
         buckets: tuple[float, ...],
         *,
         logger: structlog.typing.FilteringBoundLogger | None = None,
@@ -242,12 +258,24 @@ class StateFile:
         foreign or damaged."""
         try:
             with open(self.path, "rb") as lines:
-                tasks, batches = decode(lines, self._identity, self._buckets)
+                head = lines.readline(MAX_HEAD)
+                if len(head) == MAX_HEAD and not head.endswith(b"\n"):
+                    detail = f"a first line over {MAX_HEAD} bytes, as in an earlier version's file (format 1)"
+                    raise ForeignStateFile(list(self._identity), detail)
+                tasks, batches = decode(chain([head], lines), self._identity, self._buckets)
         except FileNotFoundError:
             self._log.info("no state file yet; the first poll is a baseline", path=str(self.path))
             return {}, {}
         except OSError as exc:
             self._log.error("state file unreadable; starting afresh", path=str(self.path), error=str(exc))
+            return {}, {}
+        except ForeignStateFile as exc:
+            self._log.warning(
+                "state file is for another setup; starting afresh",
+                path=str(self.path),
+                differs=",".join(exc.parts),
+                detail=str(exc),
+            )
             return {}, {}
         except StateFileError as exc:
             self._log.error("state file ignored; starting afresh", path=str(self.path), error=str(exc))

@@ -10,11 +10,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 
 from exporter.histogram import Histogram, merged
 from exporter.state import Key, NamespaceState
 
 OTHER = "_other"
+
+Fold = Callable[[NamespaceState], Callable[[str], str]]
+"""Given a namespace's state, how to rename each of its groups on the way out."""
 
 
 @dataclass(frozen=True)
@@ -34,17 +38,21 @@ class View:
         return self.completions.get(key) or Histogram.empty(self.buckets)
 
 
-def capped(limit: int) -> Callable[[NamespaceState], Callable[[str], str]]:
-    """Keep the first `limit` groups seen in each namespace; fold the rest into `_other`."""
+def capped(limit: int, within: Fold | None = None) -> Fold:
+    """Keep the first `limit` groups seen in each namespace (of those `within` shows, when given); fold
+    the rest into `_other`. The state keeps its groups in order of first sight and never forgets one, so
+    the groups kept are the same from one scrape to the next; the others add up in `_other`, never lost."""
 
     def fold_for(state: NamespaceState) -> Callable[[str], str]:
-        kept = set(state.groups[:limit])
+        shown = within(state) if within is not None else None
+        candidates = state.groups if shown is None else (g for g in state.groups if shown(g) != OTHER)
+        kept = set(islice(candidates, limit))
         return lambda group: group if group in kept else OTHER
 
     return fold_for
 
 
-def task_type_filter(allow: str | None, deny: str | None) -> Callable[[NamespaceState], Callable[[str], str]]:
+def task_type_filter(allow: str | None, deny: str | None) -> Fold:
     """Show the groups `allow` fully matches (all when None) and `deny` does not; fold the rest into
     `_other`, so their tasks and transitions still add up in every total."""
     allowed = re.compile(allow) if allow is not None else None

@@ -31,7 +31,7 @@ from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.simulator import FakeClock
-from exporter.statefile import StateFile
+from exporter.statefile import StateFile, identity
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -142,7 +142,10 @@ def build_exporter(
         reconcile_every=reconcile_every,
         reprobe_after=reprobe_after,
     )
-    store = StateFile(state_file, f"{url}|namespace", DEFAULT_BUCKETS) if state_file else None
+    store = None
+    if state_file is not None:
+        setup = identity(keys(), url, plan.scope.value, namespaces, namespace_filter)
+        store = StateFile(state_file, setup, DEFAULT_BUCKETS)
     poller = Poller(client, plan, clock=clock, state_file=store)
     collector = SnapshotCollector(
         lambda: poller.snapshot,

@@ -4,13 +4,15 @@ histogram without task_type, the per-metric series cap; and the README's series 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Exporter, Series, select
+from support import Exporter, Series, parse_exposition, select
 
+from exporter.cli import build_exposition
+from exporter.config import load_settings
 from exporter.metrics import series_count
 from exporter.simulator import FakeClock, SimulatorServer, World
 from exporter.views import OTHER, task_type_filter
@@ -143,7 +145,8 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
     assert len(lines_of(whole.exposition(), "mixpeek_tasks")) == 48
     dropped = by_metric(capped.scrape())
     assert dropped["mixpeek_tasks"] == 48 - 40
-    assert set(dropped.values()) == {0, 8}  # 24 counters and 24 histograms fit
+    assert dropped[COMPLETION] == (24 - 2) * 17  # 2 of 24 histograms of 17 samples fit
+    assert set(dropped.values()) == {0, 8, 374}  # the 24 counters fit
     # The same snapshot, rendered again here or by the cached exposition, is not counted again.
     served = b"".join(capped.served.respond(None, None).body).decode()
     assert by_metric(capped.scrape())["mixpeek_tasks"] == 56
@@ -156,23 +159,24 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
         {
             "event": "series cap reached: dropping series",
             "log_level": "warning",
-            "metric": "mixpeek_tasks",
+            "metric": metric,
             "max_series_per_metric": 40,
-            "dropped": 56,
+            "dropped": dropped,
         }
+        for metric, dropped in ((COMPLETION, 374), ("mixpeek_tasks", 56))
     ]
 
 
-async def test_a_histogram_label_set_counts_as_one_series(
+async def test_the_cap_counts_each_sample_of_a_histogram_and_keeps_a_label_set_whole(
     world: World, api: SimulatorServer, make_exporter: MakeExporter
 ) -> None:
     for kind in ("thumbnail", "engine_cluster_build", "api_taxonomies_execute"):
         world.create_task("prod", kind, "PROCESSING")
-    capped = make_exporter(api, namespaces=("prod",), max_series=10)
+    capped = make_exporter(api, namespaces=("prod",), max_series=3 * 17 + 5)
     await capped.poll()
     series = capped.scrape()
     label_sets = {labels for name, labels in series if name == f"{COMPLETION}_count"}
-    assert len(label_sets) == 10  # of 3 task types x 4 terminal statuses
+    assert len(label_sets) == 3  # of 3 task types x 4 terminal statuses, 17 samples each
     # Each kept whole: its 15 buckets, its sum and its count.
     buckets = Counter(
         frozenset(label for label in labels if label[0] != "le")
@@ -181,8 +185,10 @@ async def test_a_histogram_label_set_counts_as_one_series(
     )
     assert set(buckets) == label_sets and set(buckets.values()) == {15}
     assert {labels for name, labels in series if name == f"{COMPLETION}_sum"} == label_sets
-    assert by_metric(series)[COMPLETION] == 2
-    assert by_metric(series)["mixpeek_tasks"] == 3 * 8 - 10
+    assert by_metric(series)[COMPLETION] == 9 * 17
+    assert by_metric(series)["mixpeek_tasks"] == 0  # its 24 samples fit under 56
+    histogram_samples = [n for n, _ in series if n.startswith(COMPLETION)]
+    assert len(histogram_samples) == 3 * 17 <= 56
 
 
 def by_metric(series: Series) -> dict[str, float]:
@@ -246,3 +252,85 @@ async def test_the_series_formula_counts_a_real_scrape(
     sizes = family_sizes(exporter.exposition())
     assert {name: sizes[name] for name in expected} == expected
     assert expected["mixpeek_task_completion_seconds"] == 3 * (4 if histogram_task_type else 1) * 4 * 17
+
+
+def default_exposition(exporter: Exporter, **settings: Any) -> str:
+    """What /metrics serves with the default settings (but `settings`), wired as cli.serve wires it."""
+    served = build_exposition(load_settings(api_key="sk_cardinality", **settings), exporter.poller)
+    return b"".join(served.respond(None, None).body).decode()
+
+
+def shown_types(series: Series, namespace: str) -> set[str]:
+    return {dict(labels)["task_type"] for labels in select(series, "mixpeek_tasks", namespace=namespace)}
+
+
+async def test_thousands_of_task_types_stay_bounded_by_default_and_every_count_is_kept(
+    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+) -> None:
+    types = 2_500
+    now = clock()
+    watched = world.create_tasks("prod", ((f"type_{i:04d}", "PROCESSING", now - i) for i in range(types)))
+    world.create_tasks("prod", ((f"type_{i:04d}", "PROCESSING", now - i) for i in range(0, types, 2)))
+    world.create_tasks("staging", ((kind, "PENDING", now) for kind in KINDS))
+    exporter = make_exporter(api, namespaces=("prod", "staging"))
+    await exporter.poll()
+    first_seen = exporter.poller.snapshot.namespaces["prod"].groups[:100]
+    clock.advance(60)
+    for task_id in watched[::2]:
+        world.set_status(task_id, "FAILED")
+    for task_id in watched[1::2]:
+        world.set_status(task_id, "COMPLETED")
+    # Newer task types, listed first (newest first) from now on, must not push out those already shown.
+    world.create_tasks("prod", ((f"late_{i:03d}", "PENDING", clock()) for i in range(300)))
+    await exporter.poll()
+
+    text = default_exposition(exporter)
+    series = parse_exposition(text)
+    assert shown_types(series, "prod") == {*first_seen, OTHER}
+    assert shown_types(series, "staging") == set(KINDS)  # a namespace under the cap is untouched
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    # At most 100 task types and _other in prod, the 4 of staging, and the exporter's own few dozen.
+    prod = series_count(1, types + 300, max_task_types=100)
+    assert prod == series_count(1, 101)
+    bound = sum(prod.values()) + sum(series_count(1, len(KINDS), max_task_types=100).values()) + 100
+    assert len(samples) <= bound < 11_000  # the 2,800 task types unfolded: about 250,000
+    assert set(by_metric(series).values()) == {0}  # under the series cap: nothing dropped
+
+    # Every count is in some series: the totals by status are those of the API and of the state.
+    listed = Counter(task.status for task in world.tasks("prod"))
+    assert nonzero(totals(series, "mixpeek_tasks", "namespace", "status")) == {
+        **{("prod", status): n for status, n in listed.items()},
+        ("staging", "PENDING"): len(KINDS),
+    }
+    transitions = totals(series, "mixpeek_task_terminal_transitions_total", "namespace", "status")
+    assert nonzero(transitions) == {("prod", "FAILED"): 1_250, ("prod", "COMPLETED"): 1_250}
+    expected: Counter[tuple[str, ...]] = Counter()
+    for (status, _), histogram in exporter.poller.snapshot.namespaces["prod"].completions.items():
+        for le, count, _ in histogram.cumulative():
+            expected[("prod", status, le)] += count
+    assert expected[("prod", "FAILED", "+Inf")] == 1_250
+    assert nonzero(totals(series, f"{COMPLETION}_bucket", "namespace", "status", "le")) == nonzero(expected)
+    kept_failed = [kind for kind in first_seen if int(kind.removeprefix("type_")) % 2 == 0]
+    other = select(series, f"{COMPLETION}_count", namespace="prod", status="FAILED", task_type=OTHER)
+    assert list(other.values()) == [1_250 - len(kept_failed)]
+
+
+def nonzero(values: Mapping[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    return {key: value for key, value in values.items() if value}
+
+
+async def test_the_task_type_cap_counts_only_the_types_allow_and_deny_show(
+    world: World, api: SimulatorServer, make_exporter: MakeExporter
+) -> None:
+    for kind, n in KINDS.items():
+        for _ in range(n):
+            world.create_task("prod", kind, "PROCESSING")
+    exporter = make_exporter(api, namespaces=("prod",))
+    await exporter.poll()
+    allow = {"task_type_allow": "thumbnail|engine_.*", "task_type_deny": "engine_cluster_build"}
+    one = parse_exposition(default_exposition(exporter, max_task_types_per_namespace=1, **allow))
+    assert len(shown_types(one, "prod") - {OTHER}) == 1
+    assert shown_types(one, "prod") <= {"thumbnail", "engine_feature_extract", OTHER}
+    assert sum(select(one, "mixpeek_tasks", status="PROCESSING").values()) == sum(KINDS.values())
+    unbounded = parse_exposition(default_exposition(exporter, max_task_types_per_namespace=0))
+    assert shown_types(unbounded, "prod") == set(KINDS)

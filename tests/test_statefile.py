@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from support import Exporter
 
 from exporter.config import DEFAULT_BUCKETS
+from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.simulator import FakeClock, SimulatorServer, World
-from exporter.statefile import CHUNK, FORMAT, StateFile
+from exporter.statefile import CHUNK, FORMAT, StateFile, identity
 
 MakeExporter = Callable[..., Exporter]
+SETUP = identity(SecretStr("sk_unit"), "https://api.example", "namespace", ("prod",), ALL_NAMESPACES)
 FAILED = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
 COMPLETED = {"namespace": "prod", "status": "COMPLETED", "task_type": "thumbnail"}
 TRANSITIONS = "mixpeek_task_terminal_transitions_total"
@@ -89,7 +93,6 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
         "garbled state": whole.replace(state, state.replace(b'"polled_at":', b'"polled_at":"x","was":')),
         "not json": b"\x00\x01garbage",
         "other program": b'{"format":"something-else/1"}\n',
-        "another API": whole.replace(b'"identity":"', b'"identity":"https://elsewhere.example|'),
     }
     for name, content in damaged.items():
         path.write_bytes(content)
@@ -129,10 +132,10 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PENDING", "t")], 0.0)
     state = observe(state, [Task("a", "FAILED", "t")], 30.0)
     path = tmp_path / "state.json"
-    StateFile(path, "id", DEFAULT_BUCKETS).save({"prod": state}, {})
-    same = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
+    StateFile(path, SETUP, DEFAULT_BUCKETS).save({"prod": state}, {})
+    same = StateFile(path, SETUP, DEFAULT_BUCKETS).load()[0]["prod"]
     assert same.transitions == {("FAILED", "t"): 1} and same.completion(("FAILED", "t")).count == 1
-    other = StateFile(path, "id", (1.0, 2.0)).load()[0]["prod"]
+    other = StateFile(path, SETUP, (1.0, 2.0)).load()[0]["prod"]
     assert other.transitions == {("FAILED", "t"): 1} and other.completion(("FAILED", "t")).count == 0
     assert other.counts == {("FAILED", "t"): 1}
 
@@ -153,12 +156,12 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
     batches = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("b", "PROCESSING", "small")], 5.0)
     assert tasks.gone == {"p1": 60.0} and len(tasks.tasks) > 2 * CHUNK  # rows span several lines
     path = tmp_path / "state.json"
-    StateFile(path, "id", DEFAULT_BUCKETS).save(
+    StateFile(path, SETUP, DEFAULT_BUCKETS).save(
         {"prod": tasks, "unpolled": NamespaceState(DEFAULT_BUCKETS)}, {"prod": batches}
     )
     assert json.loads(path.read_bytes().splitlines()[0])["format"] == FORMAT
 
-    loaded_tasks, loaded_batches = StateFile(path, "id", DEFAULT_BUCKETS).load()
+    loaded_tasks, loaded_batches = StateFile(path, SETUP, DEFAULT_BUCKETS).load()
     assert list(loaded_tasks) == ["prod"] and list(loaded_batches) == ["prod"]
     for before, after in ((tasks, loaded_tasks["prod"]), (batches, loaded_batches["prod"])):
         assert sorted(after.rows()) == sorted(before.rows())
@@ -181,42 +184,175 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
         assert after.completions.keys() == before.completions.keys()
 
 
-def test_files_of_earlier_versions_load(tmp_path: Path) -> None:
-    # Version 1: one JSON document; each row in full, a finished one with its first sight.
-    counts = [0] * (len(DEFAULT_BUCKETS) + 1)
-    counts[2] = 1
-    prod = {
-        "polled_at": 30.0,
-        "buckets": list(DEFAULT_BUCKETS),
-        "groups": ["t"],
-        "statuses": ["PENDING", "COMPLETED", "FAILED"],
-        "tasks": [["b", "COMPLETED", "t", 0.0, None, True], ["a", "PENDING", "t", 0.0, 5.0, False]],
-        "gone": [["c", 20.0]],
-        "transitions": [["FAILED", "t", 1]],
-        "completions": [["FAILED", "t", counts, 12.5]],
-        "tallies": [["t", "failed", 3]],
+def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    """Bound to "url|scope" only, they may be another key's: a baseline is the safe side."""
+    prod = {"polled_at": 30.0, "tasks": [["a", "PENDING", "t", 0.0, 5.0, False]], "gone": []}
+    version_1 = {"format": "mixpeek-exporter-state/1", "identity": "https://api.example|namespace"}
+    files = {
+        "format 1": json.dumps({**version_1, "namespaces": {"prod": prod}, "batches": {}}).encode(),
+        "format 1, large": json.dumps(
+            {**version_1, "namespaces": {"prod": prod}, "pad": "x" * 70_000}
+        ).encode(),
+        "format 2": json.dumps({"format": FORMAT, "identity": "https://api.example|namespace"}).encode()
+        + b'\n{"type":"end","states":0}\n',
     }
     path = tmp_path / "state.json"
-    path.write_text(
-        json.dumps(
-            {
-                "format": "mixpeek-exporter-state/1",
-                "identity": "id",
-                "namespaces": {"prod": prod},
-                "batches": {},
-            }
-        )
-    )
-    old = StateFile(path, "id", DEFAULT_BUCKETS).load()[0]["prod"]
-    assert sorted(old.rows()) == [
-        ("a", ("PENDING", "t"), 0.0, 5.0, False),
-        ("b", ("COMPLETED", "t"), 30.0, None, True),
-    ]
-    assert old.counts == {("PENDING", "t"): 1, ("COMPLETED", "t"): 1}
-    assert old.oldest_active == {("PENDING", "t"): 5.0}
-    assert old.gone == {"c": 20.0} and old.tallies == {("t", "failed"): 3}
-    assert old.transitions == {("FAILED", "t"): 1}
-    assert (
-        old.completion(("FAILED", "t")).counts == tuple(counts)
-        and old.completion(("FAILED", "t")).total == 12.5
-    )
+    for name, content in files.items():
+        path.write_bytes(content)
+        logs.clear()
+        assert StateFile(path, SETUP, DEFAULT_BUCKETS).load() == ({}, {}), name
+        assert foreign(logs) == [",".join(SETUP)], name
+        assert [e["log_level"] for e in logs] == ["warning"], name
+        assert ("first line over" in logs[0]["detail"]) == name.endswith("large")  # not parsed whole
+
+
+KEY_A = "sk_org_a_0123456789abcdef"
+KEY_B = "sk_org_b_fedcba9876543210"
+
+
+def foreign(logs: list[dict[str, Any]]) -> list[str]:
+    """The parts named by each "state file is for another setup" line."""
+    return [e["differs"] for e in logs if e["event"] == "state file is for another setup; starting afresh"]
+
+
+def terminal_total(exporter: Exporter) -> float:
+    return exporter.total(TRANSITIONS)
+
+
+async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored(
+    clock: FakeClock, make_exporter: MakeExporter, tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "state.json"
+    ours = World(clock=clock, seed=1)
+    ours.add_namespace("prod")
+    watched = ours.create_task("prod", "thumbnail", status="PROCESSING")
+    with SimulatorServer(ours, api_key=KEY_A) as api:
+        port = int(api.url.rsplit(":", 1)[1])
+        first = make_exporter(api, key=KEY_A, namespaces=("prod",), state_file=path)
+        await first.poll()
+        ours.set_status(watched, "FAILED")
+        clock.advance(30)
+        await first.poll()
+        await first.poller.flush()
+        saved = path.read_bytes()
+        assert first.value(TRANSITIONS, **FAILED) == 1
+
+        # The same key: restored, counters carry on before any poll.
+        logs.clear()
+        again = make_exporter(api, key=KEY_A, namespaces=("prod",), state_file=path)
+        assert again.value(TRANSITIONS, **FAILED) == 1
+        assert foreign(logs) == []
+
+    # Another organisation behind the same URL: 200 tasks already FAILED there, none of which is news.
+    theirs = World(clock=clock, seed=2)
+    theirs.add_namespace("prod")
+    for _ in range(200):
+        theirs.create_task("prod", "thumbnail", status="FAILED")
+    path.write_bytes(saved)
+    logs.clear()
+    with SimulatorServer(theirs, api_key=KEY_B, port=port) as api:
+        other = make_exporter(api, key=KEY_B, namespaces=("prod",), state_file=path)
+        assert terminal_total(other) == 0  # nothing of the file is served
+        await other.poll()
+        assert other.value("mixpeek_up", namespace="prod") == 1
+        assert other.value("mixpeek_tasks", **FAILED) == 200
+        assert terminal_total(other) == 0  # a baseline, not 200 new FAILED
+        await other.poller.flush()
+    assert foreign(logs) == ["api_key"]
+    everything = repr(logs) + path.read_text()
+    assert KEY_A not in everything and KEY_B not in everything
+
+
+async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored(
+    clock: FakeClock,
+    world: World,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    tmp_path: Path,
+    logs: list[dict[str, Any]],
+) -> None:
+    path = tmp_path / "state.json"
+    watched = world.create_task("prod", "thumbnail", status="PROCESSING")
+    first = make_exporter(api, namespaces=("prod", "staging"), state_file=path)
+    await first.poll()
+    world.set_status(watched, "FAILED")
+    clock.advance(30)
+    await first.poll()
+    await first.poller.flush()
+    saved = path.read_bytes()
+
+    # The same namespaces in another order: the same setup.
+    logs.clear()
+    same = make_exporter(api, namespaces=("staging", "prod"), state_file=path)
+    assert same.value(TRANSITIONS, **FAILED) == 1 and foreign(logs) == []
+
+    others = {
+        "namespaces": {"namespaces": ("prod",)},
+        "namespace_filter": {
+            "namespaces": ("prod", "staging"),
+            "namespace_filter": NamespaceFilter(allow="prod|staging"),
+        },
+        "scope": {"namespaces": ("prod", "staging"), "organization": True},
+    }
+    for part, options in others.items():
+        path.write_bytes(saved)
+        logs.clear()
+        exporter = make_exporter(api, state_file=path, **options)
+        assert terminal_total(exporter) == 0, part  # nothing of the file is served
+        assert foreign(logs) == [part]
+        if part != "scope":  # the simulator answers organization-wide listings only when told to
+            await exporter.poll()
+            assert exporter.value("mixpeek_up", namespace="prod") == 1
+            assert exporter.value(TRANSITIONS, **FAILED) == 0, part  # a baseline: not carried on
+
+
+def test_the_key_is_never_in_the_file_nor_its_bare_hash(tmp_path: Path) -> None:
+    from exporter.api import Task
+    from exporter.state import NamespaceState, observe
+
+    state = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "FAILED", "t")], 30.0)
+    setup = identity(SecretStr(KEY_A), "https://api.example", "namespace", (), ALL_NAMESPACES)
+    path = tmp_path / "state.json"
+    StateFile(path, setup, DEFAULT_BUCKETS).save({"prod": state}, {})
+    written = path.read_bytes()
+    bare = hashlib.sha256(KEY_A.encode()).hexdigest()
+    assert KEY_A.encode() not in written
+    assert bare[:16].encode() not in written and bare.encode() not in written
+    assert setup["api_key"].encode() in written  # the salted fingerprint is what binds the file
+    assert StateFile(path, setup, DEFAULT_BUCKETS).load()[0]["prod"].counts == {("FAILED", "t"): 1}
+
+
+def test_each_part_of_the_identity_is_told_apart_and_named(
+    tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    def setup(key: str = KEY_A, **changes: Any) -> dict[str, str]:
+        parts: dict[str, Any] = {
+            "url": "https://api.example",
+            "scope": "namespace",
+            "namespaces": ("prod",),
+            "owner": ALL_NAMESPACES,
+        }
+        parts.update(changes)
+        return dict(identity(SecretStr(key), **parts))
+
+    path = tmp_path / "state.json"
+    StateFile(path, setup(), DEFAULT_BUCKETS).save({}, {})
+    variants = {
+        "api_key": setup(KEY_B),
+        "url": setup(url="https://other.example"),
+        "scope": setup(scope="organization"),
+        "namespaces": setup(namespaces=()),  # discovery
+        "namespace_filter": setup(owner=NamespaceFilter(shard=1, total_shards=2)),
+    }
+    assert len({json.dumps(v, sort_keys=True) for v in variants.values()} | {json.dumps(setup())}) == 6
+    for part, other in variants.items():
+        logs.clear()
+        assert StateFile(path, other, DEFAULT_BUCKETS).load() == ({}, {})
+        assert foreign(logs) == [part]
+        assert KEY_A not in repr(logs) and KEY_B not in repr(logs)
+        assert setup()["api_key"] not in repr(logs)  # not even the fingerprint
+    # A file of an earlier version, bound to "url|scope" only, cannot be told to be ours.
+    path.write_text(json.dumps({"format": FORMAT, "identity": "https://api.example|namespace"}) + "\n")
+    logs.clear()
+    assert StateFile(path, setup(), DEFAULT_BUCKETS).load() == ({}, {})
+    assert foreign(logs) == [",".join(setup())]
