@@ -245,7 +245,13 @@ class _Server(ThreadingHTTPServer):
         return connection, address
 
     def _back_off(self, exc: OSError) -> None:
-        """The pending connection stays queued in the kernel; wait a growing while before trying again."""
+        """The pending connection stays queued in the kernel; wait a growing while before trying again.
+
+        Each failure also closes the connection that has waited longest for a request: when idle clients
+        hold the descriptors, that frees one for the next accept."""
+        with self._lock:
+            if self._waiting:
+                _shut(self._waiting.popitem(last=False)[0])
         if not self._backoff:
             _log.warning(
                 "cannot accept connections, backing off",

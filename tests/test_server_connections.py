@@ -169,6 +169,21 @@ def test_accept_backs_off_when_out_of_resources_then_serves_again(
     assert errno.errorcode[error] in str(logs[0]["error"])
 
 
+def test_out_of_descriptors_the_connection_idle_longest_is_closed_to_free_one() -> None:
+    class AfterTheFirst(FlakyAccept):
+        def __call__(self, listener: socket.socket) -> tuple[socket.socket, Any]:
+            self.calls += 1
+            if self.calls == 2:
+                raise OSError(errno.EMFILE, "injected")
+            return listener.accept()
+
+    with running(accept=AfterTheFirst(errno.EMFILE, 0), pause=lambda seconds: None) as server:
+        idle = kept_alive(server.port)
+        assert healthz(server.port) == (200, b"ok\n")
+        assert closed_by_server(idle.sock)
+        idle.close()
+
+
 def test_a_new_episode_of_accept_failures_starts_the_backoff_again() -> None:
     pauses: list[float] = []
 
