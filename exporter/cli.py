@@ -220,7 +220,15 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             state_file = StateFile(settings.state_file, setup, tuple(settings.histogram_buckets))
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
-        server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready, web)
+        server = MetricsServer(
+            host,
+            port,
+            build_exposition(settings, poller),
+            poller.ready,
+            web,
+            max_connections=settings.max_connections,
+            live=poller.alive,
+        )
         server.start()
         log.info(
             "serving",

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         None, description="file keeping counters and task state across restarts (e.g. on an emptyDir)"
     )
     listen: str = Field("0.0.0.0:9877", description="host:port of the HTTP server")
+    max_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="connections the HTTP server keeps open; past it, the one idle longest is closed",
+    )
     web_config_file: Path | None = Field(
         None,
         description="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit web config format",

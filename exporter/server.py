@@ -2,13 +2,21 @@
 
 Prometheus keeps its connection to a target open between scrapes, so a scrape here costs a request on a
 connection that already has its thread, not a new connection, a new thread and a close.
+
+Connections are capped (a thread each): at the cap, the connection that has waited longest for a request
+(kept alive, or one that never finished its request: slowloris) is closed to make room, so that a flood of
+slow clients cannot starve the kubelet's /healthz. Accept backs off when the process is out of file
+descriptors or memory instead of spinning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import socket
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from email.message import Message
 from http import HTTPStatus
@@ -48,6 +56,7 @@ def _plain(status: HTTPStatus, body: bytes, extra: list[tuple[str, str]] | None 
 
 # The replies that never change, made once.
 HEALTHY = _plain(HTTPStatus.OK, b"ok\n")
+NOT_LIVE = _plain(HTTPStatus.SERVICE_UNAVAILABLE, b"not live: the exporter has stopped polling\n")
 READY = _plain(HTTPStatus.OK, b"ready\n")
 NOT_READY = _plain(HTTPStatus.SERVICE_UNAVAILABLE, b"not ready: waiting for a first complete poll\n")
 NOT_FOUND = _plain(HTTPStatus.NOT_FOUND, b"not found\n")
@@ -68,11 +77,19 @@ _log = structlog.get_logger("exporter.server")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+def _always() -> bool:
+    return True
+
+
 def make_app(
-    metrics: Exposition | Collector, ready: Callable[[], bool], auth: BasicAuth | None = None
+    metrics: Exposition | Collector,
+    ready: Callable[[], bool],
+    auth: BasicAuth | None = None,
+    live: Callable[[], bool] = _always,
 ) -> App:
     """`metrics` is served at /metrics: an Exposition (cached), or any collector, rendered per scrape.
 
+    /healthz fails while `live()` is false, so that Kubernetes restarts a process that will not recover.
     A HEAD is answered as a GET (the server leaves the body out)."""
     exposition = metrics if isinstance(metrics, Exposition) else Exposition(fresh=metrics)
 
@@ -87,7 +104,7 @@ def make_app(
             response = exposition.respond(headers.get("Accept"), headers.get("Accept-Encoding"), query)
             return Reply(HTTPStatus.OK, response.headers, response.body)
         if path == "/healthz":
-            return HEALTHY
+            return HEALTHY if live() else NOT_LIVE
         if path == "/readyz":
             return READY if ready() else NOT_READY
         if path == "/":
@@ -116,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False  # http.server has answered
+        if not self.server.begin(self.connection):
+            self.close_connection = True  # closed to make room while its request came in
+            return False
         if self.command in ("GET", "HEAD"):
             return True  # on to do_GET or do_HEAD
         self.do_GET()  # the app's 405 (with Allow), where http.server would answer 501
@@ -131,7 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
             _log.error("request failed", path=self.path[:200], error=f"{type(exc).__name__}: {exc}")
             self.close_connection = True
             reply = SERVER_ERROR
-        self._send(reply)
+        try:
+            self._send(reply)
+        finally:
+            self.server.end(self.connection)
 
     do_HEAD = do_GET
 
@@ -153,16 +176,152 @@ class _Handler(BaseHTTPRequestHandler):
         """Access logs would drown the poll logs; Prometheus records scrape failures itself."""
 
 
+# accept() errors that say the process or the system is out of something: retrying at once would spin.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+BACKOFF_FIRST_SECONDS = 0.01
+BACKOFF_MAX_SECONDS = 1.0
+
+Accept = Callable[[socket.socket], tuple[socket.socket, Any]]
+
+
+def _accept(listener: socket.socket) -> tuple[socket.socket, Any]:
+    return listener.accept()
+
+
+def _shut(connection: socket.socket) -> None:
+    """Wake the connection's thread (its read returns end of file) so that it closes the connection.
+
+    The plain socket's shutdown, also for TLS: SSLSocket.shutdown would change the TLS object under the
+    thread that reads it."""
+    with contextlib.suppress(OSError):  # the client has gone already
+        socket.socket.shutdown(connection, socket.SHUT_RDWR)
+
+
 class _Server(ThreadingHTTPServer):
-    """One thread per connection (daemon threads), so a slow client never holds up another scrape."""
+    """One thread per connection (daemon threads), so a slow client never holds up another scrape.
+
+    At most `max_connections` connections are open. Each one either waits for a request (from its
+    accept, or since its last reply) or answers one; only a waiting one is closed to make room, the one
+    that has waited longest first. With every connection answering, a new one is closed at once: the
+    client may retry, where a queued connection would wait behind the slowest reply."""
 
     # socketserver's default backlog of 5 drops connections when many scrapers arrive at once.
     request_queue_size = 1024
 
-    def __init__(self, host: str, port: int, app: App) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: App,
+        max_connections: int,
+        *,
+        accept: Accept = _accept,
+        pause: Callable[[float], object] | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
+        self.max_connections = max_connections
+        self._accept = accept
+        self._stopping = threading.Event()
+        # Stop wakes a default pause: a server out of file descriptors still stops at once.
+        self._pause = pause or self._stopping.wait
+        self._backoff = 0.0
+        self._lock = threading.Lock()
+        self._waiting: OrderedDict[socket.socket, None] = OrderedDict()  # longest waiting first
+        self._answering: set[socket.socket] = set()
+        self._at_cap = False
         super().__init__((host, port), _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            connection, address = self._accept(self.socket)
+        except OSError as exc:
+            if exc.errno in OUT_OF_RESOURCES:
+                self._back_off(exc)
+            raise  # socketserver drops the attempt and selects again
+        if self._backoff:
+            _log.info("accepting connections again")
+            self._backoff = 0.0
+        return connection, address
+
+    def _back_off(self, exc: OSError) -> None:
+        """The pending connection stays queued in the kernel; wait a growing while before trying again.
+
+        Each failure also closes the connection that has waited longest for a request: when idle clients
+        hold the descriptors, that frees one for the next accept."""
+        with self._lock:
+            if self._waiting:
+                _shut(self._waiting.popitem(last=False)[0])
+        if not self._backoff:
+            _log.warning(
+                "cannot accept connections, backing off",
+                error=f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}",
+            )
+            self._backoff = BACKOFF_FIRST_SECONDS
+        else:
+            self._backoff = min(2 * self._backoff, BACKOFF_MAX_SECONDS)
+        self._pause(self._backoff)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Make room for the new connection, or refuse it (socketserver then closes it)."""
+        with self._lock:
+            open_ = len(self._waiting) + len(self._answering)
+            if open_ >= self.max_connections and self._waiting:
+                oldest, _ = self._waiting.popitem(last=False)
+                _shut(oldest)  # still open: a connection leaves the registry before it is closed
+                open_ -= 1
+            accepted = open_ < self.max_connections
+            if accepted:
+                self._waiting[request] = None
+            # One warning per flood: it ends once at most half the places are taken.
+            was_at_cap = self._at_cap
+            if open_ + 1 >= self.max_connections:
+                self._at_cap = True
+            elif open_ < self.max_connections // 2:
+                self._at_cap = False
+            at_cap = self._at_cap
+        if at_cap and not was_at_cap:
+            _log.warning(
+                "connection limit reached: closing connections that wait for a request to make room",
+                max_connections=self.max_connections,
+            )
+        elif was_at_cap and not at_cap:
+            _log.info("below the connection limit again", max_connections=self.max_connections)
+        return accepted
+
+    def begin(self, connection: socket.socket) -> bool:
+        """The connection has sent a whole request: it may no longer be closed to make room.
+
+        False when it was closed to make room already."""
+        with self._lock:
+            if connection not in self._waiting:
+                return False
+            del self._waiting[connection]
+            self._answering.add(connection)
+            return True
+
+    def end(self, connection: socket.socket) -> None:
+        """The reply is sent: the connection waits for its next request, the newest of the waiting."""
+        with self._lock:
+            if connection in self._answering:
+                self._answering.remove(connection)
+                self._waiting[connection] = None
+
+    def close_request(self, request: Any) -> None:
+        with self._lock:
+            self._waiting.pop(request, None)
+            self._answering.discard(request)
+        request.close()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        super().shutdown()
+
+    def close_connections(self) -> None:
+        """Wake every connection's thread, which then closes it: a stop does not wait for idle clients."""
+        with self._lock:
+            for connection in (*self._waiting, *self._answering):
+                _shut(connection)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away (reset, broken pipe) or failed its TLS handshake is no error of ours.
@@ -183,9 +342,17 @@ class MetricsServer:
         metrics: Exposition | Collector,
         ready: Callable[[], bool],
         web: WebConfig | None = None,
+        *,
+        live: Callable[[], bool] = _always,
+        max_connections: int = 64,
+        accept: Accept = _accept,
+        pause: Callable[[float], object] | None = None,
     ) -> None:
+        """`live`: false makes /healthz answer 503. `accept` and `pause` (seconds; default: a wait that
+        stop ends) are the accept loop's calls, for tests."""
         auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
-        self._server = _Server(host, port, make_app(metrics, ready, auth))
+        app = make_app(metrics, ready, auth, live)
+        self._server = _Server(host, port, app, max_connections, accept=accept, pause=pause)
         context = web.ssl_context() if web else None
         if context is not None:
             # The handshake then runs in the connection's own thread, not in the accepting one.
@@ -202,3 +369,4 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_connections()

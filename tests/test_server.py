@@ -96,12 +96,17 @@ def test_plain_text_and_gzip(base_url: str) -> None:
         assert b"mixpeek_exporter_build_info" in body
 
 
-async def test_two_hundred_concurrent_scrapes_while_polls_run(exporter: Exporter, base_url: str) -> None:
+async def test_two_hundred_concurrent_scrapes_while_polls_run(exporter: Exporter) -> None:
     await exporter.poll()
     limits = httpx.Limits(max_connections=200)
+    # Room for every connection: past the cap, one that has not sent its request yet may be closed.
+    server = MetricsServer("127.0.0.1", 0, exporter.served, exporter.poller.ready, max_connections=200)
+    server.start()
+    base_url = f"http://127.0.0.1:{server.port}"
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
         scrapes = [http.get("/metrics") for _ in range(200)]
         results = await asyncio.gather(exporter.poll(), *scrapes, exporter.poll())
+    server.stop()
     responses = [r for r in results if isinstance(r, httpx.Response)]
     assert len(responses) == 200
     assert all(r.status_code == 200 and "mixpeek_up" in r.text for r in responses)

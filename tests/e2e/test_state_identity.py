@@ -30,7 +30,7 @@ def start(processes: list[ExporterProcess], key: str, url: str, path: Path) -> E
         "--namespaces",
         "prod",
         "--poll-interval",
-        "0.2",
+        "1",
         "--state-file",
         str(path),
         env={"MIXPEEK_API_KEY": key, "MIXPEEK_API_URL": url},
