@@ -11,7 +11,7 @@ from conftest import API_KEY
 from support import Exporter, FlakyTransport, select
 
 from exporter.api import TASKS_LIST
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import ApiProfile, FakeClock, SimulatorServer, World
 from exporter.state import KNOWN_STATUSES
 from exporter.vocabulary import TERMINAL_STATUSES
 
@@ -253,7 +253,7 @@ async def test_organization_scope_labels_by_namespace_id(world: World, make_expo
     assert prod is not None
     world.create_task("prod", "thumbnail")
     world.create_task("staging", "thumbnail")
-    with SimulatorServer(world, api_key=API_KEY, tasks_honour_namespace=False) as org_api:
+    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(header_honoured=False)) as org_api:
         exporter = make_exporter(org_api, organization=True)
         await exporter.poll()
         assert all("X-Namespace" not in r.headers for r in org_api.requests if r.path == TASKS_LIST)

@@ -261,7 +261,7 @@ def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: Simulato
 
 
 def test_sdk_parses_the_older_api_and_the_documented_model(world: World) -> None:
-    with SimulatorServer(world, cursor_pagination=False, include_timestamps=False) as older:
+    with SimulatorServer(world, cursor_pagination=False) as older:
         with sdk_client(older.url, older.api_key) as client:
             page = mixpeek.TasksApi(client).list_tasks(limit=10, offset=10)
         assert page.pagination.next_cursor is None
