@@ -501,7 +501,9 @@ async def test_every_body_the_exporter_sends_is_one_the_sdk_accepts(
     """Whatever the exporter's polls send (full listings, incremental ones, lookups), ListTasksRequest takes
     it, its operators and sort directions are the SDK's, and each literal-valued condition is in the gap."""
     with simulator(world, profile) as api:
-        exporter = build_exporter(api.url, api.api_key, clock, namespaces=("prod", "dev"), page_size=100)
+        exporter = build_exporter(
+            api.url, api.api_key, clock, namespaces=("prod", "dev"), page_size=100, reconcile_every=10
+        )
         try:
             for _ in range(4):
                 await exporter.poll()
@@ -633,6 +635,26 @@ def test_responses_match_the_openapi_spec(spec: OpenApi, http: httpx.Client, wor
     for path, method, response in exchanges:
         schema = spec.response_schema(path, method, response.status_code)
         assert spec.errors(response.json(), schema) == [], (path, response.status_code)
+
+
+@by_profile()
+def test_task_answers_match_the_openapi_spec_in_every_profile(
+    spec: OpenApi, http: httpx.Client, world: World, profile: ApiProfile
+) -> None:
+    prod = {"X-Namespace": "prod"}
+    listed = http.post(
+        "/v1/tasks/list", params={"limit": 1000}, json={"sort": {"field": "status"}}, headers=prod
+    )
+    one = http.get(f"/v1/tasks/{world.tasks('prod')[0].task_id}", headers=prod)
+    bucket_id = world.buckets("prod")[0].bucket_id
+    batches = http.post(f"/v1/buckets/{bucket_id}/batches/list", json={"limit": 5}, headers=prod)
+    assert [listed.status_code, one.status_code, batches.status_code] == [200, 200, 200]
+    for path, method, response in [
+        ("/v1/tasks/list", "post", listed),
+        ("/v1/tasks/{task_id}", "get", one),
+        ("/v1/buckets/{bucket_identifier}/batches/list", "post", batches),
+    ]:
+        assert spec.errors(response.json(), spec.response_schema(path, method, 200)) == [], path
 
 
 def test_the_reference_example_request_is_accepted(spec: OpenApi, http: httpx.Client) -> None:
