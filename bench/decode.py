@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from exporter.api import Task, _TaskPage, parse_timestamp
 from exporter.config import DEFAULT_BUCKETS
-from exporter.simulator import FakeClock, World
+from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, World
 from exporter.simulator.render import task_json
 from exporter.state import NamespaceState, Observation
 
@@ -67,7 +67,8 @@ def page_bytes(size: int = 1000, active_every: int = 1) -> bytes:
         status = "PENDING" if i % active_every == 0 else "COMPLETED"
         world.create_task("bench", ("thumbnail", "engine_cluster_build")[i % 2], status)
         clock.advance(0.01)
-    results = [task_json(task, include_timestamps=True) for task in world.tasks("bench")]
+    shown = ApiProfile(timestamps=True, namespace_ids=NamespaceIds.ALL)  # the exporter decodes created_at
+    results = [task_json(task, shown) for task in world.tasks("bench")]
     return json.dumps({"results": results, "pagination": {"next_cursor": None}}).encode()
 
 

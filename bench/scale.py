@@ -51,7 +51,7 @@ from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.poller import Poller
 from exporter.server import MetricsServer
-from exporter.simulator import TERMINAL_STATUSES, FakeClock, SimulatorServer, World
+from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
 from exporter.simulator.world import TASK_TYPE_MIX
 
 KEY = "sk_bench_scale"
@@ -226,7 +226,9 @@ def serve_world(scenario: Scenario, options: Options, control: Connection) -> No
         world.add_namespace(name)
         churn.populate(name, scenario.tasks_per_namespace)
     gc.freeze()  # the world lives until the end: collections need not walk it again
-    server = SimulatorServer(world, api_key=KEY, cursor_pagination=options.cursor)
+    # The simulator's answers before issue 12 (timestamps and namespace ids on every task), as RESULTS.md ran.
+    profile = ApiProfile(timestamps=True, namespace_ids=NamespaceIds.ALL)
+    server = SimulatorServer(world, api_key=KEY, cursor_pagination=options.cursor, profile=profile)
     server.start()
     ids = {ns.namespace_id: ns.namespace_name for ns in world.namespaces()}
     control.send((server.url, names, time.perf_counter() - started))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import httpx
 import pytest
@@ -30,10 +30,76 @@ from exporter.exposition import Exposition
 from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import FakeClock
+from exporter.simulator import (
+    DEFAULT_API_KEY,
+    DOCUMENTED,
+    ApiProfile,
+    FakeClock,
+    NamespaceIds,
+    SimulatorServer,
+    World,
+)
 from exporter.statefile import StateFile, identity
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+# The simulated API's answers to the questions its documentation leaves open (exporter/simulator/profile.py),
+# by name: the documented API, each undocumented behaviour on its own, and the combinations a client must
+# survive. The exporter's differential test runs its history under each (see `by_profile`).
+PROFILES: Final[Mapping[str, ApiProfile]] = {
+    "documented": DOCUMENTED,
+    "timestamps": ApiProfile(timestamps=True),
+    "namespace_ids_all": ApiProfile(namespace_ids=NamespaceIds.ALL),
+    "namespace_ids_none": ApiProfile(namespace_ids=NamespaceIds.NONE),
+    "header_ignored": ApiProfile(header_honoured=False),
+    "header_ignored_ids_all": ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL),
+    # The ground truth per namespace is unknowable here: tasks carry no namespace and every listing is global.
+    "header_ignored_ids_none": ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.NONE),
+    "filters_ignored": ApiProfile(filters_honoured=False),
+    "in_refused": ApiProfile(refuse_operator="in"),
+    "nin_refused": ApiProfile(refuse_operator="nin"),
+    "gte_refused": ApiProfile(refuse_operator="gte"),
+    "sort_ignored": ApiProfile(sort_honoured=False),
+    "batches_list_absent": ApiProfile(batches_list=False),
+    # Every undocumented behaviour available (the simulator's default before issue 12).
+    "generous": ApiProfile(timestamps=True, namespace_ids=NamespaceIds.ALL),
+    # Nothing beyond the documentation works, and what is declared but open does not either.
+    "hostile": ApiProfile(
+        header_honoured=False,
+        namespace_ids=NamespaceIds.NONE,
+        filters_honoured=False,
+        sort_honoured=False,
+        batches_list=False,
+    ),
+}
+
+
+def profile_named(profile: ApiProfile | str) -> ApiProfile:
+    """A profile by its name in PROFILES, or its compact text form (`ApiProfile.parse`), or itself."""
+    if isinstance(profile, ApiProfile):
+        return profile
+    return PROFILES[profile] if profile in PROFILES else ApiProfile.parse(profile)
+
+
+def by_profile(*names: str, argname: str = "profile") -> pytest.MarkDecorator:
+    """Parametrise a test over the named profiles (all of PROFILES when none are named), ids the names."""
+    chosen = names or tuple(PROFILES)
+    return pytest.mark.parametrize(argname, [pytest.param(PROFILES[name], id=name) for name in chosen])
+
+
+def simulator(
+    world: World,
+    profile: ApiProfile | str = DOCUMENTED,
+    *,
+    api_key: str = DEFAULT_API_KEY,
+    cursor_pagination: bool = True,
+) -> SimulatorServer:
+    """A simulated API over `world` answering as `profile` (a name in PROFILES, a compact text, or a profile);
+    not started: use it as a context manager."""
+    return SimulatorServer(
+        world, api_key=api_key, cursor_pagination=cursor_pagination, profile=profile_named(profile)
+    )
 
 
 class Sleeps:

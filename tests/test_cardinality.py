@@ -149,11 +149,11 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
     assert set(dropped.values()) == {0, 8, 374}  # the 24 counters fit
     # The same snapshot, rendered again here or by the cached exposition, is not counted again.
     served = b"".join(capped.served.respond(None, None).body).decode()
-    assert by_metric(capped.scrape())["mixpeek_tasks"] == 56
-    assert by_metric(served_series(served))["mixpeek_tasks"] == 56
+    assert by_metric(capped.scrape())["mixpeek_tasks"] == 8
+    assert by_metric(served_series(served))["mixpeek_tasks"] == 8
     clock.advance(30)
     await capped.poll()
-    assert by_metric(capped.scrape())["mixpeek_tasks"] == 112
+    assert by_metric(capped.scrape())["mixpeek_tasks"] == 16
     warnings = [e for e in logs if e["event"] == "series cap reached: dropping series"]
     assert warnings == [
         {
@@ -163,7 +163,7 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
             "max_series_per_metric": 40,
             "dropped": dropped,
         }
-        for metric, dropped in ((COMPLETION, 374), ("mixpeek_tasks", 56))
+        for metric, dropped in ((COMPLETION, 374), ("mixpeek_tasks", 8))
     ]
 
 

@@ -21,7 +21,7 @@ from conftest import API_KEY
 from support import Exporter, Series, select
 
 from exporter.api import MAX_BARREN_PAGES, TASKS_LIST
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
 from exporter.simulator.faults import (
     UNSEEN_STATUSES,
     UNSEEN_TASK_TYPES,
@@ -710,7 +710,8 @@ async def test_organization_scope_recovers_from_an_outage_without_a_phantom_name
     """Regression: a failure before the first success was recorded against a placeholder namespace
     'unknown', which later successes never updated: mixpeek_up{namespace="unknown"} stayed 0 forever."""
     world.create_task("prod", "thumbnail")
-    with SimulatorServer(world, api_key=API_KEY, tasks_honour_namespace=False) as org_api:
+    profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
+    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
         exporter = make_exporter(org_api, organization=True, transport=httpx.AsyncHTTPTransport(verify=False))
         org_api.inject(HttpError(500))
         await exporter.poll()

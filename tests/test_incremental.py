@@ -15,7 +15,7 @@ from conftest import API_KEY
 from support import Exporter, Series
 
 from exporter.api import TASKS_LIST
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import ApiProfile, FakeClock, SimulatorServer, World
 from exporter.simulator.faults import HttpError, Requests
 from exporter.vocabulary import TERMINAL_STATUSES
 
@@ -57,7 +57,7 @@ async def test_incremental_polls_give_the_metrics_of_full_listings(
     world.advance(120)
     rng = random.Random(3)
     scope: dict[str, Any] = {"organization": True} if organization else {"namespaces": ("prod", "staging")}
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         full = make_exporter(api, page_size=50, **scope)
         incremental = make_exporter(api, page_size=50, reconcile_every=4, **scope)
         for step in range(14):
@@ -117,7 +117,7 @@ async def test_a_finished_task_that_expires_leaves_the_gauges_at_the_next_reconc
     status until the next full listing; counters are not affected."""
     ids = [world.create_task("prod", "thumbnail", "COMPLETED") for _ in range(3)]
     clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         exporter = make_exporter(api, namespaces=("prod",), reconcile_every=3)
         await exporter.poll()
         world.remove_task(ids[0])
@@ -162,7 +162,7 @@ async def test_an_incremental_poll_that_fails_part_way_changes_nothing_and_the_n
     for _ in range(30):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         exporter = make_exporter(api, namespaces=("prod",), reconcile_every=10)
         await exporter.poll()
         for task_id in running[:3]:

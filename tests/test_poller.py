@@ -11,7 +11,7 @@ from conftest import API_KEY
 from support import Exporter, FlakyTransport, select
 
 from exporter.api import TASKS_LIST
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
 from exporter.vocabulary import TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 MakeExporter = Callable[..., Exporter]
@@ -58,7 +58,8 @@ async def test_offset_only_api_is_paged_past_ten_thousand_by_created_at(
     for _ in range(25_000):
         world.create_task("prod", "thumbnail")
         clock.advance(0.01)
-    with SimulatorServer(world, api_key=API_KEY, cursor_pagination=False) as legacy:
+    timestamps = ApiProfile(timestamps=True)
+    with SimulatorServer(world, api_key=API_KEY, cursor_pagination=False, profile=timestamps) as legacy:
         exporter = make_exporter(legacy, namespaces=("prod",))
         await exporter.poll()
         offsets = [int(r.query.get("offset", 0)) for r in legacy.requests if r.path == TASKS_LIST]
@@ -252,7 +253,8 @@ async def test_organization_scope_labels_by_the_name_of_the_namespace_id(
 ) -> None:
     world.create_task("prod", "thumbnail")
     world.create_task("staging", "thumbnail")
-    with SimulatorServer(world, api_key=API_KEY, tasks_honour_namespace=False) as org_api:
+    profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
+    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
         exporter = make_exporter(org_api, organization=True)
         await exporter.poll()
         assert all("X-Namespace" not in r.headers for r in org_api.requests if r.path == TASKS_LIST)

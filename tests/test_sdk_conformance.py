@@ -1,10 +1,15 @@
 """Fidelity of the simulator: the official SDK (mixpeek 1.3.783) and the OpenAPI 0.81 spec accept its answers.
 
 If the SDK parses every response into its own models and raises its own exceptions for the errors, a client
-tested against the simulator is tested against the API's real shapes.
+tested against the simulator is tested against the API's real shapes. The enumerations the checks compare
+against come from the SDK's models, never from the exporter's vocabulary (nor the simulator's copy), so the
+oracle cannot share a mistake with the code under test. The SDK's request models also judge the bodies the
+exporter sends; where they cannot represent one, the tests below say so by asserting it.
 """
 
 import json
+import re
+import typing
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +18,47 @@ from typing import Any
 import httpx
 import pydantic
 import pytest
+from support import build_exporter, by_profile, simulator
 
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import (
+    DOCUMENTED,
+    FAILURE_CATEGORIES,
+    TASK_STATUSES,
+    TASK_TYPES,
+    TERMINAL_STATUSES,
+    ApiProfile,
+    FakeClock,
+    SimulatorServer,
+    World,
+)
+from exporter.simulator.enums import (
+    BATCH_PROCESS_TASK_TYPE,
+    BATCH_TASK_TYPES,
+    FILTER_OPERATORS,
+    SORT_DIRECTIONS,
+)
+from exporter.simulator.world import TASK_TYPE_MIX
 
 mixpeek = pytest.importorskip("mixpeek")
+
+# The SDK's enumerations: the truth this file checks the simulator (and the exporter's requests) against.
+SDK_STATUSES = frozenset(member.value for member in mixpeek.TaskStatusEnum)
+SDK_TASK_TYPES = frozenset(member.value for member in mixpeek.TaskType)
+SDK_FAILURE_CATEGORIES = frozenset(member.value for member in mixpeek.FailureCategory)
+SDK_OPERATORS = frozenset(member.value for member in mixpeek.FilterOperator)
+SDK_DIRECTIONS = frozenset(member.value for member in mixpeek.SortDirection)
+# A batch's status is typed by BatchModel itself (it happens to be the same TaskStatusEnum today).
+(_BATCH_STATUS_ENUM,) = (
+    arg
+    for arg in typing.get_args(mixpeek.BatchModel.model_fields["status"].annotation)
+    if arg is not type(None)
+)
+SDK_BATCH_STATUSES = frozenset(member.value for member in _BATCH_STATUS_ENUM)
+# The terminal statuses, as TaskStatusEnum's documentation lists them (empty if it stops: a test says so).
+_TERMINAL_DOC = re.search(
+    r"Terminal Statuses:\s+([A-Z_, ]+) are terminal", mixpeek.TaskStatusEnum.__doc__ or ""
+)
+SDK_TERMINAL = frozenset(re.findall(r"[A-Z_]+", _TERMINAL_DOC[1]) if _TERMINAL_DOC else ())
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "mixpeek-openapi-0.81.json"
 
@@ -47,8 +89,14 @@ def world(clock: FakeClock) -> World:
 
 
 @pytest.fixture
-def server(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world) as running:
+def profile() -> ApiProfile:
+    """The documented API; tests that run in other profiles parametrise this."""
+    return DOCUMENTED
+
+
+@pytest.fixture
+def server(world: World, profile: ApiProfile) -> Iterator[SimulatorServer]:
+    with SimulatorServer(world, profile=profile) as running:
         yield running
 
 
@@ -78,18 +126,29 @@ def sdk_walk(api: Any, request: Any, namespace: str | None = None, limit: int = 
             return results
 
 
-def test_sdk_pages_through_a_namespace(api: Any, world: World, server: SimulatorServer) -> None:
+# Every profile whose task answers the SDK can parse (all of them: refusals and 404s come only when asked).
+@by_profile()
+def test_sdk_pages_through_a_namespace(
+    api: Any, world: World, server: SimulatorServer, profile: ApiProfile
+) -> None:
     prod = world.namespace("prod")
     assert prod is not None
     results = sdk_walk(api, mixpeek.ListTasksRequest(), namespace="prod")
-    truth = {task.task_id: task for task in world.tasks("prod")}
+    truth = {task.task_id: task for task in world.tasks("prod" if profile.header_honoured else None)}
     assert len(results) == len(truth) > 200
     assert {task.task_id: task.status.value for task in results} == {k: t.status for k, t in truth.items()}
     assert {task.task_type.value for task in results} == {task.task_type for task in truth.values()}
-    assert all(task.additional_data["namespace_id"] == prod.namespace_id for task in results)
+    for task in results:
+        shown = task.additional_data.get("namespace_id")
+        assert shown in (None, truth[task.task_id].namespace_id)
+        assert (shown is not None) == profile.shows_namespace_id(task.task_type.value)
+        assert (task.model_extra or {}).keys() == set()  # the SDK's model drops what it does not declare
     sent = [r for r in server.requests if r.path == "/v1/tasks/list"]
     assert all(r.headers["x-namespace"] == "prod" and r.query["limit"] == "100" for r in sent)
     assert all("cursor" in r.query for r in sent[1:])
+    one = next(iter(truth.values()))
+    got = mixpeek.TasksApi(api).get_task(one.task_id, _headers={"X-Namespace": "prod"})
+    assert isinstance(got, mixpeek.TaskResponse) and got.status.value == one.status
 
 
 def test_sdk_filters_by_status_and_by_filters(api: Any, world: World) -> None:
@@ -261,7 +320,7 @@ def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: Simulato
 
 
 def test_sdk_parses_the_older_api_and_the_documented_model(world: World) -> None:
-    with SimulatorServer(world, cursor_pagination=False, include_timestamps=False) as older:
+    with SimulatorServer(world, cursor_pagination=False) as older:
         with sdk_client(older.url, older.api_key) as client:
             page = mixpeek.TasksApi(client).list_tasks(limit=10, offset=10)
         assert page.pagination.next_cursor is None
@@ -274,6 +333,199 @@ def test_sdk_models_refuse_statuses_they_do_not_know(api: Any, world: World) -> 
     world.set_status(world.tasks("prod")[0].task_id, "RETRYING")
     with pytest.raises(pydantic.ValidationError, match="status"):
         mixpeek.TasksApi(api).list_tasks(limit=1000, _headers={"X-Namespace": "prod"})
+
+
+@by_profile("in_refused", "nin_refused", "gte_refused")
+def test_sdk_raises_its_own_exception_for_a_refused_operator(api: Any, profile: ApiProfile) -> None:
+    operator = profile.refuse_operator
+    filters = mixpeek.LogicalOperatorInput.from_dict(
+        {"AND": [{"field": "created_at", "operator": operator, "value": [0] if "in" in str(operator) else 0}]}
+    )
+    with pytest.raises(mixpeek.exceptions.UnprocessableEntityException) as refused:
+        mixpeek.TasksApi(api).list_tasks(list_tasks_request=mixpeek.ListTasksRequest(filters=filters))
+    [error] = json.loads(refused.value.body)["detail"]
+    assert error["loc"] == ["body", "filters", "AND", 0, "operator"] and f"'{operator}'" in error["msg"]
+    assert sdk_walk(api, mixpeek.ListTasksRequest(status=mixpeek.TaskStatusEnum.FAILED))  # the rest works
+
+
+@by_profile("batches_list_absent")
+def test_sdk_without_the_org_batch_listing(api: Any, world: World) -> None:
+    with pytest.raises(mixpeek.exceptions.NotFoundException):
+        mixpeek.BatchesApi(api).list_all_batches(list_batches_request=mixpeek.ListBatchesRequest())
+    buckets = mixpeek.BucketsApi(api).list_buckets(
+        list_buckets_request=mixpeek.ListBucketsRequest(limit=100), _headers={"X-Namespace": "dev"}
+    )
+    bucket_api = mixpeek.BucketBatchesApi(api)
+    listed = []
+    for bucket in buckets.results:
+
+        def fetch(bucket_id: str = bucket.bucket_id, **kw: Any) -> Any:
+            return bucket_api.list_batches_buckets(bucket_id, **kw)
+
+        listed += sdk_batches(fetch, namespace="dev", limit=7)
+    assert sorted(b.batch_id for b in listed) == sorted(b.batch_id for b in world.batches("dev"))
+    assert len(listed) > 7
+
+
+# Enumerations: the simulator's, and what it emits, against the SDK's models
+
+
+def test_the_simulators_enumerations_are_the_sdks() -> None:
+    assert set(TASK_STATUSES) == SDK_STATUSES == SDK_BATCH_STATUSES
+    assert (
+        set(TERMINAL_STATUSES) == SDK_TERMINAL == {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"}
+    )
+    assert set(TASK_TYPES) == SDK_TASK_TYPES
+    assert set(FAILURE_CATEGORIES) == SDK_FAILURE_CATEGORIES
+    assert set(FILTER_OPERATORS) == SDK_OPERATORS and set(SORT_DIRECTIONS) == SDK_DIRECTIONS
+    assert set(TASK_TYPE_MIX) | BATCH_TASK_TYPES <= SDK_TASK_TYPES
+    # The one task type the SDK documents additional_data.namespace_id as REQUIRED on: the default profile's.
+    described = mixpeek.TaskResponse.model_fields["additional_data"].description
+    assert re.findall(r"Batch-specific fields \(task_type=(\w+)\)", described) == [BATCH_PROCESS_TASK_TYPE]
+    assert "'namespace_id': Namespace identifier (REQUIRED)" in described
+
+
+def test_every_value_the_simulator_emits_is_one_the_sdk_declares(http: httpx.Client, world: World) -> None:
+    """Raw JSON, not the SDK's parse: a value outside its enums would fail the parse above, but here the
+    check names it. QUEUED is emitted too (the fixture's world has none: API 0.81 did not know it)."""
+    world.create_task("prod", status="QUEUED")
+    tasks: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = http.post(
+            "/v1/tasks/list", params={"limit": 1000} | ({"cursor": cursor} if cursor else {})
+        ).json()
+        tasks += page["results"]
+        if not (cursor := page["pagination"]["next_cursor"]):
+            break
+    batches = http.post("/v1/batches/list", json={"limit": 1000}).json()["results"]
+    assert len(tasks) == len(world.tasks()) and len(batches) == len(world.batches())
+    statuses = {task["status"] for task in tasks}
+    assert statuses >= {"PENDING", "QUEUED", "PROCESSING", *TERMINAL_STATUSES} and statuses <= SDK_STATUSES
+    assert {task["task_type"] for task in tasks} <= SDK_TASK_TYPES
+    assert {batch["status"] for batch in batches} <= SDK_BATCH_STATUSES
+    for batch in batches:
+        assert {tier["status"] for tier in batch["tier_tasks"]} <= SDK_BATCH_STATUSES
+    categories = {batch["failure_category"] for batch in batches} - {None}
+    assert categories and categories <= SDK_FAILURE_CATEGORIES
+
+
+# The exporter's requests, judged by the SDK's request models
+
+TERMINAL_LIST = sorted(SDK_TERMINAL)
+# The bodies the exporter's incremental polls send: the active set, a lookup of finished tasks by id, the
+# listing newest first (and the births window the current poller adds to the active set).
+EXPORTER_BODIES: dict[str, dict[str, Any]] = {
+    "active set": {"filters": {"NOT": [{"field": "status", "operator": "in", "value": TERMINAL_LIST}]}},
+    "lookup by id": {
+        "filters": {
+            "AND": [{"field": "task_id", "operator": "in", "value": ["3f0e6a2c-0000-4000-8000-000000000001"]}]
+        }
+    },
+    "newest first": {"sort": {"field": "created_at", "direction": "desc"}},
+    "active or born since": {
+        "filters": {
+            "OR": [
+                {"NOT": [{"field": "status", "operator": "in", "value": TERMINAL_LIST}]},
+                {"field": "created_at", "operator": "gte", "value": "2026-12-01T10:00:00.000000"},
+            ]
+        },
+        "sort": {"field": "created_at", "direction": "desc"},
+    },
+}
+
+
+def conditions(filters: Any) -> list[dict[str, Any]]:
+    """Every condition ({field, operator, value}) of a filters object, however nested."""
+    found: list[dict[str, Any]] = []
+    for key in ("AND", "OR", "NOT"):
+        for item in filters.get(key) or []:
+            found += [item] if isinstance(item.get("field"), str) else conditions(item)
+    return found
+
+
+@pytest.mark.parametrize("name", list(EXPORTER_BODIES))
+def test_the_sdks_request_models_accept_the_exporters_bodies_only_through_a_loophole(name: str) -> None:
+    """ListTasksRequest takes each body, but FilterCondition.value models only a DynamicValue (a reference to
+    a request field): it cannot hold a literal list or string. A condition with a literal value is therefore
+    read as a LogicalOperatorInput with extra keys (the shorthand-equality form), which keeps the keys
+    verbatim: the body survives the SDK, but its models do not represent the condition. This is the gap."""
+    body = EXPORTER_BODIES[name]
+    request = mixpeek.ListTasksRequest.from_dict(body)  # accepted: no exception
+    assert set(body) <= set(request.to_dict())
+    if "sort" in body:
+        assert isinstance(request.sort, mixpeek.SortOption)
+        assert (request.sort.var_field, request.sort.direction) == ("created_at", mixpeek.SortDirection.DESC)
+        assert request.sort.to_json() == json.dumps(body["sort"])  # a sort, the SDK represents exactly
+    if "filters" not in body:
+        return
+    found = conditions(body["filters"])
+    assert found and {c["operator"] for c in found} <= SDK_OPERATORS
+    for condition in found:
+        assert not isinstance(condition["value"], dict)  # a literal: a list of strings, or a timestamp string
+        with pytest.raises(pydantic.ValidationError, match="DynamicValue"):
+            mixpeek.FilterCondition.from_dict(condition)
+    parsed = conditions(request.to_dict()["filters"])
+    assert [{k: c[k] for k in ("field", "operator", "value")} for c in parsed] == found  # kept verbatim...
+    assert all(c["case_sensitive"] is False for c in parsed)  # ...plus a key a condition does not have
+    models = [
+        inner.actual_instance
+        for key in ("var_and", "var_or", "var_not")
+        for inner in getattr(request.filters, key) or []
+    ]
+    assert not any(isinstance(model, mixpeek.FilterCondition) for model in models)
+
+
+def test_what_the_sdk_would_send_selects_what_the_exporters_body_selects(
+    http: httpx.Client, world: World
+) -> None:
+    """The SDK's serialisation of those bodies (with its extra case_sensitive keys) means the same to the
+    simulator as the exporter's own: a FilterCondition has no case_sensitive, the operator's applies."""
+    for name, body in EXPORTER_BODIES.items():
+        own = http.post("/v1/tasks/list", params={"limit": 1000}, json=body)
+        via_sdk = http.post(
+            "/v1/tasks/list", params={"limit": 1000}, json=mixpeek.ListTasksRequest.from_dict(body).to_dict()
+        )
+        assert own.status_code == via_sdk.status_code == 200, name
+        assert own.json()["results"] == via_sdk.json()["results"], name
+    active = http.post("/v1/tasks/list", params={"limit": 1000}, json=EXPORTER_BODIES["active set"]).json()
+    assert {t["task_id"] for t in active["results"]} == {
+        t.task_id for t in world.tasks() if t.status not in SDK_TERMINAL
+    }
+
+
+@by_profile("timestamps", "documented")
+async def test_every_body_the_exporter_sends_is_one_the_sdk_accepts(
+    world: World, clock: FakeClock, profile: ApiProfile
+) -> None:
+    """Whatever the exporter's polls send (full listings, incremental ones, lookups), ListTasksRequest takes
+    it, its operators and sort directions are the SDK's, and each literal-valued condition is in the gap."""
+    with simulator(world, profile) as api:
+        exporter = build_exporter(
+            api.url, api.api_key, clock, namespaces=("prod", "dev"), page_size=100, reconcile_every=10
+        )
+        try:
+            for _ in range(4):
+                await exporter.poll()
+                clock.advance(30)
+                world.advance(30)
+        finally:
+            await exporter.http.aclose()
+        bodies = [r.body for r in api.requests if r.path == "/v1/tasks/list"]
+    assert len(bodies) >= 8 and all(isinstance(body, dict) for body in bodies)
+    if profile.timestamps:  # incremental polls: the filtered bodies this test is about
+        assert sum(bool(body.get("filters")) for body in bodies if isinstance(body, dict)) >= 3
+    for body in bodies:
+        assert isinstance(body, dict)
+        request = mixpeek.ListTasksRequest.from_dict(body)
+        assert set(body) <= set(request.to_dict())
+        if body.get("sort"):
+            assert body["sort"].get("direction", "asc") in SDK_DIRECTIONS
+        for condition in conditions(body.get("filters") or {}):
+            assert condition["operator"] in SDK_OPERATORS
+            if not isinstance(condition["value"], dict):
+                with pytest.raises(pydantic.ValidationError):
+                    mixpeek.FilterCondition.from_dict(condition)
 
 
 # The OpenAPI 0.81 document
@@ -383,6 +635,26 @@ def test_responses_match_the_openapi_spec(spec: OpenApi, http: httpx.Client, wor
     for path, method, response in exchanges:
         schema = spec.response_schema(path, method, response.status_code)
         assert spec.errors(response.json(), schema) == [], (path, response.status_code)
+
+
+@by_profile()
+def test_task_answers_match_the_openapi_spec_in_every_profile(
+    spec: OpenApi, http: httpx.Client, world: World, profile: ApiProfile
+) -> None:
+    prod = {"X-Namespace": "prod"}
+    listed = http.post(
+        "/v1/tasks/list", params={"limit": 1000}, json={"sort": {"field": "status"}}, headers=prod
+    )
+    one = http.get(f"/v1/tasks/{world.tasks('prod')[0].task_id}", headers=prod)
+    bucket_id = world.buckets("prod")[0].bucket_id
+    batches = http.post(f"/v1/buckets/{bucket_id}/batches/list", json={"limit": 5}, headers=prod)
+    assert [listed.status_code, one.status_code, batches.status_code] == [200, 200, 200]
+    for path, method, response in [
+        ("/v1/tasks/list", "post", listed),
+        ("/v1/tasks/{task_id}", "get", one),
+        ("/v1/buckets/{bucket_identifier}/batches/list", "post", batches),
+    ]:
+        assert spec.errors(response.json(), spec.response_schema(path, method, 200)) == [], path
 
 
 def test_the_reference_example_request_is_accepted(spec: OpenApi, http: httpx.Client) -> None:

@@ -14,7 +14,7 @@ from support import Exporter, ExporterProcess, Series, select
 from exporter.cli import main
 from exporter.config import ConfigError, load_settings
 from exporter.sharding import NamespaceFilter, pod_ordinal, shard_of
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
 
 MakeExporter = Callable[..., Exporter]
 NAMESPACES = tuple(f"team-{i:02d}" for i in range(50))
@@ -120,7 +120,8 @@ async def test_the_shards_together_export_what_one_exporter_does(
 async def test_organization_scope_keeps_only_the_owned_namespaces(
     clock: FakeClock, world: World, make_exporter: MakeExporter
 ) -> None:
-    with SimulatorServer(world, api_key=API_KEY, tasks_honour_namespace=False) as org_api:
+    profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
+    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
         whole = make_exporter(org_api, organization=True, batches=True)
         shards = sharded(make_exporter, org_api, 3, organization=True)
         advance(clock, world, 1800)
@@ -139,7 +140,7 @@ async def test_a_failing_organization_listing_marks_only_owned_namespaces_down(
 ) -> None:
     ids = tuple(ns.namespace_id for ns in world.namespaces())[:6]
     own = NamespaceFilter(1, 3)
-    with SimulatorServer(world, api_key=API_KEY, tasks_honour_namespace=False) as org_api:
+    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(header_honoured=False)) as org_api:
         exporter = make_exporter(
             org_api, key="sk_revoked", organization=True, namespaces=ids, namespace_filter=own
         )

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support import PROFILES, by_profile
 
-from exporter.simulator import TERMINAL_STATUSES, FakeClock, World
+from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, World
 from exporter.simulator import filters as filters_module
 from exporter.simulator.filters import compile_filters, pinned_ids, sort_bounds
 from exporter.simulator.task_listing import TaskListings, list_tasks
@@ -23,6 +24,7 @@ NEWEST_FIRST = {"field": "created_at", "direction": "desc"}
 TERMINAL = sorted(TERMINAL_STATUSES)
 STATUSES = ("PENDING", "QUEUED", "PROCESSING", "IN_PROGRESS", *TERMINAL)
 TYPES = ("thumbnail", "api_buckets_batches_process", "engine_cluster_build", "api_taxonomies_execute")
+TIMESTAMPED = PROFILES["timestamps"]
 
 
 @pytest.fixture
@@ -70,10 +72,15 @@ def pages(
 
 
 def answers(
-    world: World, listings: TaskListings, scope: str | None, *, cursor: bool = True
+    world: World,
+    listings: TaskListings,
+    scope: str | None,
+    *,
+    cursor: bool = True,
+    profile: ApiProfile = TIMESTAMPED,
 ) -> tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, Any]]]:
     """(cached, reference) answers to one request, as the server would give them."""
-    options = {"scope": scope, "cursor_pagination": cursor, "include_timestamps": True}
+    options = {"scope": scope, "cursor_pagination": cursor, "profile": profile}
 
     def cached(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
         return listings.page(body, query, **options)
@@ -136,24 +143,55 @@ def bodies(world: World) -> list[dict[str, Any]]:
 
 
 def assert_same_pages(
-    world: World, listings: TaskListings, scope: str | None, *, cursor: bool = True
+    world: World,
+    listings: TaskListings,
+    scope: str | None,
+    *,
+    cursor: bool = True,
+    profile: ApiProfile = TIMESTAMPED,
 ) -> None:
-    cached, reference = answers(world, listings, scope, cursor=cursor)
+    cached, reference = answers(world, listings, scope, cursor=cursor, profile=profile)
     for body in bodies(world):
         got = list(pages(cached, body, cursor=cursor))
         want = list(pages(reference, body, cursor=cursor))
         assert got == want, body
 
 
-@pytest.mark.parametrize("scope", ["prod", None])
-@pytest.mark.parametrize("cursor", [True, False])
+@pytest.mark.parametrize(
+    ("profile", "scope", "cursor"),
+    [
+        *((PROFILES["timestamps"], scope, cursor) for scope in ("prod", None) for cursor in (True, False)),
+        *((PROFILES[name], None, True) for name in ("documented", "filters_ignored", "sort_ignored")),
+        (PROFILES["hostile"], None, True),
+    ],
+    ids=lambda value: str(value) if isinstance(value, ApiProfile) else repr(value),
+)
 def test_cached_pages_are_the_pages_of_the_uncached_listing(
-    world: World, scope: str | None, cursor: bool
+    world: World, scope: str | None, cursor: bool, profile: ApiProfile
 ) -> None:
     namespace = world.namespace(scope).namespace_id if scope else None  # type: ignore[union-attr]
     listings = TaskListings(world)
-    assert_same_pages(world, listings, namespace, cursor=cursor)
-    assert_same_pages(world, listings, namespace, cursor=cursor)  # again, from the cache
+    assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)
+    assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)  # again, from the cache
+
+
+@by_profile("filters_ignored", "sort_ignored")
+def test_what_a_profile_ignores_shares_the_plain_listing(world: World, profile: ApiProfile) -> None:
+    """Ignored filters or sort drop out of the cache key: whatever a client asks reads one listing."""
+    listings = TaskListings(world)
+    cached, reference = answers(world, listings, None, profile=profile)
+    plain = cached({}, {"limit": "1000"})
+    active = {"NOT": [{"field": "status", "operator": "in", "value": TERMINAL}]}
+    by_id = {"AND": [{"field": "task_id", "operator": "in", "value": [world.tasks()[3].task_id]}]}
+    asked = (
+        [{"filters": active}, {"filters": by_id}]
+        if not profile.filters_honoured
+        else [{"sort": NEWEST_FIRST}, {"sort": {"field": "status", "direction": "desc"}}]
+    )
+    for body in asked:
+        assert cached(body, {"limit": "1000"})["results"] == plain["results"], body
+        assert reference(body, {"limit": "1000"})["results"] == plain["results"], body
+    assert listings.builds == 1
 
 
 def test_each_listing_sorts_once_per_version(world: World) -> None:
@@ -225,16 +263,16 @@ def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> Non
     prod, staging = (world.namespace(n).namespace_id for n in ("prod", "staging"))  # type: ignore[union-attr]
     query = {"limit": "5"}
     for scope in (prod, staging, None):
-        listings.page({}, query, scope=scope, cursor_pagination=True, include_timestamps=True)
+        listings.page({}, query, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     before = (world.version(prod), world.version(staging), world.version())
     world.create_task("staging")
     assert world.version(prod) == before[0]
     assert world.version(staging) > before[1] and world.version() > before[2]
     builds = listings.builds
-    listings.page({}, query, scope=prod, cursor_pagination=True, include_timestamps=True)
+    listings.page({}, query, scope=prod, cursor_pagination=True, profile=TIMESTAMPED)
     assert listings.builds == builds
     for scope in (staging, None):
-        listings.page({}, query, scope=scope, cursor_pagination=True, include_timestamps=True)
+        listings.page({}, query, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     assert listings.builds == builds + 2
 
 
@@ -242,9 +280,7 @@ def test_the_cache_keeps_a_bounded_number_of_tasks(world: World) -> None:
     listings = TaskListings(world, max_listings=3, max_tasks=1000)
     for status in TERMINAL:
         for scope in (None, world.namespace("prod").namespace_id):  # type: ignore[union-attr]
-            listings.page(
-                {"status": status}, {}, scope=scope, cursor_pagination=True, include_timestamps=True
-            )
+            listings.page({"status": status}, {}, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     cached = listings._listings  # the bound is the point of this test
     assert len(cached) <= 3 and sum(len(tasks) for _, tasks in cached.values()) <= 1000
 

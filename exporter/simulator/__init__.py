@@ -2,7 +2,8 @@
 test double.
 
 `World` holds the truth (namespaces, tasks, buckets, batches, what really happened), `SimulatorServer` serves
-it over HTTP with the real API's rules, `start_demo` runs a lively one on real time, and `FakeClock` lets
+it over HTTP with the real API's rules and, where the documentation leaves a behaviour open, an `ApiProfile`'s
+answer (the documented API by default), `start_demo` runs a lively one on real time, and `FakeClock` lets
 tests move time.
 """
 
@@ -11,17 +12,21 @@ from .buckets import SimBucket
 from .clock import FakeClock
 from .demo import DemoSimulator, start_demo
 from .enums import FAILURE_CATEGORIES, TASK_STATUSES, TASK_TYPES, TERMINAL_STATUSES
+from .profile import DOCUMENTED, ApiProfile, NamespaceIds
 from .server import DEFAULT_API_KEY, RecordedRequest, SimulatorServer
 from .world import SimNamespace, SimTask, World
 
 __all__ = [
     "DEFAULT_API_KEY",
+    "DOCUMENTED",
     "FAILURE_CATEGORIES",
     "TASK_STATUSES",
     "TASK_TYPES",
     "TERMINAL_STATUSES",
+    "ApiProfile",
     "DemoSimulator",
     "FakeClock",
+    "NamespaceIds",
     "RecordedRequest",
     "SimBatch",
     "SimBucket",

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Final
 
+from .profile import DOCUMENTED, ApiProfile
 from .server import SimulatorServer
 from .world import World
 
@@ -45,6 +46,11 @@ class DemoSimulator:
         """The key the simulated API accepts."""
         return self._server.api_key
 
+    @property
+    def profile(self) -> ApiProfile:
+        """How the simulated API answers what the documentation leaves open."""
+        return self._server.profile
+
     def stop(self) -> None:
         """Stop advancing time and serving; safe to call twice."""
         self._stopping.set()
@@ -59,8 +65,12 @@ class DemoSimulator:
             last = now
 
 
-def start_demo(seed: int = 0) -> DemoSimulator:
-    """Build the demo organisation with its history, serve it on 127.0.0.1 (free port), start its clock."""
+def start_demo(profile: ApiProfile | None = None, seed: int = 0) -> DemoSimulator:
+    """Build the demo organisation with its history, serve it on 127.0.0.1 (free port), start its clock.
+
+    The API answers as documented unless `profile` says otherwise (see profile.py; `ApiProfile.parse` reads
+    the compact text a person can put in a setting).
+    """
     world = World(seed=seed)
     for name, rate, failures, batch_rate, batch_failures in DEMO_NAMESPACES:
         world.add_namespace(
@@ -71,6 +81,6 @@ def start_demo(seed: int = 0) -> DemoSimulator:
             batch_failure_ratio=batch_failures,
         )
     world.advance(HISTORY_S)
-    server = SimulatorServer(world)
+    server = SimulatorServer(world, profile=DOCUMENTED if profile is None else profile)
     server.start()
     return DemoSimulator(world, server)

@@ -1,22 +1,43 @@
 """The API's enumerations, copied from the official SDK (mixpeek 1.3.783, API 0.82).
 
 The server validates request bodies against these exactly as the real API's pydantic models do (an unknown
-value is a 422), while the world accepts any string so tests can model enumeration drift.
+value is a 422), while the world accepts any string so tests can model enumeration drift. They are the
+simulator's own copy, not the exporter's vocabulary: the oracle must not share a mistake with the code under
+test (tests/test_sdk_conformance.py checks them against the SDK's models).
 """
 
 from typing import Final
 
-from exporter.vocabulary import FAILURE_CATEGORIES, TASK_STATUSES, TERMINAL_STATUSES
+# Documented as terminal: once a task or batch reaches one of these it never changes again.
+TERMINAL_STATUSES: Final = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED")
 
-__all__ = [
-    "BATCH_TASK_TYPES",
-    "FAILURE_CATEGORIES",
-    "FILTER_OPERATORS",
-    "SORT_DIRECTIONS",
-    "TASK_STATUSES",
-    "TASK_TYPES",
-    "TERMINAL_STATUSES",
-]
+# TaskStatusEnum, the statuses of tasks and batches alike.
+TASK_STATUSES: Final = (
+    "PENDING",
+    "QUEUED",
+    "IN_PROGRESS",
+    "PROCESSING",
+    *TERMINAL_STATUSES,
+    "INTERRUPTED",
+    "UNKNOWN",
+    "SKIPPED",
+    "DRAFT",
+    "ACTIVE",
+    "ARCHIVED",
+    "SUSPENDED",
+    "DEACTIVATED",
+)
+
+# FailureCategory of a failed batch.
+FAILURE_CATEGORIES: Final = (
+    "timeout",
+    "infrastructure",
+    "orphaned",
+    "pipeline",
+    "mvs_durability",
+    "validation",
+    "unknown",
+)
 
 TASK_TYPES: Final = (
     "api_namespaces_create",
@@ -61,6 +82,8 @@ TASK_TYPES: Final = (
 
 # Task types whose additional_data carries bucket_id and batch_id (SDK TaskResponse docs).
 BATCH_TASK_TYPES: Final = frozenset({"api_buckets_batches_process", "api_buckets_batches_submit"})
+# The one task type whose additional_data.namespace_id the SDK marks REQUIRED.
+BATCH_PROCESS_TASK_TYPE: Final = "api_buckets_batches_process"
 
 FILTER_OPERATORS: Final = (
     "eq",

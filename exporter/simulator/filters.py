@@ -220,6 +220,28 @@ def _direct(path: str, operator: str, value: object, case_sensitive: bool) -> Pr
     return None
 
 
+def operator_at(spec: object, operator: str, loc: Loc = ("body", "filters")) -> Loc | None:
+    """Where a valid filters object first uses `operator` (the shorthand `{"field": value}` is `eq`), else
+    None: a server that refuses an operator names its place."""
+    if not isinstance(spec, dict):
+        return None
+    for key, value in spec.items():
+        if key == "case_sensitive" or (key in _LOGICAL_KEYS and value is None):
+            continue
+        if key not in _LOGICAL_KEYS:
+            if operator == "eq":
+                return (*loc, key)
+            continue
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            here = (*loc, key, i)
+            if isinstance(item, dict) and isinstance(item.get("field"), str):
+                if (item.get("operator") or "eq") == operator:
+                    return (*here, "operator")
+            elif (found := operator_at(item, operator, here)) is not None:
+                return found
+    return None
+
+
 def pinned_ids(spec: object) -> frozenset[str] | None:
     """Task ids outside which a valid filters object matches nothing, when it pins them, else None.
 

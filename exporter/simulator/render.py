@@ -2,33 +2,41 @@
 BatchModel and BucketResponse shapes.
 
 Unset optional fields are sent as null, as FastAPI does by default, so clients meet the nulls they will meet
-for real. Timestamps on tasks are optional: the documented model has none, real payloads carry them.
+for real. What a task shows beyond the documented TaskResponse (timestamps, namespace ids) is the profile's
+choice: the documented model has no timestamps, and marks namespace_id as carried by batch tasks only.
 """
 
 from typing import Final
 
 from .batches import RUNNING_STATUSES, SimBatch
 from .buckets import SimBucket
+from .profile import DOCUMENTED, ApiProfile
 from .timestamps import iso
 from .world import SimNamespace, SimTask
 
 
-def task_json(task: SimTask, include_timestamps: bool) -> dict[str, object]:
-    """One TaskResponse; `error` flattens `additional_data.error` for FAILED tasks only, as documented."""
+def task_json(task: SimTask, profile: ApiProfile = DOCUMENTED) -> dict[str, object]:
+    """One TaskResponse; `error` flattens `additional_data.error` for FAILED tasks only, as documented.
+
+    The world stores every task's namespace_id and timestamps; the profile says which the payload shows.
+    """
     error = task.additional_data.get("error") if task.status == "FAILED" else None
+    additional = dict(task.additional_data)
+    if not profile.shows_namespace_id(task.task_type):
+        additional.pop("namespace_id", None)
     body: dict[str, object] = {
         "task_id": task.task_id,
         "task_type": task.task_type,
         "status": task.status,
         "inputs": list(task.inputs),
         "outputs": None,
-        "additional_data": dict(task.additional_data),
+        "additional_data": additional,
         "error": None if error is None else str(error),
         "cancellation": None,
         "queue_position": None,
         "estimated_wait_minutes": None,
     }
-    if include_timestamps:
+    if profile.timestamps:
         body["created_at"] = iso(task.created_at)
         body["updated_at"] = iso(task.updated_at)
         if task.completed_at is not None:

@@ -15,6 +15,7 @@ from .batch_listing import list_batches, parse_batch_request
 from .bucket_listing import list_buckets
 from .errors import ApiError, ValidationFailed, field_error
 from .namespace_listing import list_namespaces
+from .profile import DOCUMENTED, ApiProfile
 from .render import task_json
 from .task_listing import TaskListings
 from .world import World
@@ -54,14 +55,12 @@ class Routes:
         api_key: str,
         *,
         cursor_pagination: bool,
-        include_timestamps: bool,
-        tasks_honour_namespace: bool,
+        profile: ApiProfile = DOCUMENTED,
     ) -> None:
         self._world = world
         self._api_key = api_key.encode()
         self._cursor_pagination = cursor_pagination
-        self._include_timestamps = include_timestamps
-        self._tasks_honour_namespace = tasks_honour_namespace
+        self.profile = profile
         self.task_listings = TaskListings(world)
         # (method, path pattern, handler, needs the API key); first full match wins, as in FastAPI.
         self._table: tuple[tuple[str, re.Pattern[str], _Handler, bool], ...] = (
@@ -76,8 +75,9 @@ class Routes:
                 self._list_bucket_batches,
                 True,
             ),
-            ("POST", re.compile(r"/v1/batches/list"), self._list_batches, True),
         )
+        if profile.batches_list:  # else a 404 like any unknown path, as in the 0.81 spec
+            self._table += (("POST", re.compile(r"/v1/batches/list"), self._list_batches, True),)
 
     def handle(self, request: Request) -> Response:
         """Answer one request, errors included, in the real API's shapes."""
@@ -118,11 +118,11 @@ class Routes:
     def _scope(self, headers: Mapping[str, str]) -> str | None:
         """The namespace id a task route is limited to, or None for the whole organisation.
 
-        Whether the real task routes honour X-Namespace is an open question; `tasks_honour_namespace` picks
-        an answer, and when they do not, the header is ignored like any undeclared header.
+        Whether the real task routes honour X-Namespace is an open question; the profile picks an answer,
+        and when they do not, the header is ignored like any undeclared header.
         """
         ref = headers.get("x-namespace")
-        if not self._tasks_honour_namespace or not ref:
+        if not self.profile.header_honoured or not ref:
             return None
         return self._namespace_id(ref)
 
@@ -163,7 +163,7 @@ class Routes:
             request.query,
             scope=scope,
             cursor_pagination=self._cursor_pagination,
-            include_timestamps=self._include_timestamps,
+            profile=self.profile,
         )
         return Response(200, page)
 
@@ -175,7 +175,7 @@ class Routes:
             raise ApiError(
                 404, "NotFoundError", f"Task '{task_id}' not found", {"resource": "task", "id": task_id}
             )
-        return Response(200, task_json(task, self._include_timestamps))
+        return Response(200, task_json(task, self.profile))
 
     def _list_namespaces(self, request: Request, _match: re.Match[str]) -> Response:
         return Response(200, list_namespaces(self._world.namespaces(), _json_body(request), request.query))

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError
 from .faults import TASKS_PATH, Drop, Fault, FaultPlan, Reply, Requests, Rule
+from .profile import DOCUMENTED, ApiProfile
 from .routes import Request, Response, Routes
 from .world import World
 
@@ -49,23 +50,17 @@ class SimulatorServer:
         port: int = 0,
         *,
         cursor_pagination: bool = True,
-        include_timestamps: bool = True,
-        tasks_honour_namespace: bool = True,
+        profile: ApiProfile = DOCUMENTED,
     ) -> None:
         """Configure the API's variants.
 
-        `cursor_pagination=False` models the older API (offset paging, older pagination fields);
-        `include_timestamps=False` serves exactly the documented TaskResponse (no created_at...);
-        `tasks_honour_namespace=False` makes the task routes ignore X-Namespace (organisation-wide).
+        `cursor_pagination=False` models the older API (offset paging, older pagination fields); `profile`
+        answers the questions the documentation leaves open (see profile.py), by default as documented:
+        task payloads without timestamps, namespace ids on batch tasks only.
         """
-        routes = Routes(
-            world,
-            api_key,
-            cursor_pagination=cursor_pagination,
-            include_timestamps=include_timestamps,
-            tasks_honour_namespace=tasks_honour_namespace,
-        )
+        routes = Routes(world, api_key, cursor_pagination=cursor_pagination, profile=profile)
         self.api_key = api_key
+        self.profile = profile
         self._faults = FaultPlan()
         self._httpd = _HTTPServer((host, port), routes, self._record, self._faults)
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)

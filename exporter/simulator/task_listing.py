@@ -23,7 +23,7 @@ from typing import Any, Final, overload
 
 from .enums import SORT_DIRECTIONS, TASK_STATUSES, TASK_TYPES
 from .errors import ValidationFailed, enum_error, field_error
-from .filters import Predicate, all_of, compile_filters, pinned_ids, resolver, sort_bounds
+from .filters import Predicate, all_of, compile_filters, operator_at, pinned_ids, resolver, sort_bounds
 from .paging import (
     SortKey,
     cursor_pagination_json,
@@ -34,12 +34,14 @@ from .paging import (
     window,
 )
 from .params import Errors, Paging, object_body, parse_paging
+from .profile import DOCUMENTED, ApiProfile
 from .render import task_json
 from .timestamps import to_micros
 from .world import SimTask, World
 
 TASK_BODY_KEYS: Final = ("status", "task_type", "filters", "sort", "search")
 PATH: Final = "/v1/tasks/list"
+DEFAULT_SORT: Final = ("created_at", False)  # ascending: the documented default direction
 
 _STRING_FIELDS: Final = frozenset({"task_id", "task_type", "status"})
 _FAST_FIELDS: Final = _STRING_FIELDS | {"created_at", "updated_at"}  # always set, always one type
@@ -72,21 +74,22 @@ def list_tasks(
     *,
     scope: str | None,
     cursor_pagination: bool,
-    include_timestamps: bool,
+    profile: ApiProfile = DOCUMENTED,
 ) -> dict[str, object]:
     """One ListTasksResponse page of `tasks` (already limited to the namespace `scope`, if any).
 
     Raises ValidationFailed (422) for a bad parameter, body or cursor. Without `cursor_pagination` the server
     behaves like the older API: cursors are ignored and the pagination object has the older fields only.
+    The profile says whether filters and sort are honoured, which operator is refused, what a task shows.
     """
-    paging, request, after = _parse(body, query, scope, cursor_pagination)
+    paging, request, after = _parse(body, query, scope, cursor_pagination, profile)
     return _page(
         _select(tasks, request),
         request,
         paging,
         after,
         cursor_pagination=cursor_pagination,
-        include_timestamps=include_timestamps,
+        profile=profile,
     )
 
 
@@ -117,17 +120,21 @@ class TaskListings:
         *,
         scope: str | None,
         cursor_pagination: bool,
-        include_timestamps: bool,
+        profile: ApiProfile = DOCUMENTED,
     ) -> dict[str, object]:
-        """What `list_tasks(world.tasks(scope), ...)` answers, without sorting the tasks again."""
-        paging, request, after = _parse(body, query, scope, cursor_pagination)
+        """What `list_tasks(world.tasks(scope), ...)` answers, without sorting the tasks again.
+
+        The cache key is the listing the profile makes of the request (ignored filters or sort drop out of
+        it), so requests that differ only in what the profile ignores share one listing.
+        """
+        paging, request, after = _parse(body, query, scope, cursor_pagination, profile)
         return _page(
             self._ordered(request, scope),
             request,
             paging,
             after,
             cursor_pagination=cursor_pagination,
-            include_timestamps=include_timestamps,
+            profile=profile,
         )
 
     def _ordered(self, request: _Request, scope: str | None) -> Sequence[SimTask]:
@@ -223,12 +230,12 @@ def _run(ordered: Sequence[SimTask], field: str, bounds: list[tuple[str, int]]) 
 
 
 def _parse(
-    body: object, query: Mapping[str, str], scope: str | None, cursor_pagination: bool
+    body: object, query: Mapping[str, str], scope: str | None, cursor_pagination: bool, profile: ApiProfile
 ) -> tuple[Paging, _Request, SortKey | None]:
     """The page asked for, the query, and the cursor's position; ValidationFailed (422) when any is bad."""
     errors: Errors = []
     paging = parse_paging(query, errors)
-    request = _parse_body(body, scope, errors)
+    request = _parse_body(body, scope, errors, profile)
     if errors:
         raise ValidationFailed(errors)
     after = None
@@ -255,7 +262,7 @@ def _page(
     after: SortKey | None,
     *,
     cursor_pagination: bool,
-    include_timestamps: bool,
+    profile: ApiProfile,
 ) -> dict[str, object]:
     _, cursor_key = _ordering(request.sort_field)
     chosen, more = window(ordered, cursor_key, request.descending, after, paging)
@@ -265,10 +272,12 @@ def _page(
         pagination = cursor_pagination_json(paging, len(ordered), next_cursor)
     else:
         pagination = legacy_pagination_json(paging, len(ordered), PATH)
-    return {"results": [task_json(task, include_timestamps) for task in chosen], "pagination": pagination}
+    return {"results": [task_json(task, profile) for task in chosen], "pagination": pagination}
 
 
-def _parse_body(raw: object, scope: str | None, errors: Errors) -> _Request:
+def _parse_body(raw: object, scope: str | None, errors: Errors, profile: ApiProfile) -> _Request:
+    """The query a body asks for, as the profile's server reads it: filters and sort it ignores are still
+    validated, then dropped, so the listing is the one made without them."""
     body = object_body(raw, TASK_BODY_KEYS, errors)
     predicates: list[Predicate] = []
     status, task_type, search = body.get("status"), body.get("task_type"), body.get("search")
@@ -282,11 +291,19 @@ def _parse_body(raw: object, scope: str | None, errors: Errors) -> _Request:
             predicates.append(lambda task: task.task_type == task_type)
         else:
             errors.append(enum_error(("body", "task_type"), task_type, TASK_TYPES))
-    if body.get("filters") is not None:
+    filters = body.get("filters")
+    if filters is not None:
         try:
-            predicates.append(compile_filters(body["filters"]))
+            predicate = compile_filters(filters)
         except ValidationFailed as exc:
             errors.extend(exc.errors)
+        else:
+            if profile.refuse_operator is not None:
+                _refuse(filters, profile.refuse_operator, errors)
+            if profile.filters_honoured:
+                predicates.append(predicate)
+    if not profile.filters_honoured:
+        filters = None  # as if none were sent: the listing, its cursors and its cache key
     if isinstance(search, str):
         predicates.append(_search(search))
     elif search is not None:
@@ -294,7 +311,8 @@ def _parse_body(raw: object, scope: str | None, errors: Errors) -> _Request:
             field_error(("body", "search"), "Input should be a valid string", "string_type", search)
         )
     sort_field, descending = _parse_sort(body.get("sort"), errors)
-    filters = body.get("filters")
+    if not profile.sort_honoured:
+        sort_field, descending = DEFAULT_SORT
     identity = [scope, status, task_type, filters, sort_field, descending, search]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     if errors:
@@ -325,6 +343,14 @@ def _selection(
     return json.dumps(identity, sort_keys=True, default=str)
 
 
+def _refuse(filters: object, operator: str, errors: Errors) -> None:
+    """A server that does not support `operator` refuses a filter using it with 422, naming it."""
+    loc = operator_at(filters, operator)
+    if loc is not None:
+        msg = f"Value error, filter operator '{operator}' is not supported"
+        errors.append(field_error(loc, msg, "value_error", operator))
+
+
 def _search(term: str) -> Predicate:
     """Case-insensitive substring of task_id, task_type or status, as documented."""
     needle = term.casefold()
@@ -333,12 +359,12 @@ def _search(term: str) -> Predicate:
 
 def _parse_sort(sort: object, errors: Errors) -> tuple[str, bool]:
     if sort is None:
-        return "created_at", False
+        return DEFAULT_SORT
     loc = ("body", "sort")
     if not isinstance(sort, dict):
         msg = "Input should be a valid dictionary or object to extract fields from"
         errors.append(field_error(loc, msg, "model_attributes_type", sort))
-        return "created_at", False
+        return DEFAULT_SORT
     field, direction = sort.get("field"), sort.get("direction")
     if field is None:
         errors.append(field_error((*loc, "field"), "Field required", "missing", sort))
