@@ -50,7 +50,11 @@ from exporter.statefile import StateFile
 from exporter.vocabulary import TERMINAL_STATUSES
 
 UNKNOWN_NAMESPACE = "unknown"
-ACTIVE_TASKS = {"NOT": [{"field": "status", "operator": "in", "value": list(TERMINAL_STATUSES)}]}
+# The active set, with the plainest operator there is (eq) under one NOT, so it does not depend on `in`
+# or on how a server reads a NOT of several conditions; the answer is checked all the same.
+ACTIVE_TASKS = {
+    "NOT": [{"OR": [{"field": "status", "operator": "eq", "value": status} for status in TERMINAL_STATUSES]}]
+}
 T = TypeVar("T")
 INTERNAL = "internal"
 """The poll-error reason of an exception the exporter did not expect: a bug, or input nobody foresaw."""
@@ -170,7 +174,7 @@ class Poller:
         if self._plan.namespaces:
             return tuple(ns for ns in self._plan.namespaces if self._plan.namespace_filter.owns(ns))
         if self._plan.scope is Scope.ORGANIZATION:
-            return ()
+            return self._discovered or ()
         return self._discovered
 
     def ready(self) -> bool:
@@ -194,8 +198,7 @@ class Poller:
         Configured namespaces need the list too in `auto` and organisation scope: to know the id a
         namespace's tasks must name, and the name an organisation-wide task is labelled with. (In
         `namespace` scope with configured namespaces, the user has settled the question: no request.)"""
-        configured = bool(self._plan.namespaces) or self._plan.scope is Scope.ORGANIZATION
-        if configured and self._plan.scope is Scope.NAMESPACE:
+        if self._plan.namespaces and self._plan.scope is Scope.NAMESPACE:
             return self.targets
         try:
             found = await self._client.list_namespaces()
@@ -207,7 +210,7 @@ class Poller:
             self._discovery_failing = None
             self._ids = {ns.name: ns.namespace_id for ns in found if ns.namespace_id}
             self._names = {ns.namespace_id: ns.name for ns in found if ns.namespace_id}
-            if not configured:
+            if not self._plan.namespaces:
                 names = tuple(sorted({ns.name for ns in found if self._plan.namespace_filter.owns(ns.name)}))
                 if names != self._discovered:
                     self._log.info("namespaces discovered", namespaces=list(names))
@@ -269,7 +272,9 @@ class Poller:
             return await self._fetch_tasks(None, dict(self._tasks), self._clock())
 
         await self._poll(tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
-        await self._poll_batches(tuple(ns for ns in self._tasks if ns != UNKNOWN_NAMESPACE))
+        # Batch routes take X-Namespace (declared there): every namespace, whatever its tasks say.
+        owned = [self._names.get(ns, ns) for ns in self.targets or ()]
+        await self._poll_batches(owned or [ns for ns in self._tasks if ns != UNKNOWN_NAMESPACE])
 
     async def _fetch_tasks(self, scope: str | None, states: dict[str, NamespaceState], now: float) -> Fetched:
         """An incremental poll when there is a baseline and the API has honoured what it relies on, else a
