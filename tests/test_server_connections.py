@@ -286,6 +286,7 @@ def test_max_connections_out_of_bounds_is_one_clear_line(value: str, monkeypatch
 
 
 def test_max_connections_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXPEEK_DEMO", "true")
     monkeypatch.setenv("MIXPEEK_MAX_CONNECTIONS", "300")
     assert load_settings().max_connections == 300
     monkeypatch.delenv("MIXPEEK_MAX_CONNECTIONS")

@@ -25,6 +25,7 @@ from support import Exporter, Sleeps
 from exporter.api import (
     BATCHES_LIST,
     MAX_COUNT,
+    NEWEST_FIRST,
     TASKS_LIST,
     ApiHTTPError,
     ApiTimeout,
@@ -53,8 +54,13 @@ async def client_at(url: str, **options: Any) -> AsyncIterator[MixpeekClient]:
         yield MixpeekClient(http, lambda: SecretStr(KEY), retry=RetryPolicy(attempts=1), **options)
 
 
+async def newest(client: MixpeekClient, namespace: str) -> int:
+    """One one-task listing: how many tasks it returned."""
+    return len(await client.first_tasks(namespace, NEWEST_FIRST))
+
+
 async def probe(client: MixpeekClient) -> int:
-    return await asyncio.wait_for(client.probe_tasks("prod"), GUARD_S)
+    return await asyncio.wait_for(newest(client, "prod"), GUARD_S)
 
 
 # 1. Response size
@@ -104,7 +110,7 @@ async def test_a_declared_length_over_the_cap_is_refused_unread() -> None:
 async def test_a_page_over_the_cap_from_memory_is_refused() -> None:
     body = b'{"results": []}' + b" " * CAP
     with pytest.raises(InvalidResponse):
-        await answering(200, body, max_response_bytes=CAP).probe_tasks("prod")
+        await newest(answering(200, body, max_response_bytes=CAP), "prod")
 
 
 async def test_an_unsupported_content_encoding_is_an_invalid_response() -> None:
@@ -165,7 +171,7 @@ async def test_a_request_past_its_deadline_is_retried_like_any_timeout() -> None
     sleeps = Sleeps()
     async with httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler)) as http:
         client = MixpeekClient(http, lambda: SecretStr(KEY), deadline=0.05, sleep=sleeps)
-        assert await asyncio.wait_for(client.probe_tasks("prod"), GUARD_S) == 0
+        assert await asyncio.wait_for(newest(client, "prod"), GUARD_S) == 0
     assert calls == 2 and len(sleeps.waits) == 1
     assert client.requests == {(TASKS_LIST, "error"): 1, (TASKS_LIST, "200"): 1}
 
@@ -184,7 +190,7 @@ def answering(status: int, body: bytes, **options: Any) -> MixpeekClient:
 @pytest.mark.parametrize("status", [500, 422])
 async def test_a_deeply_nested_error_body_is_an_http_error_with_a_fixed_message(status: int) -> None:
     with pytest.raises(ApiHTTPError) as caught:
-        await answering(status, DEEP).probe_tasks("prod")
+        await newest(answering(status, DEEP), "prod")
     assert caught.value.status_code == status and str(caught.value) == f"HTTP {status}: unexpected error body"
 
 
@@ -198,7 +204,7 @@ async def test_deep_nesting_inside_a_page_is_an_invalid_response() -> None:
     page = b'{"results": [{"task_id": "a", "task_type": "t", "status": "PENDING", "additional_data": '
     page += b'{"namespace_id": ' + DEEP + b"}}]}"
     with pytest.raises(InvalidResponse):
-        await answering(200, page).probe_tasks("prod")
+        await newest(answering(200, page), "prod")
 
 
 @pytest.mark.parametrize(
@@ -212,7 +218,7 @@ async def test_deep_nesting_inside_a_page_is_an_invalid_response() -> None:
 )
 async def test_an_odd_error_body_gives_a_short_message(body: bytes) -> None:
     with pytest.raises(ApiHTTPError) as caught:
-        await answering(503, body).probe_tasks("prod")
+        await newest(answering(503, body), "prod")
     assert caught.value.reason == "http_5xx" and len(str(caught.value)) <= 320
 
 
