@@ -125,9 +125,9 @@ async def api_target(settings: Settings, keys: ApiKeySource | None) -> AsyncIter
         assert keys is not None, "Settings require a key unless demo is set"
         yield Target(settings.api_url, keys, demo=False)
         return
-    from exporter.simulator import start_demo  # noqa: PLC0415 - the demo is not loaded in production
+    from exporter.simulator import ApiProfile, start_demo  # noqa: PLC0415 - not loaded in production
 
-    demo = start_demo()
+    demo = start_demo(ApiProfile.parse(settings.demo_api))
     demo_key = SecretStr(demo.api_key)
     try:
         yield Target(demo.url, lambda: demo_key, demo=True)

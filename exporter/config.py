@@ -207,6 +207,20 @@ class Settings(BaseSettings):
         description="run against the built-in simulated API, not the real one (no key needed); "
         'its metrics carry demo="true" on mixpeek_exporter_build_info',
     )
+    demo_api: str = Field(
+        "default",
+        description="with --demo: how the simulated API answers what the documentation leaves open, e.g. "
+        "timestamps,header=ignored,namespace_ids=all,filters=ignored,refuse_operator=in,sort=ignored,"
+        "batches_list=absent (default: the documented API only)",
+    )
+
+    @field_validator("demo_api")
+    @classmethod
+    def _api_profile(cls, value: str) -> str:
+        from exporter.simulator.profile import ApiProfile  # noqa: PLC0415 - only the demo needs it
+
+        ApiProfile.parse(value)
+        return value
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import pytest
 from conftest import API_KEY
 from support import PROFILES, Exporter, select, simulator
 
+from exporter.cli import main
 from exporter.config import Scope
 from exporter.simulator import ApiProfile, FakeClock, World
 from exporter.simulator.enums import TERMINAL_STATUSES
@@ -224,3 +225,23 @@ async def test_every_profile_exports_the_ground_truth_after_every_poll(
     for labels, value in select(exporter.scrape(), "mixpeek_batches").items():
         batches[dict(labels)["namespace"]] += int(value)
     assert batches == Counter({name: len(world.batches(name)) for name in NAMESPACES if world.batches(name)})
+
+
+def test_the_demo_takes_an_api_profile_and_check_config_reports_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["--check-config", "--demo", "--demo-api", "header=ignored,sort=ignored,batches_list=absent"])
+    lines = capsys.readouterr().out.splitlines()[2:]  # after the demo's and discovery's lines
+    assert code == 0 and len(lines) == 3
+    assert all("X-Namespace honoured: no (" in line for line in lines)
+    assert all("sort: ignored (" in line and "task timestamps: absent" in line for line in lines)
+    assert all("batches: POST /v1/batches/list answers 404 (per-bucket listings)" in line for line in lines)
+
+
+def test_a_demo_api_profile_that_does_not_parse_is_a_one_line_config_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--demo", "--demo-api", "sort=sideways"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mixpeek-exporter: invalid configuration: MIXPEEK_DEMO_API: sort='sideways'")
+    assert "\n" not in error
