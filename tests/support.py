@@ -187,6 +187,8 @@ def build_exporter(
     max_series: int = 0,
     scope: Scope | None = None,
     reprobe_after: float | None = None,
+    concurrency: int = 4,
+    poll_timeout: float | None = None,
 ) -> Exporter:
     http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
     sleeps = Sleeps()
@@ -200,13 +202,14 @@ def build_exporter(
         namespaces,
         scope,
         30.0,
-        4,
+        concurrency,
         DEFAULT_BUCKETS,
         max_tracked,
         batches,
         namespace_filter=namespace_filter,
         reconcile_every=reconcile_every,
         reprobe_after=reprobe_after,
+        poll_timeout=poll_timeout,
     )
     store = None
     if state_file is not None:

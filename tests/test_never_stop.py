@@ -179,3 +179,30 @@ async def test_a_poll_loop_that_dies_all_the_same_fails_liveness(
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
     assert not poller.alive()
+
+
+async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
+    world: World,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    seeded: None,
+) -> None:
+    """One slot, two namespaces, the first one's listing never ends: at the poll deadline it fails with
+    reason timeout and the other namespace is polled."""
+    world.create_task("staging", "thumbnail", "PROCESSING")
+    exporter = make_exporter(api, namespaces=("prod", "staging"), concurrency=1, poll_timeout=0.2)
+    walk = exporter.client.walk_tasks
+    never = asyncio.Event()
+
+    async def hangs(namespace: str | None, *args: Any, **kwargs: Any) -> int:
+        if namespace == "prod":
+            await never.wait()
+        return await walk(namespace, *args, **kwargs)
+
+    monkeypatch.setattr(exporter.client, "walk_tasks", hangs)
+    async with asyncio.timeout(10):
+        await exporter.poll()
+    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="timeout") == 1
+    assert exporter.value("mixpeek_up", namespace="staging") == 1
