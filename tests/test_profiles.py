@@ -245,3 +245,43 @@ def test_a_demo_api_profile_that_does_not_parse_is_a_one_line_config_error(
     error = capsys.readouterr().err.strip()
     assert error.startswith("mixpeek-exporter: invalid configuration: MIXPEEK_DEMO_API: sort='sideways'")
     assert "\n" not in error
+
+
+async def test_a_fallback_lasts_until_the_reprobe_interval_then_the_behaviour_is_checked_again(
+    clock: FakeClock, world: World, make_exporter: MakeExporter
+) -> None:
+    """`task_id in` refused: lookups go one GET per id; after the re-probe interval the lookup is tried
+    (and refused) again, and the check counts the second episode."""
+    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(3)]
+    for _ in range(30):
+        world.create_task("prod", "thumbnail", "COMPLETED")
+        clock.advance(1)
+    with simulator(world, "in_refused", api_key=API_KEY) as api:
+        exporter = make_exporter(
+            api, namespaces=("prod",), page_size=10, reconcile_every=100, reprobe_after=60
+        )
+
+        async def poll_after_a_finish(task_id: str) -> None:
+            world.set_status(task_id, "FAILED")
+            clock.advance(30)
+            await exporter.poll()
+
+        await exporter.poll()
+        await poll_after_a_finish(running[0])  # refused: GET from now on
+        await poll_after_a_finish(running[1])  # 30 s later: GET, the lookup is not tried
+        lookups = sum(1 for r in api.requests if "task_id" in str(r.body))
+        await poll_after_a_finish(running[2])  # 60 s after the refusal: tried, refused again
+        lookups_after = sum(1 for r in api.requests if "task_id" in str(r.body))
+        gets = sum(1 for r in api.requests if r.method == "GET" and r.path.startswith("/v1/tasks/"))
+    assert (lookups, lookups_after) == (1, 2)
+    assert gets == 3
+    assert exporter.value("mixpeek_exporter_api_check_failures_total", check="id_lookup") == 2
+    assert (
+        exporter.value(
+            "mixpeek_task_terminal_transitions_total",
+            namespace="prod",
+            status="FAILED",
+            task_type="thumbnail",
+        )
+        == 3
+    )
