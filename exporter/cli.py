@@ -220,6 +220,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             state_file = StateFile(settings.state_file, setup, tuple(settings.histogram_buckets))
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
+        loop = asyncio.get_running_loop()
         server = MetricsServer(
             host,
             port,
@@ -228,6 +229,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             web,
             max_connections=settings.max_connections,
             live=poller.alive,
+            on_error=lambda exc: loop.call_soon_threadsafe(poller.internal_error, "render", exc),
         )
         server.start()
         log.info(
@@ -240,7 +242,6 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             total_shards=settings.total_shards,
         )
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         runner = asyncio.create_task(poller.run())

@@ -67,8 +67,8 @@ BATCH_OBJECTS = "mixpeek_batch_objects"  # exposed with _total
 BATCH_FAILURES = "mixpeek_batch_failures"  # exposed with _total
 BATCH_OLDEST_ACTIVE_AGE = "mixpeek_batch_oldest_active_age_seconds"
 
-# Where an unexpected exception can happen in a poll loop: each is counted from 0.
-STAGES = ("discovery", "scope", "poll", "state", "batches")
+# Where an unexpected exception can happen (the poll loops, rendering /metrics): each counted from 0.
+STAGES = ("discovery", "scope", "poll", "state", "batches", "render")
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TASK_LABELS = ("namespace", "status", "task_type")
 BATCH_LABELS = ("namespace", "bucket_id", "status")

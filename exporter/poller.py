@@ -571,6 +571,11 @@ class Poller:
             self._internal(stage, exc)
             return None
 
+    def internal_error(self, stage: str, exc: BaseException) -> None:
+        """An unexpected exception outside the poll loops (e.g. rendering /metrics): logged once per kind
+        with its traceback, and counted with the others. Call it on the poller's event loop."""
+        self._internal(stage, exc)
+
     def _internal(self, stage: str, exc: BaseException, labels: Iterable[str] = ()) -> None:
         self._internal_errors[stage] = self._internal_errors.get(stage, 0) + 1
         kind = (stage, type(exc).__name__)

@@ -86,6 +86,7 @@ def make_app(
     ready: Callable[[], bool],
     auth: BasicAuth | None = None,
     live: Callable[[], bool] = _always,
+    on_error: Callable[[BaseException], object] | None = None,
 ) -> App:
     """`metrics` is served at /metrics: an Exposition (cached), or any collector, rendered per scrape.
 
@@ -101,7 +102,12 @@ def make_app(
         if auth is not None and path not in OPEN_PATHS and not auth.allows(headers.get("Authorization")):
             return UNAUTHORIZED
         if path == "/metrics":
-            response = exposition.respond(headers.get("Accept"), headers.get("Accept-Encoding"), query)
+            try:
+                response = exposition.respond(headers.get("Accept"), headers.get("Accept-Encoding"), query)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)  # counted with the poll loops' unexpected errors
+                raise
             return Reply(HTTPStatus.OK, response.headers, response.body)
         if path == "/healthz":
             return HEALTHY if live() else NOT_LIVE
@@ -344,14 +350,16 @@ class MetricsServer:
         web: WebConfig | None = None,
         *,
         live: Callable[[], bool] = _always,
+        on_error: Callable[[BaseException], object] | None = None,
         max_connections: int = 64,
         accept: Accept = _accept,
         pause: Callable[[float], object] | None = None,
     ) -> None:
-        """`live`: false makes /healthz answer 503. `accept` and `pause` (seconds; default: a wait that
-        stop ends) are the accept loop's calls, for tests."""
+        """`live`: false makes /healthz answer 503; `on_error` hears of a /metrics render that failed.
+        `accept` and `pause` (seconds; default: a wait that stop ends) are the accept loop's calls, for
+        tests."""
         auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
-        app = make_app(metrics, ready, auth, live)
+        app = make_app(metrics, ready, auth, live, on_error)
         self._server = _Server(host, port, app, max_connections, accept=accept, pause=pause)
         context = web.ssl_context() if web else None
         if context is not None:

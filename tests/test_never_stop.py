@@ -7,12 +7,14 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from conftest import API_KEY
 from support import Exporter
 
 from exporter import api as api_module
 from exporter import state as state_module
+from exporter.server import MetricsServer
 from exporter.simulator import FakeClock, SimulatorServer, World
 
 MakeExporter = Callable[..., Exporter]
@@ -206,3 +208,36 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
         await exporter.poll()
     assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="timeout") == 1
     assert exporter.value("mixpeek_up", namespace="staging") == 1
+
+
+async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
+    api: SimulatorServer, make_exporter: MakeExporter, seeded: None, logs: list[dict[str, Any]]
+) -> None:
+    """The server hears of a /metrics render that failed (it answers 500) and hands it to the poller's
+    loop, as `exporter.cli` wires it."""
+    exporter = make_exporter(api, namespaces=("prod",))
+    await exporter.poll()
+
+    class Broken:
+        def collect(self) -> Iterator[object]:
+            raise RuntimeError("a render bug")
+
+    loop = asyncio.get_running_loop()
+    server = MetricsServer(
+        "127.0.0.1",
+        0,
+        Broken(),  # type: ignore[arg-type]
+        lambda: True,
+        on_error=lambda exc: loop.call_soon_threadsafe(exporter.poller.internal_error, "render", exc),
+    )
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+            assert (await http.get("/metrics")).status_code == 500
+            assert (await http.get("/metrics")).status_code == 500
+    finally:
+        server.stop()
+    await asyncio.sleep(0)  # the loop runs what the server thread handed it
+    assert internal_errors(exporter, "render") == 2
+    tracebacks = [e for e in logs if e["event"] == "unexpected error; the poll loop goes on"]
+    assert len(tracebacks) == 1 and tracebacks[0]["stage"] == "render"
