@@ -93,6 +93,10 @@ class Fetched:
     """The scope it was listed in: a poll that outlives a change of scope is void."""
 
 
+class FullIsCheaper(Exception):
+    """Looking up one id at a time would take more requests than listing everything."""
+
+
 class ScopeChanged(Exception):
     """The poll found that task routes ignore X-Namespace; its results are void."""
 
@@ -287,6 +291,8 @@ class Poller:
                 pages = await self._list_changes(header, states, listing)
             except CheckFailed as failure:
                 self._evidence.fail(failure, namespace=scope or "organization")
+            except FullIsCheaper:
+                pass
             else:
                 return Fetched(listing.observations, pages, full=False, epoch=epoch)
         listing = self._listing(scope, states, now, partial=False)
@@ -443,6 +449,10 @@ class Poller:
             for task_id in state.active
             if not observations[namespace].listed(task_id)
         )
+        if not self._evidence.trusted(Check.ID_LOOKUP) and len(left) > _listing_pages(
+            states, self._client.page_size
+        ):
+            raise FullIsCheaper
         pages += await self._look_up(scope, left, listing.sink)
         for namespace, state in states.items():
             observations[namespace].vanish(state.active)
@@ -846,6 +856,11 @@ class Poller:
             scope=("organization" if self._organization else "namespace", self._scope_reason),
             modes=self._modes(self._health, self._tasks, self._batches if self._plan.batches else ()),
         )
+
+
+def _listing_pages(states: Mapping[str, NamespaceState], page_size: int) -> int:
+    """About what a full listing of these states costs in requests."""
+    return sum(len(state.tasks) for state in states.values()) // page_size + 1
 
 
 def _new_health() -> NamespaceHealth:

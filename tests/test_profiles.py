@@ -285,3 +285,38 @@ async def test_a_fallback_lasts_until_the_reprobe_interval_then_the_behaviour_is
         )
         == 3
     )
+
+
+async def test_without_id_lookups_a_poll_lists_everything_when_that_takes_fewer_requests(
+    clock: FakeClock, world: World, make_exporter: MakeExporter
+) -> None:
+    """One GET per task that left the active set costs more than a full listing once enough of them
+    leave: then the poll lists everything instead, and stays exact."""
+    running = [world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(8)]
+    for _ in range(22):
+        world.create_task("prod", "thumbnail", "COMPLETED")
+        clock.advance(1)
+    with simulator(world, "in_refused", api_key=API_KEY) as api:
+        exporter = make_exporter(api, namespaces=("prod",), page_size=10, reconcile_every=100)
+        await exporter.poll()
+        world.set_status(running[0], "FAILED")
+        clock.advance(30)
+        await exporter.poll()  # the lookup is refused: one GET
+        for task_id in running[1:]:
+            world.set_status(task_id, "FAILED")  # 7 to look up, a full listing is 4 pages
+        clock.advance(30)
+        api.clear_requests()
+        await exporter.poll()
+        gets = [r for r in api.requests if r.method == "GET"]
+        pages = [r for r in api.requests if r.path == "/v1/tasks/list" and not r.body.get("filters")]
+    assert not gets and len(pages) >= 4
+    assert (
+        exporter.value(
+            "mixpeek_task_terminal_transitions_total",
+            namespace="prod",
+            status="FAILED",
+            task_type="thumbnail",
+        )
+        == 8
+    )
+    assert exporter.value("mixpeek_exporter_last_full_listing_timestamp_seconds", namespace="prod") == clock()
