@@ -3,19 +3,24 @@
     python bench/scale.py                          # every scenario, a few minutes
     python bench/scale.py --scenarios 10k,100k     # a subset
     python bench/scale.py --no-cursor --page-concurrency 8 --reconcile-every 5
+    python bench/scale.py --scenarios 100k --api filters=ignored --api sort=ignored
 
-Each scenario runs in a fresh process, so its peak RSS is that exporter's alone, with the simulated API in
-a child process of its own. The world is a busy organisation's: most tasks finished, a small active set.
+Each scenario runs once per simulated API profile (`--api`, as `ApiProfile.parse` reads it; by default the
+documented API, `default`, then `timestamps`), in a fresh process, so its peak RSS is that exporter's alone,
+with the simulated API in a child process of its own. The world is a busy organisation's: most tasks
+finished, a small active set.
 Between polls the API's process applies the churn (by default 1 % of the tasks change: active tasks finish,
 some FAILED; pending tasks start; as many new tasks are born as the oldest finished ones expire), through a
 control pipe, so no change lands while a poll runs. The exporter is built from its real pieces, as
 `exporter.cli` builds it, and each poll is triggered with `await poller.poll_once()`.
 
-Printed, as markdown: per scenario and kind of poll (the first, a full listing; then incremental polls and
-reconciling full listings, told apart by what the API was asked), the API requests, wall time, the
-exporter's CPU (and the simulated API's, to show where the wall time went); then per scenario the peak RSS,
-the RSS grown over the polls per tracked task, /metrics latency under concurrent scrapes, the exposition's
-size, and a check: the exporter counted exactly the terminal transitions the world made after the first poll.
+Printed, as markdown: per run (scenario and API profile) and kind of poll (the first, a full listing; then
+incremental polls and full ones, as the exporter itself reports them: a full listing sets its namespace's
+`last_full`), the API requests of every endpoint (the exporter's own count), wall time, the exporter's CPU
+(and the simulated API's, to show where the wall time went); then per run the peak RSS, the RSS grown over
+the polls per tracked task, /metrics latency under concurrent scrapes, the exposition's size, how the exporter
+polls at the end (its poll-mode gauge) and the API checks it saw fail, so that a fallback shows, and a check:
+the exporter counted exactly the terminal transitions the world made after the first poll.
 """
 
 from __future__ import annotations
@@ -45,13 +50,14 @@ import httpx
 from pydantic import SecretStr
 from scrape import ScrapeTimes, measure_scrapes  # bench/scrape.py: run as `python bench/scale.py`
 
-from exporter.api import TASKS_LIST, MixpeekClient
+from exporter.api import MixpeekClient
 from exporter.cli import build_exposition, build_poller
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.poller import Poller
 from exporter.server import MetricsServer
-from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
+from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, SimulatorServer, World
+from exporter.simulator.faults import HttpError, Requests
 from exporter.simulator.world import TASK_TYPE_MIX
 
 KEY = "sk_bench_scale"
@@ -73,6 +79,8 @@ class Scenario:
 
 
 DEFAULT_SCENARIOS = ("10k", "100k", "1M", "200x5k")
+DEFAULT_APIS = ("default", "timestamps")
+"""The documented API, then the one that adds task timestamps (what the simulator served before issue 12)."""
 _SCENARIO = re.compile(r"(?:(\d+)x)?(\d+)([kM]?)")
 
 
@@ -99,20 +107,27 @@ class Options:
     seed: int
     profile: int = 0
     """Print this many of the costliest functions of the first poll (cProfile), to see where CPU goes."""
+    refuse_lookup: bool = False
+    """The first incremental poll's `task_id in` lookup is answered 422, so the exporter looks tasks up by
+    GET from then on: no API profile refuses the lookup alone (its `in` is the active filter's too)."""
 
 
 @dataclass(frozen=True)
 class Poll:
-    kind: str  # first, incremental, reconcile
+    kind: str  # first, incremental, full
     requests: int
     wall: float
     cpu: float
     api_cpu: float
+    endpoints: Counter[str] = field(default_factory=Counter)
+    """The requests by endpoint (the exporter's count, whatever the answer)."""
 
 
 @dataclass
 class Result:
     scenario: Scenario
+    api: str
+    """The simulated API's profile, as `ApiProfile.parse` reads it."""
     build_s: float = 0.0
     polls: list[Poll] = field(default_factory=list)
     tracked: int = 0
@@ -126,6 +141,10 @@ class Result:
     error: str | None = None
     settings: str = ""
     """The exporter's settings that shape a poll, as it resolved them."""
+    modes: str = ""
+    """How the exporter polls the tasks at the end, and why (its poll-mode gauge), per namespace."""
+    check_failures: str = ""
+    """The API checks the exporter saw fail, and how often."""
 
 
 # The simulated API's process
@@ -156,6 +175,9 @@ class Churn:
         self._finished[namespace] = deque(
             t for t, s in zip(ids, statuses, strict=True) if s in TERMINAL_STATUSES
         )
+
+    def active(self, namespace: str) -> int:
+        return len(self._pending[namespace]) + len(self._processing[namespace])
 
     def apply(self) -> int:
         """One poll interval passes; in each namespace a third of the churn finishes, a third starts and
@@ -215,7 +237,7 @@ def _outcome(draw: float) -> str:
     return "COMPLETED"
 
 
-def serve_world(scenario: Scenario, options: Options, control: Connection) -> None:
+def serve_world(scenario: Scenario, api: str, options: Options, control: Connection) -> None:
     """The simulated API's process: build the world, serve it, and obey the control pipe."""
     started = time.perf_counter()
     clock = FakeClock(time.time())
@@ -226,8 +248,7 @@ def serve_world(scenario: Scenario, options: Options, control: Connection) -> No
         world.add_namespace(name)
         churn.populate(name, scenario.tasks_per_namespace)
     gc.freeze()  # the world lives until the end: collections need not walk it again
-    # The simulator's answers before issue 12 (timestamps and namespace ids on every task), as RESULTS.md ran.
-    profile = ApiProfile(timestamps=True, namespace_ids=NamespaceIds.ALL)
+    profile = ApiProfile.parse(api)
     server = SimulatorServer(world, api_key=KEY, cursor_pagination=options.cursor, profile=profile)
     server.start()
     ids = {ns.namespace_id: ns.namespace_name for ns in world.namespaces()}
@@ -238,10 +259,20 @@ def serve_world(scenario: Scenario, options: Options, control: Connection) -> No
         if command == "churn":
             control.send(churn.apply())
             cpu = time.process_time()  # the API's CPU of the next poll, not the churn's
-        elif command == "polled":  # what the last poll asked for, and the API's CPU meanwhile
-            kinds = Counter(_kind(r.body) for r in server.requests if r.path == TASKS_LIST)
-            server.clear_requests()
-            control.send((kinds, time.process_time() - cpu))
+        elif isinstance(command, tuple) and command[0] == "refuse lookup":
+            # The first namespace's next /v1/tasks/list requests: the active set's pages, one page of
+            # births (fewer than a page are born per poll), then the lookup. (The exporter then stops
+            # looking up in every namespace.)
+            lookup = -(-churn.active(names[0]) // command[1]) + 2
+            server.inject(
+                HttpError(422, "Value error, filter operator 'in' is not supported on task_id"),
+                namespace=names[0],
+                requests=Requests.nth(lookup),
+            )
+            control.send(None)
+        elif command == "polled":  # the API's CPU during the last poll
+            server.clear_requests()  # kept by the server for tests: not to grow over the run
+            control.send(time.process_time() - cpu)
             cpu = time.process_time()
         elif command == "truth":
             truth = Counter(
@@ -253,27 +284,17 @@ def serve_world(scenario: Scenario, options: Options, control: Connection) -> No
     server.stop()
 
 
-def _kind(body: object) -> str:
-    """full (no filter, or an offset window), changes (active or new), lookup (by task id)."""
-    filters = body.get("filters") if isinstance(body, dict) else None
-    if not filters:
-        return "full"
-    text = repr(filters)
-    if "'OR'" in text:
-        return "changes"
-    return "lookup" if "task_id" in text else "full"
-
-
 # The exporter's process
 
 
-def run_scenario(scenario: Scenario, options: Options) -> Result:
-    """One scenario, in this (fresh) process: the API in a child, the exporter here."""
+def run_scenario(scenario: Scenario, api_profile: str, options: Options) -> Result:
+    """One scenario against one API profile, in this (fresh) process: the API in a child, the exporter
+    here."""
     context = multiprocessing.get_context("spawn")
     control, child_end = context.Pipe()
-    api = context.Process(target=serve_world, args=(scenario, options, child_end), daemon=True)
+    api = context.Process(target=serve_world, args=(scenario, api_profile, options, child_end), daemon=True)
     api.start()
-    result = Result(scenario)
+    result = Result(scenario, api_profile)
     try:
         url, names, result.build_s = control.recv()
         asyncio.run(_exporter(url, names, options, control, result))
@@ -333,6 +354,9 @@ async def _exporter(
                 if i:
                     control.send("churn")
                     control.recv()
+                if i == 1 and options.refuse_lookup:
+                    control.send(("refuse lookup", settings.page_size))
+                    control.recv()
                 profiler = cProfile.Profile() if options.profile and not i else None
                 if profiler is not None:
                     profiler.enable()
@@ -344,8 +368,9 @@ async def _exporter(
                     )
                 poll = result.polls[-1]
                 _progress(
-                    f"{result.scenario.name}: poll {i} ({poll.kind}): {poll.requests} requests, "
-                    f"{poll.wall:.2f} s, exporter CPU {poll.cpu:.2f} s, API CPU {poll.api_cpu:.2f} s"
+                    f"{result.scenario.name} [{result.api}]: poll {i} ({poll.kind}): "
+                    f"{poll.requests} requests, {poll.wall:.2f} s, exporter CPU {poll.cpu:.2f} s, "
+                    f"API CPU {poll.api_cpu:.2f} s; {_endpoints([poll])}"
                 )
             result.rss_after = _rss()
             result.tracked = sum(len(state.tasks) for state in poller.snapshot.namespaces.values())
@@ -360,6 +385,7 @@ async def _exporter(
                 }
             )
             result.check = _compare(counted, truth)
+            result.modes, result.check_failures = _fallbacks(poller)
             with concurrent.futures.ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn")
             ) as pool:
@@ -372,7 +398,7 @@ async def _exporter(
 
 
 async def _poll(poller: Poller, client: MixpeekClient, control: Connection, *, first: bool) -> Poll:
-    requests = sum(client.requests.values())
+    before = _by_endpoint(client)
     wall, cpu = time.perf_counter(), time.process_time()
     await poller.poll_once()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -382,9 +408,34 @@ async def _poll(poller: Poller, client: MixpeekClient, control: Connection, *, f
             f"poll failed in {len(failed)} namespaces ({poller.snapshot.health[failed[0]].failing})"
         )
     control.send("polled")
-    kinds, api_cpu = control.recv()
-    kind = "first" if first else "reconcile" if kinds["full"] else "incremental"
-    return Poll(kind, sum(client.requests.values()) - requests, wall, cpu, api_cpu)
+    api_cpu = control.recv()
+    # A full listing sets last_full to the time the poll succeeded: the exporter's own word for its kind.
+    full = any(
+        h.last_full is not None and h.last_full == h.last_success for h in poller.snapshot.health.values()
+    )
+    kind = "first" if first else "full" if full else "incremental"
+    endpoints = _by_endpoint(client) - before
+    return Poll(kind, endpoints.total(), wall, cpu, api_cpu, endpoints)
+
+
+def _by_endpoint(client: MixpeekClient) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for (endpoint, _), n in client.requests.items():
+        counts[endpoint] += n
+    return counts
+
+
+def _fallbacks(poller: Poller) -> tuple[str, str]:
+    """The exporter's poll modes of the tasks (mode and reason, with how many namespaces when several
+    share one), and its failed API checks."""
+    modes = Counter(
+        f"{mode} ({reason})"
+        for (_, resource), (mode, reason) in poller.snapshot.modes.items()
+        if resource == "tasks"
+    )
+    shown = ", ".join(mode if n == 1 else f"{mode} x{n}" for mode, n in sorted(modes.items()))
+    failures = ", ".join(f"{check} {n}" for check, n in sorted(poller.snapshot.check_failures.items()) if n)
+    return shown, failures or "none"
 
 
 def _compare(counted: Counter[tuple[str, str, str]], truth: Counter[tuple[str, str, str]]) -> str:
@@ -423,40 +474,58 @@ def report(results: Sequence[Result], options: Options, elapsed: float) -> str:
         f"steady polls: {options.steady_polls}; cursors {'on' if options.cursor else 'off'}; {settings}. "
         f"Whole run {elapsed:.0f} s.",
         "",
-        "| scenario | poll | polls | API requests | wall s | exporter CPU s | CPU s / 1k tasks | API CPU s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | API | poll | polls | API requests | wall s | exporter CPU s | CPU s / 1k tasks "
+        "| API CPU s | requests by endpoint |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         for label, polls in _poll_groups(result.polls):
-            full = label in ("first", "reconcile")
+            full = label in ("first", "full")
             per_k = f"{mean(p.cpu for p in polls) / result.scenario.tasks * 1000:.3f}" if full else ""
             lines.append(
-                f"| {result.scenario.name} | {label} | {len(polls)} | {mean(p.requests for p in polls):,.0f} "
+                f"| {result.scenario.name} | {result.api} | {label} | {len(polls)} "
+                f"| {mean(p.requests for p in polls):,.0f} "
                 f"| {mean(p.wall for p in polls):.2f} | {mean(p.cpu for p in polls):.2f} | {per_k} "
-                f"| {mean(p.api_cpu for p in polls):.2f} |"
+                f"| {mean(p.api_cpu for p in polls):.2f} | {_endpoints(polls)} |"
             )
     lines += [
         "",
-        "| scenario | tasks | tracked | peak RSS MB | RSS growth MB | bytes / tracked task "
+        "| scenario | API | tasks | tracked | peak RSS MB | RSS growth MB | bytes / tracked task "
         "| first scrape ms | /metrics p50 ms | p99 ms | exposition KB | world built s | transitions check |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         grown = result.rss_after - result.rss_before
         per_task = f"{grown / result.tracked:,.0f}" if result.tracked else ""
         p50, p99, size = _scrape_figures(result.scrape)
         lines.append(
-            f"| {result.scenario.name} | {result.scenario.tasks:,} | {result.tracked:,} "
+            f"| {result.scenario.name} | {result.api} | {result.scenario.tasks:,} | {result.tracked:,} "
             f"| {result.peak_rss / 2**20:,.0f} | {grown / 2**20:,.0f} | {per_task} "
             f"| {result.render * 1000:,.0f} | {p50} | {p99} | {size} "
             f"| {result.build_s:.1f} | {result.error or result.check} |"
         )
+    lines += [
+        "",
+        "| scenario | API | poll mode at the end (reason) | API check failures |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r.scenario.name} | {r.api} | {r.modes} | {r.check_failures} |" for r in results]
     return "\n".join(lines)
+
+
+def _endpoints(polls: Sequence[Poll]) -> str:
+    """The mean requests per poll by endpoint, e.g. `tasks/list 5, namespaces/list 1`."""
+    total: Counter[str] = Counter()
+    for poll in polls:
+        total.update(poll.endpoints)
+    return ", ".join(
+        f"{endpoint.removeprefix('/v1/')} {n / len(polls):,.3g}" for endpoint, n in sorted(total.items())
+    )
 
 
 def _poll_groups(polls: Sequence[Poll]) -> Iterator[tuple[str, list[Poll]]]:
     """The first poll, then the steady ones by kind, then all the steady ones when they are of two kinds."""
-    for kind in ("first", "incremental", "reconcile"):
+    for kind in ("first", "incremental", "full"):
         if of_kind := [p for p in polls if p.kind == kind]:
             yield kind, of_kind
     steady = [p for p in polls if p.kind != "first"]
@@ -470,7 +539,7 @@ def _scrape_figures(scrape: ScrapeTimes | None) -> tuple[str, str, str]:
     return f"{scrape.p50 * 1000:.1f}", f"{scrape.p99 * 1000:.1f}", f"{scrape.bytes / 1024:,.0f}"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Options]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[str], Options]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -479,6 +548,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Optio
         "--sizes",
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated: tasks, or namespaces x tasks (default: {','.join(DEFAULT_SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--api",
+        action="append",
+        metavar="TEXT",
+        help="a simulated API profile, e.g. timestamps or filters=ignored (repeatable; "
+        f"default: {' and '.join(DEFAULT_APIS)}); see exporter/simulator/profile.py",
     )
     parser.add_argument("--steady-polls", type=int, default=10, help="polls after the first (default 10)")
     parser.add_argument(
@@ -497,6 +573,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Optio
     parser.add_argument("--active", type=float, default=0.025, help="share of tasks not finished (0.025)")
     parser.add_argument("--scrapes", type=int, default=200, help="/metrics requests to time (200)")
     parser.add_argument("--scrape-concurrency", type=int, default=20, help="of them at once (20)")
+    parser.add_argument(
+        "--refuse-lookup",
+        action="store_true",
+        help="answer the first `task_id in` lookup 422, for the cost of looking tasks up by GET",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print the first poll's N costliest functions"
@@ -506,6 +587,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Optio
         scenarios = [scenario(name.strip()) for name in args.scenarios.split(",") if name.strip()]
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--scenarios: {exc}")
+    apis = args.api or list(DEFAULT_APIS)
+    for api in apis:
+        try:
+            ApiProfile.parse(api)
+        except ValueError as exc:
+            parser.error(f"--api {api!r}: {exc}")
     options = Options(
         steady_polls=args.steady_polls,
         reconcile_every=args.reconcile_every,
@@ -518,22 +605,25 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], Optio
         interval=30.0,
         seed=args.seed,
         profile=args.profile,
+        refuse_lookup=args.refuse_lookup,
     )
-    return scenarios, options
+    return scenarios, apis, options
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    scenarios, options = parse_args(argv)
+    scenarios, apis, options = parse_args(argv)
     started = time.perf_counter()
     results = []
     context = multiprocessing.get_context("spawn")
     for scenario in scenarios:
-        _progress(
-            f"{scenario.name}: {scenario.namespaces} namespace(s) x {scenario.tasks_per_namespace:,} tasks"
-        )
-        # A fresh process per scenario: its peak RSS is this exporter's, not an earlier scenario's.
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            results.append(pool.submit(run_scenario, scenario, options).result())
+        for api in apis:
+            _progress(
+                f"{scenario.name} [{api}]: {scenario.namespaces} namespace(s) "
+                f"x {scenario.tasks_per_namespace:,} tasks"
+            )
+            # A fresh process per run: its peak RSS is this exporter's, not an earlier run's.
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                results.append(pool.submit(run_scenario, scenario, api, options).result())
     print(report(results, options, time.perf_counter() - started))
 
 
