@@ -402,7 +402,11 @@ class Poller:
             return listing.sink(tasks)
 
         pages = await self._client.walk_tasks(scope, sink)
-        if self._plan.reconcile_every > 1 and listed >= 2 and self._evidence.trusted(Check.SORT_ORDER):
+        incremental_follows = all(
+            self._evidence.trusted(check)
+            for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER)
+        )
+        if self._plan.reconcile_every > 1 and listed >= 2 and incremental_follows:
             oldest = await self._client.first_tasks(scope, OLDEST_FIRST)
             pages += 1
             self._checked(sorted_both_ways, newest[0], oldest[0] if oldest else None, listed)
