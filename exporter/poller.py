@@ -138,7 +138,7 @@ class Poller:
         self._evidence = Evidence(plan.reprobe_after, clock=clock, logger=self._log)
         self._isolation = NamespaceIsolation()
         self._organization = plan.scope is Scope.ORGANIZATION
-        self._scope_reason = "configured" if plan.scope is not Scope.AUTO else "verified"
+        self._scope_reason = "configured" if plan.scope is not Scope.AUTO else "checks_pass"
         self._scope_verified = plan.scope is Scope.ORGANIZATION
         self._epoch = 0
         """Bumped at each change of scope."""
@@ -772,7 +772,7 @@ class Poller:
             return
         self._organization = organization
         self._epoch += 1
-        self._scope_reason = Check.NAMESPACE_HEADER.value if organization else "verified"
+        self._scope_reason = Check.NAMESPACE_HEADER.value if organization else "checks_pass"
         self._log.warning(
             "task routes ignore X-Namespace: listing the organisation once, labelled by namespace_id"
             if organization
@@ -815,7 +815,7 @@ class Poller:
                 modes[(namespace, "tasks")] = task_mode
         for namespace in batches:
             mode = self._batch_modes.get(namespace, "batches_list")
-            reason = Check.BATCHES_ROUTE.value if mode == "per_bucket" else "verified"
+            reason = Check.BATCHES_ROUTE.value if mode == "per_bucket" else "checks_pass"
             modes[(namespace, "batches")] = (mode, reason)
         return modes
 
@@ -827,7 +827,7 @@ class Poller:
                 return ("full", check.value)
         if not self._evidence.trusted(Check.ID_LOOKUP):
             return ("by_id", Check.ID_LOOKUP.value)
-        return ("incremental", "verified")
+        return ("incremental", "checks_pass")
 
     def _publish(
         self,
