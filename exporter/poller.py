@@ -453,30 +453,33 @@ class Poller:
             for task_id in state.active
             if not observations[namespace].listed(task_id)
         )
-        if not self._evidence.trusted(Check.ID_LOOKUP) and len(left) > _listing_pages(
-            states, self._client.page_size
-        ):
-            raise FullIsCheaper
-        pages += await self._look_up(scope, left, listing.sink)
+        pages += await self._look_up(
+            scope, left, listing.sink, _listing_pages(states, self._client.page_size)
+        )
         for namespace, state in states.items():
             observations[namespace].vanish(state.active)
         return pages
 
     async def _look_up(
-        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int]
+        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], full_cost: int
     ) -> int:
         """The tasks among `task_ids` that still exist, into `sink`: by `task_id in` lookups of a page of
-        ids each, checked, else one GET per id (documented). Returns the requests made."""
+        ids each, checked, else one GET per id (documented), unless those GETs would take more requests than
+        a full listing (`full_cost`): then FullIsCheaper. Returns the requests made."""
         requests = 0
         size = self._client.page_size
         for start in range(0, len(task_ids), size):
             chunk = task_ids[start : start + size]
+            if not self._evidence.trusted(Check.ID_LOOKUP) and len(task_ids) - start > full_cost:
+                raise FullIsCheaper
             if self._evidence.trusted(Check.ID_LOOKUP):
                 try:
                     requests += 1
                     found = await self._look_up_in(scope, chunk)
                 except CheckFailed as failure:
                     self._evidence.fail(failure, namespace=scope or "organization")
+                    if len(task_ids) - start > full_cost:
+                        raise FullIsCheaper from None
                 else:
                     missing = [task_id for task_id in chunk if task_id not in found]
                     sink(list(found.values()))
