@@ -115,24 +115,18 @@ def asked_only(tasks: Iterable[Task], asked: Collection[str]) -> list[Task]:
 
 
 class NewestFirst:
-    """Checks, page after page, that a listing asked newest first is in that order, where the payload
-    carries created_at (the documented model does not; `probe` covers that case)."""
-
-    def __init__(self) -> None:
-        self._last: float | None = None
+    """Checks that each page of a listing asked newest first is in that order, where the payload carries
+    created_at (the documented model does not; `sorted_both_ways` covers that case). Within a page only:
+    across offset pages, a task born while the listing pages shifts an older page's first item."""
 
     def see(self, tasks: list[Task]) -> None:
-        for task in (tasks[0], tasks[-1]) if tasks else ():
-            created = task.created_at
-            if created is None:
-                continue
-            if self._last is not None and created > self._last:
-                raise CheckFailed(
-                    Check.SORT_ORDER,
-                    f"task {task.item_id} (created {created:.0f}) follows one created {self._last:.0f} "
-                    "in a listing sorted by created_at descending",
-                )
-            self._last = created
+        first, last = (tasks[0].created_at, tasks[-1].created_at) if tasks else (None, None)
+        if first is not None and last is not None and last > first:
+            raise CheckFailed(
+                Check.SORT_ORDER,
+                f"task {tasks[-1].item_id} (created {last:.0f}) follows one created {first:.0f} "
+                "on a page sorted by created_at descending",
+            )
 
 
 def sorted_both_ways(newest: Task | None, oldest: Task | None, listed: int) -> None:

@@ -93,8 +93,9 @@ class Fetched:
     """The scope it was listed in: a poll that outlives a change of scope is void."""
 
 
-class FullIsCheaper(Exception):
-    """Looking up one id at a time would take more requests than listing everything."""
+class ListEverything(Exception):
+    """An incremental poll cannot finish exactly, or cheaply: looking up one id at a time would take more
+    requests than a full listing, or a namespace with no state to build on turned up."""
 
 
 class ScopeChanged(Exception):
@@ -253,7 +254,8 @@ class Poller:
             if self._plan.scope is Scope.AUTO:
                 self._rescope(organization=True)
         except ApiError:
-            return  # the polls will say what is wrong; probe again next time
+            self._scope_verified = False  # the polls will say what is wrong; probe again next cycle
+            return
         else:
             if self._organization:
                 self._log.info("X-Namespace is honoured again on task routes: polling each namespace")
@@ -261,29 +263,38 @@ class Poller:
         self._scope_verified = True
 
     async def poll_namespace(self, namespace: str) -> None:
+        if self._organization:
+            return  # the scope changed: this namespace's loop is about to be cancelled
+        epoch = self._epoch
+
         async def fetch() -> Fetched:
             now = self._clock()
             states = {namespace: self._previous(self._tasks, namespace)}
-            return await self._fetch_tasks(namespace, states, now)
+            return await self._fetch_tasks(namespace, states, now, epoch)
 
-        await self._poll((namespace,), fetch)
+        await self._poll((namespace,), fetch, epoch)
         await self._poll_batches((namespace,))
 
     async def poll_organization(self) -> None:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
 
-        async def fetch() -> Fetched:
-            return await self._fetch_tasks(None, dict(self._tasks), self._clock())
+        if not self._organization:
+            return  # the scope changed: this loop is about to be cancelled
+        epoch = self._epoch
 
-        await self._poll(tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,), fetch)
+        async def fetch() -> Fetched:
+            return await self._fetch_tasks(None, dict(self._tasks), self._clock(), epoch)
+
+        await self._poll(tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,), fetch, epoch)
         # Batch routes take X-Namespace (declared there): every namespace, whatever its tasks say.
         owned = [self._names.get(ns, ns) for ns in self.targets or ()]
         await self._poll_batches(owned or [ns for ns in self._tasks if ns != UNKNOWN_NAMESPACE])
 
-    async def _fetch_tasks(self, scope: str | None, states: dict[str, NamespaceState], now: float) -> Fetched:
+    async def _fetch_tasks(
+        self, scope: str | None, states: dict[str, NamespaceState], now: float, epoch: int
+    ) -> Fetched:
         """An incremental poll when there is a baseline and the API has honoured what it relies on, else a
         full listing; a check that fails during an incremental poll turns it into a full one at once."""
-        epoch = self._epoch
         header = None if scope is None else self._header(scope)
         if self._incremental(states):
             listing = self._listing(scope, states, now, partial=True)
@@ -291,7 +302,7 @@ class Poller:
                 pages = await self._list_changes(header, states, listing)
             except CheckFailed as failure:
                 self._evidence.fail(failure, namespace=scope or "organization")
-            except FullIsCheaper:
+            except ListEverything:
                 pass
             else:
                 return Fetched(listing.observations, pages, full=False, epoch=epoch)
@@ -329,7 +340,7 @@ class Poller:
                 if self._plan.scope is Scope.AUTO:
                     self._rescope(organization=True)
                     raise ScopeChanged from None
-            first[0] = False
+            first[0] = first[0] and not tasks  # the sample is of the first page that has tasks
             return observation.add(tasks)
 
         return sink
@@ -343,23 +354,30 @@ class Poller:
         owns = self._plan.namespace_filter.owns
         names = self._names
         observations = listing.observations
+        skipped: set[str] = set()
+        """Tasks of namespaces not polled here: new to the listing once, so paging sees progress."""
 
         def sink(tasks: list[Task]) -> int:
             by_namespace: dict[str, list[Task]] = {}
+            new = 0
             for task in tasks:
                 namespace_id = task.namespace_id
                 if namespace_id is None:
                     namespace = UNKNOWN_NAMESPACE
                 else:
                     name = names.get(namespace_id)
-                    if wanted and name not in wanted and namespace_id not in wanted:
-                        continue
                     namespace = label_value(name or namespace_id)
-                if owns(namespace):
+                    if wanted and name not in wanted and namespace_id not in wanted:
+                        namespace = ""
+                if namespace and owns(namespace):
                     by_namespace.setdefault(namespace, []).append(task)
-            new = 0
+                elif task.item_id not in skipped:
+                    skipped.add(task.item_id)
+                    new += 1
             for namespace, items in by_namespace.items():
                 if namespace not in observations:
+                    if partial:  # no baseline to lay changes over: only a full listing is exact
+                        raise ListEverything
                     previous = self._previous(states, namespace)
                     observations[namespace] = Observation(
                         previous, now, self._plan.max_tracked, partial=partial
@@ -465,13 +483,13 @@ class Poller:
     ) -> int:
         """The tasks among `task_ids` that still exist, into `sink`: by `task_id in` lookups of a page of
         ids each, checked, else one GET per id (documented), unless those GETs would take more requests than
-        a full listing (`full_cost`): then FullIsCheaper. Returns the requests made."""
+        a full listing (`full_cost`): then ListEverything. Returns the requests made."""
         requests = 0
         size = self._client.page_size
         for start in range(0, len(task_ids), size):
             chunk = task_ids[start : start + size]
             if not self._evidence.trusted(Check.ID_LOOKUP) and len(task_ids) - start > full_cost:
-                raise FullIsCheaper
+                raise ListEverything
             if self._evidence.trusted(Check.ID_LOOKUP):
                 try:
                     requests += 1
@@ -479,7 +497,7 @@ class Poller:
                 except CheckFailed as failure:
                     self._evidence.fail(failure, namespace=scope or "organization")
                     if len(task_ids) - start > full_cost:
-                        raise FullIsCheaper from None
+                        raise ListEverything from None
                 else:
                     missing = [task_id for task_id in chunk if task_id not in found]
                     sink(list(found.values()))
@@ -606,9 +624,14 @@ class Poller:
         else:
             self._publish()
 
-    async def _poll(self, labels: tuple[str, ...], fetch: Callable[[], Awaitable[Fetched]]) -> None:
-        """Fetch every listing of a poll, then apply them all; if any fails, record it and change nothing."""
+    async def _poll(
+        self, labels: tuple[str, ...], fetch: Callable[[], Awaitable[Fetched]], epoch: int
+    ) -> None:
+        """Fetch every listing of a poll, then apply them all; if any fails, record it and change nothing.
+        A poll that waited for its slot while the scope changed is void."""
         async with self._limit:
+            if epoch != self._epoch:
+                return
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self._plan.poll_timeout):
@@ -706,14 +729,14 @@ class Poller:
             self._save()
 
     async def _list_batches(self, namespace: str, observation: Observation) -> None:
-        """POST /v1/batches/list while it exists; else the 0.81 spec's buckets, then each one's batches."""
+        """POST /v1/batches/list while it exists; else the 0.81 spec's buckets, then each one's batches.
+        (A 404 comes on the first page, before anything is added.)"""
         if self._evidence.trusted(Check.BATCHES_ROUTE):
             try:
                 await self._client.walk_batches(self._header(namespace), observation.add)
             except ApiHTTPError as exc:
                 if exc.status_code != 404:
                     raise
-                observation = Observation(observation.previous, self._clock(), self._plan.max_tracked)
                 await self._client.walk_bucket_batches(self._header(namespace), observation.add)
                 self._evidence.fail(
                     CheckFailed(
@@ -783,6 +806,8 @@ class Poller:
         )
         self._since_full.clear()
         self._isolation.forget()
+        if self._state_file is not None:
+            self._state_file.listing_in("organization" if organization else "namespace")
         self._listed = False
         self._saved = ({}, self._saved[1])
         self._publish(namespaces={}, health={})

@@ -45,18 +45,21 @@ async def probe(
     `X-Namespace honoured: yes; filters: honoured; ...`. `isolation` is shared by the namespaces of one
     check, to see a task listed under two of them. Raises ApiError when the newest tasks cannot be listed
     at all: that is the namespace's failure, not a behaviour."""
-    newest = await client.first_tasks(namespace, NEWEST_FIRST, SAMPLE)
+    header = namespace
+    if namespace is not None and not (namespace.isascii() and namespace.isprintable()):
+        header = ids.get(namespace, namespace)  # as the poller sends it
+    newest = await client.first_tasks(header, NEWEST_FIRST, SAMPLE)
     parts = []
     if namespace is not None:
         parts.append(f"X-Namespace honoured: {_header(isolation, namespace, ids, newest, namespaces)}")
-    parts.append(f"filters: {await _filters(client, namespace)}")
-    parts.append(f"task_id lookup: {await _lookup(client, namespace, newest)}")
-    parts.append(f"sort: {await _sort(client, namespace, newest)}")
+    parts.append(f"filters: {await _filters(client, header)}")
+    parts.append(f"task_id lookup: {await _lookup(client, header, newest)}")
+    parts.append(f"sort: {await _sort(client, header, newest)}")
     stamped = any(task.created_at is not None for task in newest)
     timestamps = "present" if stamped else "absent (incremental by sort order)"
     parts.append(f"task timestamps: {timestamps if newest else 'untested (no tasks)'}")
-    if batches and namespace is not None:
-        parts.append(f"batches: {await _batches(client, namespace)}")
+    if batches and header is not None:
+        parts.append(f"batches: {await _batches(client, header)}")
     return "; ".join(parts)
 
 

@@ -246,12 +246,21 @@ class StateFile:
     ) -> None:
         self.path = path
         self._identity = identity
+        self._scope = identity.get("scope", "")
         self._buckets = buckets
         self._log = logger or structlog.get_logger("exporter.statefile")
         self._pending: tuple[States, States, Saved | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.writes: Counter[str] = Counter()
         """Saves by result, "ok" or "error"."""
+
+    def listing_in(self, scope: str) -> None:
+        """The scope the tasks are listed in now, when `auto` decides it at run time: a file saved in one
+        is not restored into the other (its states would be the other scope's, e.g. `unknown` tasks)."""
+        self._identity = {
+            **self._identity,
+            "scope": self._scope if scope == "namespace" else f"{self._scope}:{scope}",
+        }
 
     def load(self) -> tuple[States, States]:
         """The saved task and batch states, or nothing (said once in the log) when the file is absent,
