@@ -55,6 +55,14 @@ def kept_alive(port: int) -> http.client.HTTPConnection:
     return connection
 
 
+def settle(server: MetricsServer, waiting: int) -> None:
+    """Until `waiting` connections wait for a request: a client has its answer a moment before the server
+    files its connection as waiting again."""
+    deadline = time.monotonic() + TIMEOUT
+    while len(server._server._waiting) < waiting and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def closed_by_server(sock: socket.socket) -> bool:
     """Whether the server has closed it: end of file (or a reset) before TIMEOUT."""
     sock.settimeout(TIMEOUT)
@@ -83,6 +91,7 @@ def test_healthz_answers_under_a_slowloris_flood_and_the_longest_waiting_are_clo
     cap = 8
     with running(max_connections=cap) as server:
         idle = [kept_alive(server.port) for _ in range(cap)]
+        settle(server, cap)
         slow = slowloris(server.port, 5 * cap)
         newest = kept_alive(server.port)  # the last to start waiting: the last to go
         assert healthz(server.port) == (200, b"ok\n")
@@ -179,6 +188,7 @@ def test_out_of_descriptors_the_connection_idle_longest_is_closed_to_free_one() 
 
     with running(accept=AfterTheFirst(errno.EMFILE, 0), pause=lambda seconds: None) as server:
         idle = kept_alive(server.port)
+        settle(server, 1)
         assert healthz(server.port) == (200, b"ok\n")
         assert closed_by_server(idle.sock)
         idle.close()
