@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from exporter import api as api_module
 from exporter import state as state_module
 from exporter.server import MetricsServer
 from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.statefile import StateFile
 
 MakeExporter = Callable[..., Exporter]
 
@@ -241,3 +243,21 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
     assert internal_errors(exporter, "render") == 2
     tracebacks = [e for e in logs if e["event"] == "unexpected error; the poll loop goes on"]
     assert len(tracebacks) == 1 and tracebacks[0]["stage"] == "render"
+
+
+async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+    api: SimulatorServer,
+    make_exporter: MakeExporter,
+    seeded: None,
+    tmp_path: Path,
+    logs: list[dict[str, Any]],
+) -> None:
+    exporter = make_exporter(api, namespaces=("prod",), state_file=tmp_path / "state")
+    Once(monkeypatch, StateFile, "save", KeyError("a bug in the encoder"))
+    await exporter.poll()
+    assert exporter.value("mixpeek_exporter_state_file_writes_total", result="error") == 1
+    assert any(e["event"].startswith("state file not saved") and e.get("exc_info") for e in logs)
+    await exporter.poll()
+    assert exporter.value("mixpeek_exporter_state_file_writes_total", result="ok") == 1
+    assert exporter.value("mixpeek_up", namespace="prod") == 1
