@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from enum import StrEnum
 
 import structlog
@@ -37,6 +37,8 @@ class Check(StrEnum):
 
 
 CHECKS = tuple(Check)
+INCREMENTAL_NEEDS = (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER)
+"""What an incremental poll relies on: without any of them, only full listings are exact."""
 
 
 class CheckFailed(Exception):
@@ -78,6 +80,10 @@ class Evidence:
             return True
         return False
 
+    def distrusted(self, checks: Iterable[Check]) -> Check | None:
+        """The first of `checks` not to rely on now, if any (see `trusted`)."""
+        return next((check for check in checks if not self.trusted(check)), None)
+
     def failed(self, check: Check) -> bool:
         """Whether the check has failed and not been forgotten yet (no re-probe implied)."""
         return check in self._failed
@@ -114,19 +120,17 @@ def asked_only(tasks: Iterable[Task], asked: Collection[str]) -> list[Task]:
     return kept
 
 
-class NewestFirst:
-    """Checks that each page of a listing asked newest first is in that order, where the payload carries
-    created_at (the documented model does not; `sorted_both_ways` covers that case). Within a page only:
-    across offset pages, a task born while the listing pages shifts an older page's first item."""
-
-    def see(self, tasks: list[Task]) -> None:
-        first, last = (tasks[0].created_at, tasks[-1].created_at) if tasks else (None, None)
-        if first is not None and last is not None and last > first:
-            raise CheckFailed(
-                Check.SORT_ORDER,
-                f"task {tasks[-1].item_id} (created {last:.0f}) follows one created {first:.0f} "
-                "on a page sorted by created_at descending",
-            )
+def newest_first(tasks: list[Task]) -> None:
+    """A page of a listing asked newest first is in that order, where the payload carries created_at (the
+    documented model does not; `sorted_both_ways` covers that case). Within a page only: across offset
+    pages, a task born while the listing pages shifts an older page's first item."""
+    first, last = (tasks[0].created_at, tasks[-1].created_at) if tasks else (None, None)
+    if first is not None and last is not None and last > first:
+        raise CheckFailed(
+            Check.SORT_ORDER,
+            f"task {tasks[-1].item_id} (created {last:.0f}) follows one created {first:.0f} "
+            "on a page sorted by created_at descending",
+        )
 
 
 def sorted_both_ways(newest: Task | None, oldest: Task | None, listed: int) -> None:
@@ -137,6 +141,19 @@ def sorted_both_ways(newest: Task | None, oldest: Task | None, listed: int) -> N
             Check.SORT_ORDER,
             f"task {newest.item_id} comes first whether sorted by created_at ascending or descending",
         )
+
+
+def header_value(namespace: str, ids: Mapping[str, str]) -> str:
+    """What X-Namespace says for a namespace: its name, or its id when the name cannot go in a header
+    (HTTP header values are ASCII; discovery may find any name)."""
+    if namespace.isascii() and namespace.isprintable():
+        return namespace
+    return ids.get(namespace, namespace)
+
+
+def expected_id(namespace: str, ids: Mapping[str, str]) -> str | None:
+    """The id a namespace's tasks name in additional_data: from discovery, or the name is an id."""
+    return ids.get(namespace) or (namespace if namespace.startswith("ns_") else None)
 
 
 class NamespaceIsolation:

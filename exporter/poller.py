@@ -32,13 +32,16 @@ from exporter.api import (
     Task,
 )
 from exporter.checks import (
+    INCREMENTAL_NEEDS,
     Check,
     CheckFailed,
     Evidence,
     NamespaceIsolation,
-    NewestFirst,
     active_only,
     asked_only,
+    expected_id,
+    header_value,
+    newest_first,
     sorted_both_ways,
 )
 from exporter.config import Scope
@@ -391,11 +394,8 @@ class Poller:
         """Between full listings, once there is a baseline to build on, and while the API honours the
         filters and the sort an incremental poll relies on. A state with untracked tasks (the cap) cannot
         be followed by changes alone."""
-        if not states:
+        if not states or self._evidence.distrusted(INCREMENTAL_NEEDS) is not None:
             return False
-        for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER):
-            if not self._evidence.trusted(check):
-                return False
         for namespace, state in states.items():
             since_full = self._since_full.get(namespace)  # None: no full listing yet in this process
             if since_full is None or since_full + 1 >= self._plan.reconcile_every:
@@ -407,7 +407,6 @@ class Poller:
     async def _list_all(self, scope: str | None, listing: _Listing) -> int:
         """Every task, newest first. When incremental polls are to follow, also check (one request) that
         the API sorts as asked: births are read from the newest until known ground."""
-        order = NewestFirst()
         newest: list[Task] = []
         listed = 0
 
@@ -416,14 +415,11 @@ class Poller:
             if not newest and tasks:
                 newest.append(tasks[0])
             listed += len(tasks)
-            self._checked(order.see, tasks)
+            self._checked(newest_first, tasks)
             return listing.sink(tasks)
 
         pages = await self._client.walk_tasks(scope, sink)
-        incremental_follows = all(
-            self._evidence.trusted(check)
-            for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER)
-        )
+        incremental_follows = self._evidence.distrusted(INCREMENTAL_NEEDS) is None
         if self._plan.reconcile_every > 1 and listed >= 2 and incremental_follows:
             oldest = await self._client.first_tasks(scope, OLDEST_FIRST)
             pages += 1
@@ -448,10 +444,8 @@ class Poller:
             active_only(tasks)
             return listing.sink(tasks)
 
-        order = NewestFirst()
-
         def births(tasks: list[Task]) -> int:
-            order.see(tasks)
+            newest_first(tasks)
             new = listing.sink(tasks)
             if any(listing.known(task.item_id) for task in tasks):
                 raise EndOfListing
@@ -488,21 +482,19 @@ class Poller:
         size = self._client.page_size
         for start in range(0, len(task_ids), size):
             chunk = task_ids[start : start + size]
-            if not self._evidence.trusted(Check.ID_LOOKUP) and len(task_ids) - start > full_cost:
-                raise ListEverything
             if self._evidence.trusted(Check.ID_LOOKUP):
                 try:
                     requests += 1
                     found = await self._look_up_in(scope, chunk)
                 except CheckFailed as failure:
                     self._evidence.fail(failure, namespace=scope or "organization")
-                    if len(task_ids) - start > full_cost:
-                        raise ListEverything from None
                 else:
                     missing = [task_id for task_id in chunk if task_id not in found]
                     sink(list(found.values()))
                     requests += await self._get_each(scope, missing, sink, verify=True)
                     continue
+            if len(task_ids) - start > full_cost:
+                raise ListEverything
             requests += await self._get_each(scope, chunk, sink, verify=False)
         return requests
 
@@ -537,15 +529,10 @@ class Poller:
         return states.get(namespace) or NamespaceState(buckets=self._plan.buckets)
 
     def _header(self, namespace: str) -> str:
-        """What X-Namespace says for a namespace: its name, or its id when the name cannot go in a header
-        (HTTP header values are ASCII; discovery may find any name)."""
-        if namespace.isascii() and namespace.isprintable():
-            return namespace
-        return self._ids.get(namespace, namespace)
+        return header_value(namespace, self._ids)
 
     def _namespace_id(self, namespace: str) -> str | None:
-        """The id a namespace's tasks name in additional_data: from discovery, or the name is an id."""
-        return self._ids.get(namespace) or (namespace if namespace.startswith("ns_") else None)
+        return expected_id(namespace, self._ids)
 
     async def run(self) -> None:
         """Poll until cancelled: one loop per namespace (or one for the organisation), discovery and the
@@ -850,9 +837,8 @@ class Poller:
     def _task_mode(self) -> tuple[str, str]:
         if self._plan.reconcile_every <= 1:
             return ("full", "configured")
-        for check in (Check.FILTER_MATCH, Check.FILTER_REFUSED, Check.SORT_ORDER):
-            if not self._evidence.trusted(check):
-                return ("full", check.value)
+        if (check := self._evidence.distrusted(INCREMENTAL_NEEDS)) is not None:
+            return ("full", check.value)
         if not self._evidence.trusted(Check.ID_LOOKUP):
             return ("by_id", Check.ID_LOOKUP.value)
         return ("incremental", "checks_pass")

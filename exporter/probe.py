@@ -22,9 +22,11 @@ from exporter.api import (
 from exporter.checks import (
     CheckFailed,
     NamespaceIsolation,
-    NewestFirst,
     active_only,
     asked_only,
+    expected_id,
+    header_value,
+    newest_first,
     sorted_both_ways,
 )
 from exporter.poller import ACTIVE_TASKS
@@ -45,9 +47,7 @@ async def probe(
     `X-Namespace honoured: yes; filters: honoured; ...`. `isolation` is shared by the namespaces of one
     check, to see a task listed under two of them. Raises ApiError when the newest tasks cannot be listed
     at all: that is the namespace's failure, not a behaviour."""
-    header = namespace
-    if namespace is not None and not (namespace.isascii() and namespace.isprintable()):
-        header = ids.get(namespace, namespace)  # as the poller sends it
+    header = None if namespace is None else header_value(namespace, ids)  # as the poller sends it
     newest = await client.first_tasks(header, NEWEST_FIRST, SAMPLE)
     parts = []
     if namespace is not None:
@@ -66,9 +66,8 @@ async def probe(
 def _header(
     isolation: NamespaceIsolation, namespace: str, ids: Mapping[str, str], newest: list[Task], others: int
 ) -> str:
-    namespace_id = ids.get(namespace) or (namespace if namespace.startswith("ns_") else None)
     try:
-        isolation.see(namespace, namespace_id, newest, first_page=True)
+        isolation.see(namespace, expected_id(namespace, ids), newest, first_page=True)
     except CheckFailed as failure:
         return f"no ({failure.evidence}; auto scope lists the organisation once)"
     if others < 2 and not any(task.namespace_id for task in newest):
@@ -109,7 +108,7 @@ async def _sort(client: MixpeekClient, namespace: str | None, newest: list[Task]
     if len(newest) < 2:
         return "untested (fewer than 2 tasks)"
     try:
-        NewestFirst().see(newest)
+        newest_first(newest)
         sorted_both_ways(newest[0], next(iter(await client.first_tasks(namespace, OLDEST_FIRST)), None), 2)
     except CheckFailed as failure:
         return f"ignored ({failure.evidence}; full listings)"
