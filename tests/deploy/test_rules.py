@@ -87,7 +87,9 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
             assert "{{ $labels.metric }}" in annotations["description"], name
         elif name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.namespace }}" in annotations["description"], name
-        if "mixpeek_batch" in alert["expr"]:  # batch alerts are per bucket
+        if "mixpeek_batches_up" in alert["expr"]:  # the batch listing of a namespace, as a whole
+            assert "batch metrics" in annotations["description"], name
+        elif "mixpeek_batch" in alert["expr"]:  # batch alerts are per bucket
             assert "$labels.bucket_id" in annotations["description"], name
         else:
             assert "task_type" in annotations["description"], name

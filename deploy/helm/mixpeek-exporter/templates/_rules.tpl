@@ -128,6 +128,21 @@ groups:
             Every exporter's last poll of namespace {{`{{ $labels.namespace }}`}} has failed for {{ .for }}: its task metrics are
             frozen for every task_type. mixpeek_exporter_poll_errors_total{namespace="{{`{{ $labels.namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
+      - alert: MixpeekExporterBatchPollFailing
+        expr: |-
+          max by (namespace) (mixpeek_batches_up) == 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The Mixpeek exporter cannot list a namespace's batches
+          description: >-
+            Every exporter's last batch listing of namespace {{`{{ $labels.namespace }}`}} has failed for {{ .for }}: its batch
+            metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{namespace="{{`{{ $labels.namespace }}`}}"} gives the reason.
+          runbook_url: {{ $runbook }}#mixpeekexporterbatchpollfailing
 {{- end }}{{ end }}
 {{- with $a.stale }}{{ if .enabled }}
       - alert: MixpeekExporterDataStale
