@@ -67,11 +67,15 @@ BATCH_OBJECTS = "mixpeek_batch_objects"  # exposed with _total
 BATCH_FAILURES = "mixpeek_batch_failures"  # exposed with _total
 BATCH_OLDEST_ACTIVE_AGE = "mixpeek_batch_oldest_active_age_seconds"
 
+# The namespace label: not "namespace", which Kubernetes service discovery attaches to every target.
+NAMESPACE_LABEL = "mixpeek_namespace"
+BY_NAMESPACE = (NAMESPACE_LABEL,)
+
 # Where an unexpected exception can happen (the poll loops, rendering /metrics): each counted from 0.
 STAGES = ("discovery", "scope", "poll", "state", "batches", "render")
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-TASK_LABELS = ("namespace", "status", "task_type")
-BATCH_LABELS = ("namespace", "bucket_id", "status")
+TASK_LABELS = (NAMESPACE_LABEL, "status", "task_type")
+BATCH_LABELS = (NAMESPACE_LABEL, "bucket_id", "status")
 OUTCOMES = ("processed", "failed")
 
 # name as exposed, type, labels, help: the README's metrics table is checked against this.
@@ -100,19 +104,19 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (
         BATCH_COMPLETION_SECONDS,
         "histogram",
-        ("namespace", "status"),
+        (NAMESPACE_LABEL, "status"),
         "Time from batch creation to its terminal status (the last tier's completion when known).",
     ),
     (
         f"{BATCH_OBJECTS}_total",
         "counter",
-        ("namespace", "bucket_id", "outcome"),
+        (NAMESPACE_LABEL, "bucket_id", "outcome"),
         "Objects of finished batches, by outcome (processed, failed).",
     ),
     (
         f"{BATCH_FAILURES}_total",
         "counter",
-        ("namespace", "bucket_id", "failure_category"),
+        (NAMESPACE_LABEL, "bucket_id", "failure_category"),
         "Finished batches that carry a failure category, by category.",
     ),
     (
@@ -121,16 +125,16 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         BATCH_LABELS,
         "Age of the oldest batch in each non-terminal status, as of the namespace's last complete poll.",
     ),
-    (UP, "gauge", ("namespace",), "1 if the last poll of the namespace succeeded, else 0."),
-    (LAST_SUCCESS, "gauge", ("namespace",), "Unix time of the last complete poll of the namespace."),
+    (UP, "gauge", BY_NAMESPACE, "1 if the last poll of the namespace succeeded, else 0."),
+    (LAST_SUCCESS, "gauge", BY_NAMESPACE, "Unix time of the last complete poll of the namespace."),
     (
         LAST_FULL,
         "gauge",
-        ("namespace",),
+        BY_NAMESPACE,
         "Unix time of the last full listing of the namespace's tasks; the polls between list what changed.",
     ),
-    (POLL_DURATION, "histogram", ("namespace",), "Wall time of complete polls."),
-    (f"{POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed polls by reason."),
+    (POLL_DURATION, "histogram", BY_NAMESPACE, "Wall time of complete polls."),
+    (f"{POLL_ERRORS}_total", "counter", (NAMESPACE_LABEL, "reason"), "Failed polls by reason."),
     (f"{API_REQUESTS}_total", "counter", ("endpoint", "code"), "Requests sent to the Mixpeek API."),
     (
         f"{API_CHECK_FAILURES}_total",
@@ -141,7 +145,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (
         POLL_MODE,
         "gauge",
-        ("namespace", "resource", "mode", "reason"),
+        (NAMESPACE_LABEL, "resource", "mode", "reason"),
         "1 for how each namespace's tasks or batches are polled now, and why (README: API behaviour).",
     ),
     (
@@ -156,19 +160,24 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("stage",),
         "Unexpected exceptions in the poll loops, by stage; the loop goes on (a bug: please report it).",
     ),
-    (BATCHES_UP, "gauge", ("namespace",), "1 if the last batch listing of the namespace succeeded, else 0."),
-    (f"{BATCH_POLL_ERRORS}_total", "counter", ("namespace", "reason"), "Failed batch listings by reason."),
+    (BATCHES_UP, "gauge", BY_NAMESPACE, "1 if the last batch listing of the namespace succeeded, else 0."),
+    (
+        f"{BATCH_POLL_ERRORS}_total",
+        "counter",
+        (NAMESPACE_LABEL, "reason"),
+        "Failed batch listings by reason.",
+    ),
     (
         f"{INVALID_VALUES}_total",
         "counter",
         ("endpoint", "field"),
         "Values from the API that cannot be true (e.g. a negative count), ignored, by endpoint and field.",
     ),
-    (TRACKED_TASKS, "gauge", ("namespace",), "Tasks held in memory for the namespace."),
+    (TRACKED_TASKS, "gauge", BY_NAMESPACE, "Tasks held in memory for the namespace."),
     (
         UNTRACKED_TASKS,
         "gauge",
-        ("namespace",),
+        BY_NAMESPACE,
         "Listed tasks past MIXPEEK_MAX_TRACKED_TASKS: in the gauges, but their transitions are not counted.",
     ),
     (
@@ -410,17 +419,17 @@ class SnapshotCollector(Collector):
         merged = {namespace: _lazy_view(state, drop_group) for namespace, state in items}
         return [
             *_status_families((BATCHES, BATCH_TERMINAL_TRANSITIONS), items, views, BATCH_LABELS),
-            _completion_family(BATCH_COMPLETION_SECONDS, items, merged, ("namespace", "status")),
+            _completion_family(BATCH_COMPLETION_SECONDS, items, merged, (NAMESPACE_LABEL, "status")),
             Family(
                 BATCH_OBJECTS,
                 "counter",
-                ("namespace", "bucket_id", "outcome"),
+                (NAMESPACE_LABEL, "bucket_id", "outcome"),
                 _parts(items, views, _object_rows),
             ),
             Family(
                 BATCH_FAILURES,
                 "counter",
-                ("namespace", "bucket_id", "failure_category"),
+                (NAMESPACE_LABEL, "bucket_id", "failure_category"),
                 _parts(items, views, _failure_rows),
             ),
             _oldest_family(BATCH_OLDEST_ACTIVE_AGE, items, views, BATCH_LABELS),
@@ -463,7 +472,7 @@ def _parts(
 
 def _ordered(labels: tuple[str, ...], namespace: str, status: str, group: str) -> tuple[str, ...]:
     """Label values in the family's order; tasks and batches order theirs differently."""
-    values = {"namespace": namespace, "status": status}
+    values = {NAMESPACE_LABEL: namespace, "status": status}
     return tuple(values.get(label, group) for label in labels)
 
 
@@ -572,7 +581,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
 
     def of_state(name: str, rows: Callable[[str, NamespaceState], list[Row]]) -> Family:
         parts = tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in states)
-        return Family(name, "gauge", ("namespace",), parts)
+        return Family(name, "gauge", BY_NAMESPACE, parts)
 
     requests, writes, invalid = snapshot.api_requests, snapshot.state_writes, snapshot.invalid_values
     checks = {check: snapshot.check_failures.get(check, 0) for check in CHECKS}
@@ -591,29 +600,29 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         return Family(name, kind, labels, (Part("", source, rows),))
 
     return [
-        of_health(UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
+        of_health(UP, "gauge", BY_NAMESPACE, lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
         of_health(
             LAST_SUCCESS,
             "gauge",
-            ("namespace",),
+            BY_NAMESPACE,
             lambda ns, h: [] if h.last_success is None else [((ns,), h.last_success, None)],
         ),
         of_health(
             LAST_FULL,
             "gauge",
-            ("namespace",),
+            BY_NAMESPACE,
             lambda ns, h: [] if h.last_full is None else [((ns,), h.last_full, None)],
         ),
         of_health(
             POLL_DURATION,
             "histogram",
-            ("namespace",),
+            BY_NAMESPACE,
             lambda ns, h: [_histogram_row((ns,), h.poll_durations)],
         ),
         of_health(
             POLL_ERRORS,
             "counter",
-            ("namespace", "reason"),
+            (NAMESPACE_LABEL, "reason"),
             lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
         ),
         of_state(TRACKED_TASKS, lambda ns, state: [((ns,), len(state.tasks), None)]),
@@ -646,7 +655,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         single(
             POLL_MODE,
             "gauge",
-            ("namespace", "resource", "mode", "reason"),
+            (NAMESPACE_LABEL, "resource", "mode", "reason"),
             modes,
             lambda: [((ns, resource, *how), 1, None) for (ns, resource), how in sorted(modes.items())],
         ),
@@ -660,11 +669,11 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             internal,
             lambda: [((s,), n, None) for s, n in internal.items()],
         ),
-        of_batch_health(BATCHES_UP, "gauge", ("namespace",), lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
+        of_batch_health(BATCHES_UP, "gauge", BY_NAMESPACE, lambda ns, h: [((ns,), 1 if h.up else 0, None)]),
         of_batch_health(
             BATCH_POLL_ERRORS,
             "counter",
-            ("namespace", "reason"),
+            (NAMESPACE_LABEL, "reason"),
             lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
         ),
     ]

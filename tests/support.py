@@ -435,14 +435,12 @@ def start_prometheus(
     workdir: Path, targets: list[str], rule_files: tuple[Path, ...] = (), alertmanager: str | None = None
 ) -> tuple[ServiceProcess, str]:
     """A real Prometheus (Debian's) on 127.0.0.1 scraping `targets` every second and evaluating `rule_files`
-    every second; returns the process and its base URL. `honor_labels` keeps the exporter's `namespace`."""
+    every second; returns the process and its base URL."""
 
     port = free_port()
     config: dict[str, object] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
-            {"job_name": "mixpeek-exporter", "honor_labels": True, "static_configs": [{"targets": targets}]}
-        ],
+        "scrape_configs": [{"job_name": "mixpeek-exporter", "static_configs": [{"targets": targets}]}],
         "rule_files": [str(path) for path in rule_files],
     }
     if alertmanager:

@@ -24,7 +24,7 @@ def since(now: Counter[tuple[str, str, str]], baseline: Counter[tuple[str, str, 
 
 
 def scraped(exporter: Exporter, name: str, third: str) -> dict:
-    found = select(exporter.scrape(), name, namespace="prod")
+    found = select(exporter.scrape(), name, mixpeek_namespace="prod")
     return {(dict(k)["bucket_id"], dict(k)[third]): int(v) for k, v in found.items() if v}
 
 
@@ -43,7 +43,7 @@ async def test_batch_counters_match_ground_truth_over_a_lively_history(
             clock.advance(60)
             world.advance(60)
             await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     transitions = since(world.batch_transitions, base[0], ns_id)
     assert sum(transitions.values()) > 10 and any(status == "FAILED" for _, status in transitions)
     assert scraped(exporter, "mixpeek_batch_terminal_transitions_total", "status") == transitions
@@ -54,7 +54,9 @@ async def test_batch_counters_match_ground_truth_over_a_lively_history(
     assert failures and scraped(exporter, "mixpeek_batch_failures_total", "failure_category") == failures
     live = Counter((b.bucket_id, b.status) for b in world.batches("prod"))
     assert scraped(exporter, "mixpeek_batches", "status") == dict(live)
-    completions = select(exporter.scrape(), "mixpeek_batch_completion_seconds_count", namespace="prod")
+    completions = select(
+        exporter.scrape(), "mixpeek_batch_completion_seconds_count", mixpeek_namespace="prod"
+    )
     assert sum(completions.values()) == sum(transitions.values())
 
 
@@ -67,7 +69,11 @@ async def test_paging_past_ten_thousand_batches(clock: FakeClock, make_exporter:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True)
         await exporter.poll()
     assert (
-        sum(select(exporter.scrape(), "mixpeek_batches", namespace="prod", status="COMPLETED").values())
+        sum(
+            select(
+                exporter.scrape(), "mixpeek_batches", mixpeek_namespace="prod", status="COMPLETED"
+            ).values()
+        )
         == 10_500
     )
     assert (
@@ -85,11 +91,13 @@ async def test_offset_only_api_past_ten_thousand_batches_fails_rather_than_under
     with SimulatorServer(world, cursor_pagination=False) as api:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True)
         await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1  # a batch listing never costs the tasks
-    assert exporter.value("mixpeek_batches_up", namespace="prod") == 0
+    assert (
+        exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    )  # a batch listing never costs the tasks
+    assert exporter.value("mixpeek_batches_up", mixpeek_namespace="prod") == 0
     assert (
         exporter.value(
-            "mixpeek_exporter_batch_poll_errors_total", namespace="prod", reason="pagination_limit"
+            "mixpeek_exporter_batch_poll_errors_total", mixpeek_namespace="prod", reason="pagination_limit"
         )
         == 1
     )
@@ -118,15 +126,20 @@ async def test_bucket_label_can_be_dropped_or_capped(clock: FakeClock, make_expo
         for exporter in (aggregated, folded):
             await exporter.poll()
     # One series per namespace: an empty bucket_id, which Prometheus stores as no label at all.
-    every = {"namespace": "prod", "bucket_id": ""}
+    every = {"mixpeek_namespace": "prod", "bucket_id": ""}
     assert aggregated.value("mixpeek_batch_terminal_transitions_total", **every, status="FAILED") == 3
     assert aggregated.value("mixpeek_batch_objects_total", **every, outcome="failed") == 30
-    labels = {dict(k)["bucket_id"] for k in select(folded.scrape(), "mixpeek_batches", namespace="prod")}
+    labels = {
+        dict(k)["bucket_id"] for k in select(folded.scrape(), "mixpeek_batches", mixpeek_namespace="prod")
+    }
     # The first bucket seen keeps its label: the newest batch's, since listings come newest first.
     assert labels == {buckets[-1], OTHER}
     assert (
         folded.value(
-            "mixpeek_batch_failures_total", namespace="prod", bucket_id=OTHER, failure_category="pipeline"
+            "mixpeek_batch_failures_total",
+            mixpeek_namespace="prod",
+            bucket_id=OTHER,
+            failure_category="pipeline",
         )
         == 2
     )

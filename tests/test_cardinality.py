@@ -110,12 +110,15 @@ async def test_histogram_without_task_type_is_the_sum_of_the_per_type_histograms
     by_type, summed = per_type.scrape(), merged.scrape()
     assert {dict(labels)["task_type"] for (name, labels) in summed if name.startswith(COMPLETION)} == {""}
     assert len({dict(labels)["task_type"] for (name, labels) in by_type if name.startswith(COMPLETION)}) > 3
-    for suffix, keep in (("_bucket", ("namespace", "status", "le")), ("_count", ("namespace", "status"))):
+    for suffix, keep in (
+        ("_bucket", ("mixpeek_namespace", "status", "le")),
+        ("_count", ("mixpeek_namespace", "status")),
+    ):
         expected = totals(by_type, COMPLETION + suffix, *keep)
         assert sum(expected.values()) > 0
         assert totals(summed, COMPLETION + suffix, *keep) == expected
-    sums = totals(summed, f"{COMPLETION}_sum", "namespace", "status")
-    assert sums == pytest.approx(totals(by_type, f"{COMPLETION}_sum", "namespace", "status"))
+    sums = totals(summed, f"{COMPLETION}_sum", "mixpeek_namespace", "status")
+    assert sums == pytest.approx(totals(by_type, f"{COMPLETION}_sum", "mixpeek_namespace", "status"))
     # Only the histogram lost its task_type: the other families are those of the per-type exporter.
     assert select(summed, "mixpeek_tasks") == select(by_type, "mixpeek_tasks")
 
@@ -261,7 +264,9 @@ def default_exposition(exporter: Exporter, **settings: Any) -> str:
 
 
 def shown_types(series: Series, namespace: str) -> set[str]:
-    return {dict(labels)["task_type"] for labels in select(series, "mixpeek_tasks", namespace=namespace)}
+    return {
+        dict(labels)["task_type"] for labels in select(series, "mixpeek_tasks", mixpeek_namespace=namespace)
+    }
 
 
 async def test_thousands_of_task_types_stay_bounded_by_default_and_every_count_is_kept(
@@ -298,20 +303,22 @@ async def test_thousands_of_task_types_stay_bounded_by_default_and_every_count_i
 
     # Every count is in some series: the totals by status are those of the API and of the state.
     listed = Counter(task.status for task in world.tasks("prod"))
-    assert nonzero(totals(series, "mixpeek_tasks", "namespace", "status")) == {
+    assert nonzero(totals(series, "mixpeek_tasks", "mixpeek_namespace", "status")) == {
         **{("prod", status): n for status, n in listed.items()},
         ("staging", "PENDING"): len(KINDS),
     }
-    transitions = totals(series, "mixpeek_task_terminal_transitions_total", "namespace", "status")
+    transitions = totals(series, "mixpeek_task_terminal_transitions_total", "mixpeek_namespace", "status")
     assert nonzero(transitions) == {("prod", "FAILED"): 1_250, ("prod", "COMPLETED"): 1_250}
     expected: Counter[tuple[str, ...]] = Counter()
     for (status, _), histogram in exporter.poller.snapshot.namespaces["prod"].completions.items():
         for le, count, _ in histogram.cumulative():
             expected[("prod", status, le)] += count
     assert expected[("prod", "FAILED", "+Inf")] == 1_250
-    assert nonzero(totals(series, f"{COMPLETION}_bucket", "namespace", "status", "le")) == nonzero(expected)
+    assert nonzero(totals(series, f"{COMPLETION}_bucket", "mixpeek_namespace", "status", "le")) == nonzero(
+        expected
+    )
     kept_failed = [kind for kind in first_seen if int(kind.removeprefix("type_")) % 2 == 0]
-    other = select(series, f"{COMPLETION}_count", namespace="prod", status="FAILED", task_type=OTHER)
+    other = select(series, f"{COMPLETION}_count", mixpeek_namespace="prod", status="FAILED", task_type=OTHER)
     assert list(other.values()) == [1_250 - len(kept_failed)]
 
 

@@ -17,7 +17,7 @@ from exporter.statefile import StateFile
 
 MakeExporter = Callable[..., Exporter]
 TRANSITIONS = "mixpeek_task_terminal_transitions_total"
-FAILED = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+FAILED = {"mixpeek_namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
 
 
 async def test_counters_are_served_only_once_the_state_file_holds_them(

@@ -132,7 +132,7 @@ async def test_a_new_snapshot_gives_a_new_body_rendering_only_what_changed(
     after = body(served)
     assert after != before
     assert after == generate_latest(lively.registry)
-    assert b'mixpeek_tasks{namespace="staging",status="QUEUED",task_type="thumbnail"} 1.0' in after
+    assert b'mixpeek_tasks{mixpeek_namespace="staging",status="QUEUED",task_type="thumbnail"} 1.0' in after
     redone = {namespace for _, namespace in collector.rows}
     assert "staging" in redone and "prod" not in redone  # prod's state and health are the same objects
 
@@ -225,7 +225,10 @@ def test_name_filter_renders_the_samples_named(lively: Exporter) -> None:
     response = lively.served.respond(None, None, "name[]=mixpeek_up&name[]=mixpeek_tasks_total")
     text = b"".join(response.body).decode()
     samples = [line for line in text.splitlines() if not line.startswith("#")]
-    assert samples == ['mixpeek_up{namespace="prod"} 1.0', 'mixpeek_up{namespace="staging"} 1.0']
+    assert samples == [
+        'mixpeek_up{mixpeek_namespace="prod"} 1.0',
+        'mixpeek_up{mixpeek_namespace="staging"} 1.0',
+    ]
     assert body(lively.served) == generate_latest(lively.registry)  # the filter left the cache alone
 
 

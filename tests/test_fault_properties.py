@@ -225,7 +225,7 @@ def samples(exporter: Exporter) -> Series:
 
 
 def by_key(series: Series, name: str, namespace: str) -> dict[tuple[str, str], int]:
-    found = select(series, name, namespace=namespace)
+    found = select(series, name, mixpeek_namespace=namespace)
     return {(dict(k)["status"], dict(k)["task_type"]): int(v) for k, v in found.items() if v}
 
 
@@ -298,9 +298,9 @@ async def poll_and_check(
                 f"counter {key} went down or vanished: {value} -> {now.get(key)}"
             )
     for namespace in NAMESPACES:
-        up = now[("mixpeek_up", frozenset({("namespace", namespace)}))] == 1
-        errors_before = select(previous, "mixpeek_exporter_poll_errors_total", namespace=namespace)
-        errors_now = select(now, "mixpeek_exporter_poll_errors_total", namespace=namespace)
+        up = now[("mixpeek_up", frozenset({("mixpeek_namespace", namespace)}))] == 1
+        errors_before = select(previous, "mixpeek_exporter_poll_errors_total", mixpeek_namespace=namespace)
+        errors_now = select(now, "mixpeek_exporter_poll_errors_total", mixpeek_namespace=namespace)
         expected = predicted(poll, namespace)
         event(f"poll {'ok' if up else 'failed'} under {poll.kind}")
         if up:

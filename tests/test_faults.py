@@ -105,19 +105,19 @@ class Run:
     # What the exporter shows
 
     def up(self, namespace: str) -> bool:
-        found = select(self.scrape(), "mixpeek_up", namespace=namespace)
+        found = select(self.scrape(), "mixpeek_up", mixpeek_namespace=namespace)
         return bool(found) and next(iter(found.values())) == 1
 
     def counted(self, namespace: str) -> dict[Key, int]:
-        found = select(self.scrape(), TRANSITIONS, namespace=namespace)
+        found = select(self.scrape(), TRANSITIONS, mixpeek_namespace=namespace)
         return nonzero({(dict(k)["status"], dict(k)["task_type"]): int(v) for k, v in found.items()})
 
     def gauges(self, namespace: str) -> dict[Key, int]:
-        found = select(self.scrape(), TASKS_GAUGE, namespace=namespace)
+        found = select(self.scrape(), TASKS_GAUGE, mixpeek_namespace=namespace)
         return nonzero({(dict(k)["status"], dict(k)["task_type"]): int(v) for k, v in found.items()})
 
     def errors(self, namespace: str) -> dict[str, int]:
-        found = select(self.scrape(), POLL_ERRORS, namespace=namespace)
+        found = select(self.scrape(), POLL_ERRORS, mixpeek_namespace=namespace)
         return {dict(k)["reason"]: int(v) for k, v in found.items()}
 
     def requests(self) -> dict[str, int]:
@@ -129,7 +129,7 @@ class Run:
         return {code: n for code, n in delta.items() if n}
 
     def scalar(self, name: str, namespace: str) -> float:
-        return self.scrape()[(name, frozenset({("namespace", namespace)}))]
+        return self.scrape()[(name, frozenset({("mixpeek_namespace", namespace)}))]
 
     # The truth
 
@@ -708,7 +708,7 @@ async def test_organization_scope_recovers_from_an_outage_without_a_phantom_name
     world: World, make_exporter: MakeExporter
 ) -> None:
     """Regression: a failure before the first success was recorded against a placeholder namespace
-    'unknown', which later successes never updated: mixpeek_up{namespace="unknown"} stayed 0 forever."""
+    'unknown', which later successes never updated: its mixpeek_up stayed 0 forever."""
     world.create_task("prod", "thumbnail")
     profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
     with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
@@ -718,6 +718,6 @@ async def test_organization_scope_recovers_from_an_outage_without_a_phantom_name
         org_api.clear_faults()
         await exporter.poll()
         ups: dict[str, Any] = {
-            dict(k)["namespace"]: v for k, v in select(exporter.scrape(), "mixpeek_up").items()
+            dict(k)["mixpeek_namespace"]: v for k, v in select(exporter.scrape(), "mixpeek_up").items()
         }
     assert ups and set(ups.values()) == {1.0}, f"after a successful poll: {ups}"

@@ -101,13 +101,16 @@ async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
     assert (
         exporter.value(
             "mixpeek_task_terminal_transitions_total",
-            namespace="prod",
+            mixpeek_namespace="prod",
             status="FAILED",
             task_type="thumbnail",
         )
         == 10
     )
-    assert exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail") == 10
+    assert (
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail")
+        == 10
+    )
 
 
 async def test_a_finished_task_that_expires_leaves_the_gauges_at_the_next_reconcile(
@@ -126,7 +129,9 @@ async def test_a_finished_task_that_expires_leaves_the_gauges_at_the_next_reconc
             clock.advance(30)
             await exporter.poll()
             shown.append(
-                exporter.value("mixpeek_tasks", namespace="prod", status="COMPLETED", task_type="thumbnail")
+                exporter.value(
+                    "mixpeek_tasks", mixpeek_namespace="prod", status="COMPLETED", task_type="thumbnail"
+                )
             )
     assert shown == [3, 3, 2]
     assert exporter.total("mixpeek_task_terminal_transitions_total") == 0
@@ -147,7 +152,7 @@ async def test_concurrent_offset_pages_list_what_sequential_pages_list(
         await four.poll()
         concurrent = task_requests(legacy) - sequential
     assert task_series(four) == task_series(one)
-    assert four.value("mixpeek_exporter_tracked_tasks", namespace="prod") == 2_350
+    assert four.value("mixpeek_exporter_tracked_tasks", mixpeek_namespace="prod") == 2_350
     # 24 pages one by one; concurrently, the first page, then 6 rounds of 4 (the last round reads one
     # page past the end).
     assert (sequential, concurrent) == (24, 25)
@@ -171,12 +176,12 @@ async def test_an_incremental_poll_that_fails_part_way_changes_nothing_and_the_n
         api.inject(HttpError(400), namespace="prod", requests=Requests.nth(2))
         await exporter.poll()
         failed = task_series(exporter)
-        up_during = exporter.value("mixpeek_up", namespace="prod")
+        up_during = exporter.value("mixpeek_up", mixpeek_namespace="prod")
         api.clear_faults()
         clock.advance(30)
         await exporter.poll()
         await exporter.poll()
-    labels = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+    labels = {"mixpeek_namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
     assert up_during == 0
     assert failed[("mixpeek_tasks", frozenset({**labels, "status": "PROCESSING"}.items()))] == 4
     assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
@@ -206,18 +211,18 @@ async def test_a_refused_filter_falls_back_in_the_same_poll_and_counts_once(
         clock.advance(30)
         api.inject(HttpError(422), namespace="prod", requests=Requests.nth(failing))
         await exporter.poll()
-        up_during = exporter.value("mixpeek_up", namespace="prod")
+        up_during = exporter.value("mixpeek_up", mixpeek_namespace="prod")
         api.clear_faults()
         clock.advance(30)
         await exporter.poll()
-    labels = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+    labels = {"mixpeek_namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
     assert up_during == 1
     assert exporter.value("mixpeek_task_terminal_transitions_total", **labels) == 3
     assert exporter.value("mixpeek_tasks", **labels) == 3
     assert exporter.value("mixpeek_exporter_api_check_failures_total", check=check) == 1
     assert (
         exporter.value(
-            "mixpeek_exporter_poll_mode", namespace="prod", resource="tasks", mode=mode, reason=check
+            "mixpeek_exporter_poll_mode", mixpeek_namespace="prod", resource="tasks", mode=mode, reason=check
         )
         == 1
     )

@@ -73,23 +73,30 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",))
     await exporter.poll()
-    before = exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail")
+    before = exporter.value(
+        "mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail"
+    )
     broken = Once(monkeypatch, owner, name, RecursionError("maximum recursion depth exceeded"))
     world.create_task("prod", "thumbnail", "PROCESSING")
     await exporter.poll()
     assert broken.calls >= 1
-    assert exporter.value("mixpeek_up", namespace="prod") == 0
-    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="internal") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 0
+    assert (
+        exporter.value("mixpeek_exporter_poll_errors_total", mixpeek_namespace="prod", reason="internal") == 1
+    )
     assert internal_errors(exporter, stage) == 1
     assert (
-        exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail")
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail")
         == before
     )
     logged = [event for event in logs if event["event"].startswith("unexpected error")]
     assert logged[0]["exc_info"] is not None and logged[0]["stage"] == stage
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
-    assert exporter.value("mixpeek_tasks", namespace="prod", status="PROCESSING", task_type="thumbnail") == 2
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    assert (
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail")
+        == 2
+    )
 
 
 async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_counted(
@@ -118,14 +125,17 @@ async def test_a_failing_batch_listing_costs_only_the_batch_metrics(
     exporter = make_exporter(api, namespaces=("prod",), batches=True)
     Once(monkeypatch, exporter.client, "walk_batches", KeyError("surprise"))
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
-    assert exporter.value("mixpeek_batches_up", namespace="prod") == 0
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    assert exporter.value("mixpeek_batches_up", mixpeek_namespace="prod") == 0
     assert (
-        exporter.value("mixpeek_exporter_batch_poll_errors_total", namespace="prod", reason="internal") == 1
+        exporter.value(
+            "mixpeek_exporter_batch_poll_errors_total", mixpeek_namespace="prod", reason="internal"
+        )
+        == 1
     )
     assert internal_errors(exporter, "batches") == 1
     await exporter.poll()
-    assert exporter.value("mixpeek_batches_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_batches_up", mixpeek_namespace="prod") == 1
 
 
 async def test_an_unexpected_error_in_discovery_keeps_the_poller_going(
@@ -136,7 +146,7 @@ async def test_an_unexpected_error_in_discovery_keeps_the_poller_going(
     await exporter.poll()
     assert internal_errors(exporter, "discovery") == 1
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
 
 
 async def test_a_namespace_name_that_cannot_go_in_a_header_is_polled_by_its_id(
@@ -152,7 +162,7 @@ async def test_a_namespace_name_that_cannot_go_in_a_header_is_polled_by_its_id(
     namespace = world.namespace("équipe-données")
     assert namespace is not None
     assert headers == {namespace.namespace_id}
-    labels = {"namespace": "équipe-données", "status": "PROCESSING", "task_type": "thumbnail"}
+    labels = {"mixpeek_namespace": "équipe-données", "status": "PROCESSING", "task_type": "thumbnail"}
     assert exporter.value("mixpeek_tasks", **labels) == 1
 
 
@@ -208,8 +218,10 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
     monkeypatch.setattr(exporter.client, "walk_tasks", hangs)
     async with asyncio.timeout(10):
         await exporter.poll()
-    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="timeout") == 1
-    assert exporter.value("mixpeek_up", namespace="staging") == 1
+    assert (
+        exporter.value("mixpeek_exporter_poll_errors_total", mixpeek_namespace="prod", reason="timeout") == 1
+    )
+    assert exporter.value("mixpeek_up", mixpeek_namespace="staging") == 1
 
 
 async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
@@ -260,4 +272,4 @@ async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls
     assert any(e["event"].startswith("state file not saved") and e.get("exc_info") for e in logs)
     await exporter.poll()
     assert exporter.value("mixpeek_exporter_state_file_writes_total", result="ok") == 1
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1

@@ -30,7 +30,7 @@ def truth(world: World, namespace: str) -> dict[tuple[str, str], int]:
 
 
 def counted(exporter: Exporter, namespace: str) -> dict[tuple[str, str], int]:
-    found = select(exporter.scrape(), TRANSITIONS, namespace=namespace)
+    found = select(exporter.scrape(), TRANSITIONS, mixpeek_namespace=namespace)
     return {(dict(k)["status"], dict(k)["task_type"]): int(v) for k, v in found.items() if v}
 
 
@@ -42,12 +42,14 @@ async def test_lists_fifty_thousand_tasks_completely(
     exporter = make_exporter(api, namespaces=("prod",))
     await exporter.poll()
     assert (
-        exporter.value("mixpeek_tasks", namespace="prod", status="PENDING", task_type="thumbnail") == 33_333
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PENDING", task_type="thumbnail")
+        == 33_333
     )
     assert (
-        exporter.value("mixpeek_tasks", namespace="prod", status="COMPLETED", task_type="thumbnail") == 16_667
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="COMPLETED", task_type="thumbnail")
+        == 16_667
     )
-    assert exporter.value("mixpeek_exporter_tracked_tasks", namespace="prod") == 50_000
+    assert exporter.value("mixpeek_exporter_tracked_tasks", mixpeek_namespace="prod") == 50_000
     assert exporter.value("mixpeek_exporter_api_requests_total", endpoint=TASKS_LIST, code="200") == 50
 
 
@@ -63,8 +65,8 @@ async def test_offset_only_api_is_paged_past_ten_thousand_by_created_at(
         exporter = make_exporter(legacy, namespaces=("prod",))
         await exporter.poll()
         offsets = [int(r.query.get("offset", 0)) for r in legacy.requests if r.path == TASKS_LIST]
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
-    assert exporter.value("mixpeek_exporter_tracked_tasks", namespace="prod") == 25_000
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    assert exporter.value("mixpeek_exporter_tracked_tasks", mixpeek_namespace="prod") == 25_000
     assert max(offsets) <= 10_000
 
 
@@ -86,14 +88,14 @@ async def test_task_created_while_paging_is_not_counted_twice(
             api, namespaces=("prod",), event_hooks={"response": [insert_after_first_page]}
         )
         await exporter.poll()  # the baseline; the new task is newer than the first page, so it is not read
-        assert exporter.value("mixpeek_exporter_tracked_tasks", namespace="prod") == 2_500
+        assert exporter.value("mixpeek_exporter_tracked_tasks", mixpeek_namespace="prod") == 2_500
         assert (
-            exporter.value("mixpeek_tasks", namespace="prod", status="PENDING", task_type="thumbnail")
+            exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PENDING", task_type="thumbnail")
             == 2_500
         )
         await exporter.poll()
         await exporter.poll()
-    assert exporter.value("mixpeek_exporter_tracked_tasks", namespace="prod") == 2_501
+    assert exporter.value("mixpeek_exporter_tracked_tasks", mixpeek_namespace="prod") == 2_501
     assert counted(exporter, "prod") == {("COMPLETED", "thumbnail"): 1}
 
 
@@ -125,7 +127,7 @@ async def test_transitions_match_ground_truth_over_many_polls(
         assert counted(exporter, ns) == {k: v for k, v in expected.items() if v}
         assert sum(expected.values()) > 0
         live = world.status_counts(ns)
-        gauges = select(exporter.scrape(), "mixpeek_tasks", namespace=ns)
+        gauges = select(exporter.scrape(), "mixpeek_tasks", mixpeek_namespace=ns)
         assert {dict(k)["status"] for k in gauges} >= set(ZERO_FILLED_STATUSES)
         totals: dict[str, float] = {}
         for k, v in gauges.items():
@@ -141,10 +143,11 @@ async def test_every_task_lifecycle_status_is_exported_at_zero_for_a_seen_type(
     await exporter.poll()
     scraped = exporter.scrape()
     statuses = {
-        dict(k)["status"] for k in select(scraped, "mixpeek_tasks", namespace="prod", task_type="thumbnail")
+        dict(k)["status"]
+        for k in select(scraped, "mixpeek_tasks", mixpeek_namespace="prod", task_type="thumbnail")
     }
     assert statuses == set(ZERO_FILLED_STATUSES)
-    zero_counters = select(scraped, TRANSITIONS, namespace="prod", task_type="thumbnail")
+    zero_counters = select(scraped, TRANSITIONS, mixpeek_namespace="prod", task_type="thumbnail")
     assert {dict(k)["status"] for k in zero_counters} == set(TERMINAL_STATUSES)
     assert set(zero_counters.values()) == {0.0}
 
@@ -176,10 +179,12 @@ async def test_unknown_status_and_task_type_are_exported(
     world.create_task("prod", "api_quantum_teleport", status="RETRYING")
     await exporter.poll()
     assert (
-        exporter.value("mixpeek_tasks", namespace="prod", status="RETRYING", task_type="api_quantum_teleport")
+        exporter.value(
+            "mixpeek_tasks", mixpeek_namespace="prod", status="RETRYING", task_type="api_quantum_teleport"
+        )
         == 1
     )
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
 
 
 async def test_failing_namespace_does_not_break_the_others(
@@ -188,11 +193,16 @@ async def test_failing_namespace_does_not_break_the_others(
     world.create_task("prod", "thumbnail")
     exporter = make_exporter(api, namespaces=("prod", "ghost"))
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
-    assert exporter.value("mixpeek_up", namespace="ghost") == 0
-    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="ghost", reason="not_found") == 1
-    assert exporter.value("mixpeek_exporter_last_success_timestamp_seconds", namespace="prod") > 0
-    assert not select(exporter.scrape(), "mixpeek_exporter_last_success_timestamp_seconds", namespace="ghost")
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="ghost") == 0
+    assert (
+        exporter.value("mixpeek_exporter_poll_errors_total", mixpeek_namespace="ghost", reason="not_found")
+        == 1
+    )
+    assert exporter.value("mixpeek_exporter_last_success_timestamp_seconds", mixpeek_namespace="prod") > 0
+    assert not select(
+        exporter.scrape(), "mixpeek_exporter_last_success_timestamp_seconds", mixpeek_namespace="ghost"
+    )
     warning = [e for e in logs if e["event"] == "poll failed"]
     assert warning and warning[0]["namespace"] == "ghost" and warning[0]["reason"] == "not_found"
     assert not exporter.poller.ready()
@@ -211,9 +221,12 @@ async def test_failed_poll_keeps_the_previous_snapshot(
     assert flaky.count == 8
     assert len(exporter.sleeps.waits) == 3
     assert select(exporter.scrape(), "mixpeek_tasks") == before
-    assert exporter.value("mixpeek_up", namespace="prod") == 0
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 0
     assert (
-        exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="connection_error") == 1
+        exporter.value(
+            "mixpeek_exporter_poll_errors_total", mixpeek_namespace="prod", reason="connection_error"
+        )
+        == 1
     )
     assert counted(exporter, "prod") == {}
 
@@ -224,8 +237,11 @@ async def test_rejected_key_is_reported_not_raised(
     exporter = make_exporter(api, key="sk_wrong", namespaces=("prod",))
     for _ in range(3):
         await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 0
-    assert exporter.value("mixpeek_exporter_poll_errors_total", namespace="prod", reason="unauthorized") == 3
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 0
+    assert (
+        exporter.value("mixpeek_exporter_poll_errors_total", mixpeek_namespace="prod", reason="unauthorized")
+        == 3
+    )
     assert exporter.value("mixpeek_exporter_api_requests_total", endpoint=TASKS_LIST, code="401") == 3
     failures = [(e["log_level"], e["event"]) for e in logs if e["event"].startswith("poll failed")]
     assert failures == [
@@ -241,11 +257,14 @@ async def test_discovers_every_namespace(
     exporter = make_exporter(api)
     assert not exporter.poller.ready()
     await exporter.poll()
-    assert {dict(k)["namespace"] for k in select(exporter.scrape(), "mixpeek_up")} == {"prod", "staging"}
+    assert {dict(k)["mixpeek_namespace"] for k in select(exporter.scrape(), "mixpeek_up")} == {
+        "prod",
+        "staging",
+    }
     assert exporter.poller.ready()
     world.add_namespace("new-team")
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="new-team") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="new-team") == 1
 
 
 async def test_organization_scope_labels_by_the_name_of_the_namespace_id(
@@ -258,7 +277,10 @@ async def test_organization_scope_labels_by_the_name_of_the_namespace_id(
         exporter = make_exporter(org_api, organization=True)
         await exporter.poll()
         assert all("X-Namespace" not in r.headers for r in org_api.requests if r.path == TASKS_LIST)
-    assert exporter.value("mixpeek_tasks", namespace="prod", status="PENDING", task_type="thumbnail") == 1
+    assert (
+        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PENDING", task_type="thumbnail")
+        == 1
+    )
     assert len(select(exporter.scrape(), "mixpeek_up")) == 2
     assert exporter.poller.ready()
 

@@ -146,7 +146,7 @@ class Truth:
 def exported(series: Series, name: str) -> Counter[Key]:
     return Counter(
         {
-            (labels["namespace"], labels["status"], labels["task_type"]): int(value)
+            (labels["mixpeek_namespace"], labels["status"], labels["task_type"]): int(value)
             for labels, value in ((dict(k), v) for k, v in select(series, name).items())
             if value
         }
@@ -196,7 +196,7 @@ async def test_every_profile_exports_the_ground_truth_after_every_poll(
             await exporter.poll()
             series, now = exporter.scrape(), clock()
             full = {
-                dict(labels)["namespace"]
+                dict(labels)["mixpeek_namespace"]
                 for labels, when in select(
                     series, "mixpeek_exporter_last_full_listing_timestamp_seconds"
                 ).items()
@@ -223,7 +223,7 @@ async def test_every_profile_exports_the_ground_truth_after_every_poll(
     assert sum(truth.transitions().values()) > 20  # the history made news to count
     batches = Counter[str]()
     for labels, value in select(series, "mixpeek_batches").items():
-        batches[dict(labels)["namespace"]] += int(value)
+        batches[dict(labels)["mixpeek_namespace"]] += int(value)
     assert batches == Counter({name: len(world.batches(name)) for name in NAMESPACES if world.batches(name)})
 
 
@@ -279,7 +279,7 @@ async def test_a_fallback_lasts_until_the_reprobe_interval_then_the_behaviour_is
     assert (
         exporter.value(
             "mixpeek_task_terminal_transitions_total",
-            namespace="prod",
+            mixpeek_namespace="prod",
             status="FAILED",
             task_type="thumbnail",
         )
@@ -313,10 +313,13 @@ async def test_without_id_lookups_a_poll_lists_everything_when_that_takes_fewer_
     assert (
         exporter.value(
             "mixpeek_task_terminal_transitions_total",
-            namespace="prod",
+            mixpeek_namespace="prod",
             status="FAILED",
             task_type="thumbnail",
         )
         == 8
     )
-    assert exporter.value("mixpeek_exporter_last_full_listing_timestamp_seconds", namespace="prod") == clock()
+    assert (
+        exporter.value("mixpeek_exporter_last_full_listing_timestamp_seconds", mixpeek_namespace="prod")
+        == clock()
+    )

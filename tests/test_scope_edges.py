@@ -20,7 +20,7 @@ KEY = "sk_test_scope_edges"
 def by_namespace(exporter: Exporter, name: str, **labels: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for key, value in select(exporter.scrape(), name, **labels).items():
-        namespace = dict(key)["namespace"]
+        namespace = dict(key)["mixpeek_namespace"]
         found[namespace] = found.get(namespace, 0) + value
     return found
 

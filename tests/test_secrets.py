@@ -77,10 +77,10 @@ async def test_a_rotated_key_file_is_picked_up_without_restart(
     keys = ApiKeySource(path=key_file)
     exporter = make_exporter(api, key=keys, namespaces=("prod",))
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 0
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 0
     key_file.write_text(API_KEY + "\n")  # the Secret is rotated
     await exporter.poll()
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     events = [e["event"] for e in logs]
     assert "API key file changed; using the new key" in events and "poll recovered" in events
     assert keys.known() == {"sk_expired", API_KEY}
@@ -209,7 +209,7 @@ async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     key_file.write_text(bad + "\n")
     for _ in range(3):
         await exporter.poll()
-        assert exporter.value("mixpeek_up", namespace="prod") == 1
+        assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     assert keys().get_secret_value() == API_KEY and keys.known() == {API_KEY}
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [e["event"] for e in errors] == ["API key file unusable; keeping the last key"]

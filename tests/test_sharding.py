@@ -47,7 +47,7 @@ def per_namespace(exporter: Exporter) -> Series:
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in exporter.registry.collect()
         for sample in family.samples
-        if "namespace" in sample.labels and not sample.name.startswith(WALL_CLOCK)
+        if "mixpeek_namespace" in sample.labels and not sample.name.startswith(WALL_CLOCK)
     }
 
 
@@ -56,7 +56,7 @@ def summed(series: Series, name: str) -> float:
 
 
 def namespaces_in(series: Series) -> set[str]:
-    return {value for _, labels in series for key, value in labels if key == "namespace"}
+    return {value for _, labels in series for key, value in labels if key == "mixpeek_namespace"}
 
 
 def sharded(make: MakeExporter, server: SimulatorServer, total: int, **options: Any) -> list[Exporter]:
@@ -146,7 +146,8 @@ async def test_a_failing_organization_listing_marks_only_owned_namespaces_down(
         )
         await exporter.poll()
     down = {
-        dict(labels)["namespace"]: value for labels, value in select(exporter.scrape(), "mixpeek_up").items()
+        dict(labels)["mixpeek_namespace"]: value
+        for labels, value in select(exporter.scrape(), "mixpeek_up").items()
     }
     assert down == {ns: 0 for ns in ids if own.owns(ns)}
     assert down  # the pinned hash gives shard 1 some of these six
@@ -178,7 +179,7 @@ async def test_allow_and_deny_patterns_must_match_the_whole_name(
     await exporter.poll()
     polled = {f"team-0{i}" for i in range(5)}
     assert namespaces_in(per_namespace(exporter)) == polled
-    assert {dict(labels)["namespace"] for labels in select(exporter.scrape(), "mixpeek_up")} == polled
+    assert {dict(labels)["mixpeek_namespace"] for labels in select(exporter.scrape(), "mixpeek_up")} == polled
 
 
 def test_patterns_are_full_matches_and_combine_with_the_shard() -> None:

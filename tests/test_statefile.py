@@ -19,8 +19,8 @@ from exporter.statefile import CHUNK, FORMAT, StateFile, identity
 
 MakeExporter = Callable[..., Exporter]
 SETUP = identity(SecretStr("sk_unit"), "https://api.example", "namespace", ("prod",), ALL_NAMESPACES)
-FAILED = {"namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
-COMPLETED = {"namespace": "prod", "status": "COMPLETED", "task_type": "thumbnail"}
+FAILED = {"mixpeek_namespace": "prod", "status": "FAILED", "task_type": "thumbnail"}
+COMPLETED = {"mixpeek_namespace": "prod", "status": "COMPLETED", "task_type": "thumbnail"}
 TRANSITIONS = "mixpeek_task_terminal_transitions_total"
 
 
@@ -101,7 +101,7 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
         await exporter.poll()
         errors = [e for e in logs if e["log_level"] == "error"]
         assert [e["event"] for e in errors] == ["state file ignored; starting afresh"], name
-        assert exporter.value("mixpeek_up", namespace="prod") == 1
+        assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
         assert exporter.value(TRANSITIONS, **COMPLETED) == 0  # a baseline, as without a file
         await exporter.poller.flush()  # its save must land before the next damaged file is written
     assert world.get_task(task_id) is not None
@@ -122,7 +122,7 @@ async def test_save_is_atomic_and_a_failed_save_is_counted_not_fatal(
     await exporter.poll()
     await exporter.poller.flush()
     assert exporter.value("mixpeek_exporter_state_file_writes_total", result="error") == 1
-    assert exporter.value("mixpeek_up", namespace="prod") == 1
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
 
 
 def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored
         other = make_exporter(api, key=KEY_B, namespaces=("prod",), state_file=path)
         assert terminal_total(other) == 0  # nothing of the file is served
         await other.poll()
-        assert other.value("mixpeek_up", namespace="prod") == 1
+        assert other.value("mixpeek_up", mixpeek_namespace="prod") == 1
         assert other.value("mixpeek_tasks", **FAILED) == 200
         assert terminal_total(other) == 0  # a baseline, not 200 new FAILED
         await other.poller.flush()
@@ -302,7 +302,7 @@ async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored
         assert foreign(logs) == [part]
         if part != "scope":  # the simulator answers organization-wide listings only when told to
             await exporter.poll()
-            assert exporter.value("mixpeek_up", namespace="prod") == 1
+            assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
             assert exporter.value(TRANSITIONS, **FAILED) == 0, part  # a baseline: not carried on
 
 

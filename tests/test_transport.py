@@ -370,14 +370,14 @@ async def test_a_negative_failed_count_never_lowers_the_object_counter(
     )
     await exporter.poll()
     objects = "mixpeek_batch_objects_total"
-    seen: list[float] = [exporter.total(objects, namespace="prod", outcome="failed")]
+    seen: list[float] = [exporter.total(objects, mixpeek_namespace="prod", outcome="failed")]
     for batch_id in (first, second):
         world.set_batch_status(batch_id, "COMPLETED_WITH_ERRORS", failed_objects=2)
         clock.advance(30)
         await exporter.poll()
-        seen.append(exporter.total(objects, namespace="prod", outcome="failed"))
+        seen.append(exporter.total(objects, mixpeek_namespace="prod", outcome="failed"))
     assert seen == [0, 0, 0]
-    assert exporter.total(objects, namespace="prod", outcome="processed") == 20
+    assert exporter.total(objects, mixpeek_namespace="prod", outcome="processed") == 20
     invalid = exporter.value(
         "mixpeek_exporter_invalid_values_total", endpoint=BATCHES_LIST, field="failed_object_count"
     )

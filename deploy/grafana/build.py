@@ -37,10 +37,10 @@ from grafana_foundation_sdk.models.dashboard import (
 OUTPUT = Path(__file__).resolve().parent / "mixpeek-tasks.json"
 UID = "mixpeek-tasks"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-TASKS = 'namespace=~"$namespace", task_type=~"$task_type"'
-NAMESPACES = 'namespace=~"$namespace"'
-TASK_KEY = "namespace, status, task_type"
-BATCH_KEY = "namespace, bucket_id, status"
+TASKS = 'mixpeek_namespace=~"$namespace", task_type=~"$task_type"'
+NAMESPACES = 'mixpeek_namespace=~"$namespace"'
+TASK_KEY = "mixpeek_namespace, status, task_type"
+BATCH_KEY = "mixpeek_namespace, bucket_id, status"
 BATCH_WINDOW = "1h"
 
 
@@ -114,7 +114,10 @@ def task_panels() -> list[timeseries.Panel]:
             "Share of the tasks that finished which ended FAILED, per namespace "
             "(alerts: MixpeekTasksFailedSpike, MixpeekTasksFailureRatioHigh).",
             "percentunit",
-            query(f"sum by (namespace) ({failed}) / sum by (namespace) ({transitions})", "{{namespace}}"),
+            query(
+                f"sum by (mixpeek_namespace) ({failed}) / sum by (mixpeek_namespace) ({transitions})",
+                "{{mixpeek_namespace}}",
+            ),
         ).min(0),
         series_panel(
             "Time to completion",
@@ -130,7 +133,7 @@ def task_panels() -> list[timeseries.Panel]:
             "s",
             query(
                 deduplicated("mixpeek_task_oldest_active_age_seconds", TASKS),
-                "{{namespace}} {{status}} {{task_type}}",
+                "{{mixpeek_namespace}} {{status}} {{task_type}}",
             ),
         ),
         series_panel(
@@ -138,7 +141,8 @@ def task_panels() -> list[timeseries.Panel]:
             "Tasks the exporter holds in memory per namespace (the API keeps tasks about 24 h).",
             "short",
             query(
-                deduplicated("mixpeek_exporter_tracked_tasks", NAMESPACES, by="namespace"), "{{namespace}}"
+                deduplicated("mixpeek_exporter_tracked_tasks", NAMESPACES, by="mixpeek_namespace"),
+                "{{mixpeek_namespace}}",
             ),
         ),
     ]
@@ -150,10 +154,10 @@ def batch_panels() -> list[timeseries.Panel]:
 
     transitions = over_the_hour("mixpeek_batch_terminal_transitions_total", BATCH_KEY)
     failed_objects = over_the_hour(
-        "mixpeek_batch_objects_total", "namespace, bucket_id", NAMESPACES + ', outcome="failed"'
+        "mixpeek_batch_objects_total", "mixpeek_namespace, bucket_id", NAMESPACES + ', outcome="failed"'
     )
-    buckets = over_the_hour("mixpeek_batch_completion_seconds_bucket", "namespace, status, le")
-    failures = over_the_hour("mixpeek_batch_failures_total", "namespace, bucket_id, failure_category")
+    buckets = over_the_hour("mixpeek_batch_completion_seconds_bucket", "mixpeek_namespace, status, le")
+    failures = over_the_hour("mixpeek_batch_failures_total", "mixpeek_namespace, bucket_id, failure_category")
     return [
         series_panel(
             "Batches by status",
@@ -176,7 +180,7 @@ def batch_panels() -> list[timeseries.Panel]:
             "Objects that failed in the batches of each bucket that finished in the last hour, a rolling "
             "count (alert: MixpeekBatchObjectsFailureRatioHigh).",
             "short",
-            query(failed_objects, "{{namespace}} {{bucket_id}}"),
+            query(failed_objects, "{{mixpeek_namespace}} {{bucket_id}}"),
         ).min(0),
         series_panel(
             "Batch time to completion",
@@ -193,7 +197,7 @@ def batch_panels() -> list[timeseries.Panel]:
             "s",
             query(
                 deduplicated("mixpeek_batch_oldest_active_age_seconds", NAMESPACES, by=BATCH_KEY),
-                "{{namespace}} {{bucket_id}} {{status}}",
+                "{{mixpeek_namespace}} {{bucket_id}} {{status}}",
             ),
         ),
         series_panel(
@@ -208,15 +212,18 @@ def batch_panels() -> list[timeseries.Panel]:
 
 def health_panels() -> list[timeseries.Panel | stat.Panel]:
     durations = deduplicated(
-        "mixpeek_exporter_poll_duration_seconds_bucket", NAMESPACES, by="namespace, le", rate=True
+        "mixpeek_exporter_poll_duration_seconds_bucket", NAMESPACES, by="mixpeek_namespace, le", rate=True
     )
-    errors = deduplicated("mixpeek_exporter_poll_errors_total", NAMESPACES, by="namespace, reason", rate=True)
+    errors = deduplicated(
+        "mixpeek_exporter_poll_errors_total", NAMESPACES, by="mixpeek_namespace, reason", rate=True
+    )
+    up = deduplicated("mixpeek_up", NAMESPACES, by="mixpeek_namespace")
     return [
         series_panel(
             "Namespaces up",
             "1 when the last poll of the namespace succeeded on at least one exporter (mixpeek_up).",
             "short",
-            query(deduplicated("mixpeek_up", NAMESPACES, by="namespace"), "{{namespace}}"),
+            query(up, "{{mixpeek_namespace}}"),
         )
         .min(0)
         .max(1),
@@ -226,16 +233,18 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
             "s",
             query(
                 "time() - "
-                + deduplicated("mixpeek_exporter_last_success_timestamp_seconds", NAMESPACES, by="namespace"),
-                "{{namespace}}",
+                + deduplicated(
+                    "mixpeek_exporter_last_success_timestamp_seconds", NAMESPACES, by="mixpeek_namespace"
+                ),
+                "{{mixpeek_namespace}}",
             ),
         ),
         series_panel(
             "Poll duration",
             "Wall time of complete polls (mixpeek_exporter_poll_duration_seconds).",
             "s",
-            query(f"histogram_quantile(0.5, {durations})", "p50 {{namespace}}", "A"),
-            query(f"histogram_quantile(0.99, {durations})", "p99 {{namespace}}", "B"),
+            query(f"histogram_quantile(0.5, {durations})", "p50 {{mixpeek_namespace}}", "A"),
+            query(f"histogram_quantile(0.99, {durations})", "p99 {{mixpeek_namespace}}", "B"),
         ),
         series_panel(
             "Poll errors by reason",
@@ -243,9 +252,9 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
             "namespace when there are none, so a quiet exporter draws a flat line rather than 'No data'.",
             "opm",
             query(
-                f"sum by (namespace, reason) ({errors}) * 60"
-                f" or sum by (namespace) (0 * {deduplicated('mixpeek_up', NAMESPACES, by='namespace')})",
-                "{{namespace}} {{reason}}",
+                f"sum by (mixpeek_namespace, reason) ({errors}) * 60"
+                f" or sum by (mixpeek_namespace) (0 * {up})",
+                "{{mixpeek_namespace}} {{reason}}",
             ),
         ),
         series_panel(
@@ -278,7 +287,7 @@ def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
         dashboard.QueryVariable("namespace")
         .label("Namespace")
         .datasource(DATASOURCE)
-        .query("label_values(mixpeek_up, namespace)")
+        .query("label_values(mixpeek_up, mixpeek_namespace)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -288,7 +297,7 @@ def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
         dashboard.QueryVariable("task_type")
         .label("Task type")
         .datasource(DATASOURCE)
-        .query('label_values(mixpeek_tasks{namespace=~"$namespace"}, task_type)')
+        .query('label_values(mixpeek_tasks{mixpeek_namespace=~"$namespace"}, task_type)')
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)

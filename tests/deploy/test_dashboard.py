@@ -205,7 +205,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 world.set_status(ident, status)
         # The FAILED task and the FAILED batch are the last changes of each kind: once both exporters of
         # `shop` counted them and Prometheus scraped that, it has everything (and the samples from before).
-        failed = f'namespace="{SHOP}", status="FAILED"'
+        failed = f'mixpeek_namespace="{SHOP}", status="FAILED"'
         counted = [
             f"count(mixpeek_{kind}_terminal_transitions_total{{{failed}}} == 1) == 2"
             for kind in ("task", "batch")
@@ -319,5 +319,5 @@ def test_every_variable_query_returns_values(prometheus: str) -> None:
             f"{prometheus}/api/v1/label/{match.group(2)}/values", params={"match[]": selector}, timeout=10
         ).json()
         assert answer["status"] == "success" and answer["data"], variable["name"]
-    namespaces = httpx.get(f"{prometheus}/api/v1/label/namespace/values", timeout=10).json()["data"]
+    namespaces = httpx.get(f"{prometheus}/api/v1/label/mixpeek_namespace/values", timeout=10).json()["data"]
     assert set(namespaces) >= {"demo-prod", "demo-staging", "demo-dev"}

@@ -209,7 +209,7 @@ def test_runtime_tree_runs_the_demo_read_only_as_the_image_user(runtime_tree: tu
             lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 30, "the demo to be ready"
         )
         series = parse_exposition(httpx.get(f"{url}/metrics", timeout=5).text)
-        assert {dict(labels)["namespace"] for labels in select(series, "mixpeek_up")} == {
+        assert {dict(labels)["mixpeek_namespace"] for labels in select(series, "mixpeek_up")} == {
             "demo-prod",
             "demo-staging",
             "demo-dev",

@@ -87,7 +87,7 @@ def start_alertmanager(workdir: Path, webhook: Webhook) -> tuple[ServiceProcess,
     config = {
         "route": {
             "receiver": "test",
-            "group_by": ["alertname", "namespace", "task_type"],
+            "group_by": ["alertname", "mixpeek_namespace", "task_type"],
             "group_wait": "1s",
             "group_interval": "1s",
             "repeat_interval": "1h",
@@ -185,7 +185,7 @@ def test_a_burst_of_failed_tasks_pages_through_alertmanager_and_resolves(stack: 
     world: World = stack["world"]
     prometheus: str = stack["prometheus"]
     webhook: Webhook = stack["webhook"]
-    labels = f'namespace="prod", task_type="{TASK_TYPE}"'
+    labels = f'mixpeek_namespace="prod", task_type="{TASK_TYPE}"'
 
     # Healthy traffic first: four tasks complete. Prometheus sees it, and the rule stays quiet.
     for task_id in stack["running"]:
@@ -207,7 +207,7 @@ def test_a_burst_of_failed_tasks_pages_through_alertmanager_and_resolves(stack: 
     world.advance(1)
     fired = wait_until(lambda: webhook.alerts("firing"), 60, f"{ALERT} to reach the webhook")
     fire_seconds = time.monotonic() - started
-    assert {alert["labels"]["namespace"] for alert in fired} == {"prod"}
+    assert {alert["labels"]["mixpeek_namespace"] for alert in fired} == {"prod"}
     assert fired[0]["labels"]["task_type"] == TASK_TYPE
     assert fired[0]["labels"]["severity"] == "critical"
     assert fired[0]["annotations"]["runbook_url"].endswith("/docs/runbook.md#mixpeektasksfailedspike")
@@ -215,7 +215,7 @@ def test_a_burst_of_failed_tasks_pages_through_alertmanager_and_resolves(stack: 
     active = httpx.get(
         f"{stack['alertmanager']}/api/v2/alerts", params={"filter": f"alertname={ALERT}"}
     ).json()
-    assert [alert["labels"]["namespace"] for alert in active] == ["prod"]
+    assert [alert["labels"]["mixpeek_namespace"] for alert in active] == ["prod"]
 
     # No more failures: once the burst leaves the 20 s window the alert resolves, and the webhook hears it.
     wait_until(lambda: webhook.alerts("resolved"), 90, f"{ALERT} to resolve")

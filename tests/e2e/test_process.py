@@ -28,7 +28,7 @@ def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[Expo
     processes.append(exporter)
     exporter.wait_ready()
     series = parse_exposition(httpx.get(f"{exporter.url}/metrics").text)
-    namespaces = {dict(k)["namespace"] for k in select(series, "mixpeek_up")}
+    namespaces = {dict(k)["mixpeek_namespace"] for k in select(series, "mixpeek_up")}
     assert namespaces == {"demo-prod", "demo-staging", "demo-dev"}
     assert all(v == 1 for v in select(series, "mixpeek_up").values())
     assert sum(select(series, "mixpeek_tasks").values()) > 0
@@ -61,8 +61,8 @@ def test_real_key_never_leaves_the_process(world: World, processes: list[Exporte
         metrics = httpx.get(f"{exporter.url}/metrics").text
         assert exporter.terminate() == 0
     series = parse_exposition(metrics)
-    assert series[("mixpeek_up", frozenset({("namespace", "prod")}))] == 1
-    assert series[("mixpeek_up", frozenset({("namespace", "ghost")}))] == 0
+    assert series[("mixpeek_up", frozenset({("mixpeek_namespace", "prod")}))] == 1
+    assert series[("mixpeek_up", frozenset({("mixpeek_namespace", "ghost")}))] == 0
     assert select(series, "mixpeek_exporter_build_info", demo="false")
     assert any(e.get("event") == "poll failed" and e.get("namespace") == "ghost" for e in exporter.events)
     everything = metrics + "".join(exporter.lines)

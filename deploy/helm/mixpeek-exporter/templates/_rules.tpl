@@ -20,15 +20,15 @@ groups:
       - alert: MixpeekTasksFailedSpike
         expr: |-
           (
-            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
               >= {{ .minFailures }}
           )
-          and on (namespace, task_type)
+          and on (mixpeek_namespace, task_type)
           (
-            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             /
-            sum by (namespace, task_type) (
-              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by (mixpeek_namespace, task_type) (
+              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               >= {{ .minShare }}
           )
@@ -41,7 +41,7 @@ groups:
         annotations:
           summary: Spike of FAILED Mixpeek tasks
           description: >-
-            {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.namespace }}`}} FAILED in the last {{ .window }}
+            {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }}
             (at least {{ .minFailures }} and at least {{ round (mulf .minShare 100) 2 }}% of the tasks that finished).
           runbook_url: {{ $runbook }}#mixpeektasksfailedspike
 {{- end }}{{ end }}
@@ -49,17 +49,17 @@ groups:
       - alert: MixpeekTasksFailureRatioHigh
         expr: |-
           (
-            max by (namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             /
-            sum by (namespace, task_type) (
-              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by (mixpeek_namespace, task_type) (
+              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               > {{ .maxRatio }}
           )
-          and on (namespace, task_type)
+          and on (mixpeek_namespace, task_type)
           (
-            sum by (namespace, task_type) (
-              max by (namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by (mixpeek_namespace, task_type) (
+              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               >= {{ .minTerminal }}
           )
@@ -72,14 +72,14 @@ groups:
         annotations:
           summary: Many Mixpeek tasks end FAILED
           description: >-
-            {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.namespace }}`}}
+            {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.mixpeek_namespace }}`}}
             over the last {{ .window }} FAILED (threshold {{ round (mulf .maxRatio 100) 2 }}%).
           runbook_url: {{ $runbook }}#mixpeektasksfailureratiohigh
 {{- end }}{{ end }}
 {{- with $a.stuckQueued }}{{ if .enabled }}
       - alert: MixpeekTasksStuckQueued
         expr: |-
-          max by (namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+          max by (mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -90,14 +90,14 @@ groups:
         annotations:
           summary: Mixpeek tasks wait too long to start
           description: >-
-            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.namespace }}`}} has waited
+            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has waited
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckqueued
 {{- end }}{{ end }}
 {{- with $a.stuckRunning }}{{ if .enabled }}
       - alert: MixpeekTasksStuckRunning
         expr: |-
-          max by (namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
+          max by (mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -108,14 +108,14 @@ groups:
         annotations:
           summary: Mixpeek tasks run too long
           description: >-
-            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.namespace }}`}} has existed for
+            The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has existed for
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckrunning
 {{- end }}{{ end }}
 {{- with $a.pollFailing }}{{ if .enabled }}
       - alert: MixpeekExporterPollFailing
         expr: |-
-          max by (namespace) (mixpeek_up) == 0
+          max by (mixpeek_namespace) (mixpeek_up) == 0
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -125,12 +125,12 @@ groups:
         annotations:
           summary: The Mixpeek exporter cannot poll a namespace
           description: >-
-            Every exporter's last poll of namespace {{`{{ $labels.namespace }}`}} has failed for {{ .for }}: its task metrics are
-            frozen for every task_type. mixpeek_exporter_poll_errors_total{namespace="{{`{{ $labels.namespace }}`}}"} gives the reason.
+            Every exporter's last poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its task metrics are
+            frozen for every task_type. mixpeek_exporter_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
       - alert: MixpeekExporterBatchPollFailing
         expr: |-
-          max by (namespace) (mixpeek_batches_up) == 0
+          max by (mixpeek_namespace) (mixpeek_batches_up) == 0
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -140,14 +140,14 @@ groups:
         annotations:
           summary: The Mixpeek exporter cannot list a namespace's batches
           description: >-
-            Every exporter's last batch listing of namespace {{`{{ $labels.namespace }}`}} has failed for {{ .for }}: its batch
-            metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{namespace="{{`{{ $labels.namespace }}`}}"} gives the reason.
+            Every exporter's last batch listing of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its batch
+            metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterbatchpollfailing
 {{- end }}{{ end }}
 {{- with $a.stale }}{{ if .enabled }}
       - alert: MixpeekExporterDataStale
         expr: |-
-          time() - max by (namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
+          time() - max by (mixpeek_namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -157,7 +157,7 @@ groups:
         annotations:
           summary: Mixpeek task metrics are stale
           description: >-
-            The last complete poll of namespace {{`{{ $labels.namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
+            The last complete poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
             (threshold {{ .maxAgeSeconds }}s): the metrics of every task_type there are out of date.
           runbook_url: {{ $runbook }}#mixpeekexporterdatastale
 {{- end }}{{ end }}
@@ -181,7 +181,7 @@ groups:
 {{- with $a.rateLimited }}{{ if .enabled }}
       - alert: MixpeekApiRateLimited
         expr: |-
-          max by (namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
+          max by (mixpeek_namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
             > {{ .maxErrors }}
         for: {{ .for }}
         labels:
@@ -192,7 +192,7 @@ groups:
         annotations:
           summary: The Mixpeek API rate-limits the exporter
           description: >-
-            {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
+            {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.mixpeek_namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
 {{- end }}{{ end }}
@@ -217,7 +217,7 @@ groups:
 {{- with $a.batchesFailed }}{{ if .enabled }}
       - alert: MixpeekBatchesFailed
         expr: |-
-          max by (namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+          max by (mixpeek_namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             >= {{ .minFailures }}
         for: {{ .for }}
         labels:
@@ -229,7 +229,7 @@ groups:
           summary: Mixpeek batches FAILED
           description: >-
             {{`{{ $value | humanize }}`}} batches of {{ $bucket }}
-            in namespace {{`{{ $labels.namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
+            in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
             their objects were not ingested.
           runbook_url: {{ $runbook }}#mixpeekbatchesfailed
 {{- end }}{{ end }}
@@ -237,17 +237,17 @@ groups:
       - alert: MixpeekBatchObjectsFailureRatioHigh
         expr: |-
           (
-            max by (namespace, bucket_id) (increase(mixpeek_batch_objects_total{outcome="failed"}[{{ .window }}]))
+            max by (mixpeek_namespace, bucket_id) (increase(mixpeek_batch_objects_total{outcome="failed"}[{{ .window }}]))
             /
-            sum by (namespace, bucket_id) (
-              max by (namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            sum by (mixpeek_namespace, bucket_id) (
+              max by (mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
             )
               > {{ .maxRatio }}
           )
-          and on (namespace, bucket_id)
+          and on (mixpeek_namespace, bucket_id)
           (
-            sum by (namespace, bucket_id) (
-              max by (namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            sum by (mixpeek_namespace, bucket_id) (
+              max by (mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
             )
               >= {{ .minObjects }}
           )
@@ -261,14 +261,14 @@ groups:
           summary: Many objects of Mixpeek batches fail
           description: >-
             {{`{{ $value | humanizePercentage }}`}} of the objects in the batches of {{ $bucket }}
-            in namespace {{`{{ $labels.namespace }}`}} that finished in the last {{ .window }} failed
+            in namespace {{`{{ $labels.mixpeek_namespace }}`}} that finished in the last {{ .window }} failed
             (threshold {{ round (mulf .maxRatio 100) 2 }}%, at least {{ .minObjects }} objects).
           runbook_url: {{ $runbook }}#mixpeekbatchobjectsfailureratiohigh
 {{- end }}{{ end }}
 {{- with $a.batchesStuckQueued }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckQueued
         expr: |-
-          max by (namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+          max by (mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -280,14 +280,14 @@ groups:
           summary: Mixpeek batches wait too long to start
           description: >-
             The oldest {{`{{ $labels.status }}`}} batch of {{ $bucket }}
-            in namespace {{`{{ $labels.namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
+            in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckqueued
 {{- end }}{{ end }}
 {{- with $a.batchesStuckRunning }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckRunning
         expr: |-
-          max by (namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
+          max by (mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -299,7 +299,7 @@ groups:
           summary: Mixpeek batches run too long
           description: >-
             The oldest {{`{{ $labels.status }}`}} batch of {{ $bucket }}
-            in namespace {{`{{ $labels.namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
+            in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckrunning
 {{- end }}{{ end }}
