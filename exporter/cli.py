@@ -34,7 +34,7 @@ from exporter.server import MetricsServer
 from exporter.sharding import NamespaceFilter
 from exporter.statefile import StateFile, identity
 from exporter.views import capped, task_type_filter
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.webreload import LiveWebConfig
 
 PROG = "mixpeek-exporter"
 # The demo's world moves every second; a newcomer should not wait 30 s to see it.
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = args.pop("check_config")
     try:
         settings = load_settings(**args)
-        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+        web = LiveWebConfig.load(settings.web_config_file) if settings.web_config_file else None
         keys = key_source(settings)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -183,8 +183,9 @@ def build_poller(
     return Poller(client, plan, state_file=state_file)
 
 
-def build_exposition(settings: Settings, poller: Poller) -> Exposition:
-    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change."""
+def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | None = None) -> Exposition:
+    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change, and
+    the web config's reload counts."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
     task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
     if settings.max_task_types_per_namespace:
@@ -198,10 +199,10 @@ def build_exposition(settings: Settings, poller: Poller) -> Exposition:
         max_series=settings.max_series_per_metric,
         demo=settings.demo,
     )
-    return Exposition(collector)
+    return Exposition(collector, fresh=web)
 
 
-async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | None = None) -> int:
+async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfig | None = None) -> int:
     log = structlog.get_logger(PROG)
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         interval = settings.poll_interval
@@ -224,7 +225,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
         server = MetricsServer(
             host,
             port,
-            build_exposition(settings, poller),
+            build_exposition(settings, poller, web),
             poller.ready,
             web,
             max_connections=settings.max_connections,

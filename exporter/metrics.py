@@ -57,6 +57,7 @@ POLL_MODE = "mixpeek_exporter_poll_mode"
 SCOPE = "mixpeek_exporter_scope"
 BATCHES_UP = "mixpeek_batches_up"
 BATCH_POLL_ERRORS = "mixpeek_exporter_batch_poll_errors"  # exposed with _total
+WEB_CONFIG_RELOADS = "mixpeek_exporter_web_config_reloads"  # exposed with _total
 BUILD_INFO = "mixpeek_exporter_build_info"
 BUILD_LABELS = ("version", "python_version", "demo")
 
@@ -192,6 +193,13 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         ("metric",),
         "Samples left out by MIXPEEK_MAX_SERIES_PER_METRIC, by metric, added up over each new poll result "
         "rendered; each bucket, _sum and _count of a histogram is one (its label sets are dropped whole).",
+    ),
+    (
+        f"{WEB_CONFIG_RELOADS}_total",
+        "counter",
+        ("result",),
+        "Reloads of MIXPEEK_WEB_CONFIG_FILE after it or a file it names changed, by result (ok, error: "
+        "the last good config stays); absent without a web config file.",
     ),
     (
         BUILD_INFO,

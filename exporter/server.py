@@ -17,18 +17,19 @@ import socket
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 import structlog
 from prometheus_client.registry import Collector
 
 from exporter.exposition import Exposition
-from exporter.webconfig import BasicAuth, WebConfig
+from exporter.webconfig import WebConfig
+from exporter.webreload import Accept, LiveWebConfig
 
 INDEX = b"""<!doctype html>
 <html><head><title>Mixpeek exporter</title></head>
@@ -64,6 +65,7 @@ NOT_ALLOWED = _plain(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", [("
 UNAUTHORIZED = _plain(
     HTTPStatus.UNAUTHORIZED, b"unauthorized\n", [("WWW-Authenticate", 'Basic realm="mixpeek-exporter"')]
 )
+TOO_MANY = _plain(HTTPStatus.TOO_MANY_REQUESTS, b"too many requests\n")
 SERVER_ERROR = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal server error\n")
 INDEX_PAGE = Reply(
     HTTPStatus.OK,
@@ -81,10 +83,15 @@ def _always() -> bool:
     return True
 
 
+class Guard(Protocol):
+    def refusal(self, authorization: str | None) -> HTTPStatus | None:
+        """401 or 429 for a request to a protected path, or None to answer it."""
+
+
 def make_app(
     metrics: Exposition | Collector,
     ready: Callable[[], bool],
-    auth: BasicAuth | None = None,
+    guard: Guard | None = None,
     live: Callable[[], bool] = _always,
     on_error: Callable[[BaseException], object] | None = None,
 ) -> App:
@@ -99,8 +106,10 @@ def make_app(
             return NOT_ALLOWED
         path, _, query = target.partition("?")
         path = unquote(path, "iso-8859-1")  # as WSGI's PATH_INFO, which this server used to route by
-        if auth is not None and path not in OPEN_PATHS and not auth.allows(headers.get("Authorization")):
-            return UNAUTHORIZED
+        if guard is not None and path not in OPEN_PATHS:
+            refused = guard.refusal(headers.get("Authorization"))
+            if refused is not None:
+                return UNAUTHORIZED if refused is HTTPStatus.UNAUTHORIZED else TOO_MANY
         if path == "/metrics":
             try:
                 response = exposition.respond(headers.get("Accept"), headers.get("Accept-Encoding"), query)
@@ -135,6 +144,16 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
     server: _Server
+
+    def handle(self) -> None:
+        if self.server.admit(self.connection):  # client_allowed_sans, checked once per connection
+            super().handle()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Every response, http.server's own errors too, carries the web config's extra headers."""
+        super().send_response(code, message)
+        for name, value in self.server.extra_headers():
+            self.send_header(name, value)
 
     def parse_request(self) -> bool:
         if not super().parse_request():
@@ -187,8 +206,6 @@ OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 BACKOFF_FIRST_SECONDS = 0.01
 BACKOFF_MAX_SECONDS = 1.0
 
-Accept = Callable[[socket.socket], tuple[socket.socket, Any]]
-
 
 def _accept(listener: socket.socket) -> tuple[socket.socket, Any]:
     return listener.accept()
@@ -226,6 +243,8 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
+        self.admit: Callable[[socket.socket], bool] = lambda connection: True
+        self.extra_headers: Callable[[], Sequence[tuple[str, str]]] = tuple
         self.max_connections = max_connections
         self._accept = accept
         self._stopping = threading.Event()
@@ -347,7 +366,7 @@ class MetricsServer:
         port: int,
         metrics: Exposition | Collector,
         ready: Callable[[], bool],
-        web: WebConfig | None = None,
+        web: LiveWebConfig | WebConfig | None = None,
         *,
         live: Callable[[], bool] = _always,
         on_error: Callable[[BaseException], object] | None = None,
@@ -355,19 +374,20 @@ class MetricsServer:
         accept: Accept = _accept,
         pause: Callable[[float], object] | None = None,
     ) -> None:
-        """`live`: false makes /healthz answer 503; `on_error` hears of a /metrics render that failed.
+        """`web`: TLS, basic auth, headers, rate limit; a WebConfig is never reloaded, a LiveWebConfig is
+        when its files change. `live`: false makes /healthz answer 503; `on_error` hears of a /metrics
+        render that failed.
         `accept` and `pause` (seconds; default: a wait that stop ends) are the accept loop's calls, for
         tests."""
-        auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
-        app = make_app(metrics, ready, auth, live, on_error)
+        web = LiveWebConfig(web) if isinstance(web, WebConfig) else web
+        app = make_app(metrics, ready, web, live, on_error)
+        if web is not None and web.tls:
+            accept = web.accepting(accept)
         self._server = _Server(host, port, app, max_connections, accept=accept, pause=pause)
-        context = web.ssl_context() if web else None
-        if context is not None:
-            # The handshake then runs in the connection's own thread, not in the accepting one.
-            self._server.socket = context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self.scheme = "https" if context else "http"
+        if web is not None:
+            self._server.admit = web.admits
+            self._server.extra_headers = web.headers
+        self.scheme = "https" if web is not None and web.tls else "http"
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 

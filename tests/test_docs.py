@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hostile import RewriteJson
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from support import Exporter
@@ -16,6 +17,8 @@ from exporter.cli import _shown_default
 from exporter.config import Settings, env_name
 from exporter.metrics import METRICS
 from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.webconfig import HTTPServerConfig, WebConfig
+from exporter.webreload import LiveWebConfig
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -75,9 +78,12 @@ async def test_exposition_has_exactly_the_documented_families(
     world.set_batch_status(batch_id, "FAILED", failed_objects=3, failure_category="timeout")
     clock.advance(30)
     await exporter.poll()
+    # With MIXPEEK_WEB_CONFIG_FILE, the web config's reload counts follow (cli.build_exposition).
+    web = LiveWebConfig(WebConfig(http_server_config=HTTPServerConfig(headers={"X-Frame-Options": "deny"})))
+    text = exporter.exposition() + generate_latest(web).decode()
     exposed = {
         (f.name + ("_total" if f.type == "counter" else ""), f.type, tuple(sorted(_labels(f))))
-        for f in text_string_to_metric_families(exporter.exposition())
+        for f in text_string_to_metric_families(text)
     }
     documented = {(name, kind, tuple(sorted(labels))) for name, kind, labels, _ in METRICS}
     assert exposed == documented
