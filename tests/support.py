@@ -363,6 +363,21 @@ def deploy_module(relative: str) -> ModuleType:
     return module
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 in `folder` (tls.crt, tls.key), made with openssl."""
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now, for a program that cannot listen on port 0 and tell us which it got."""
     with socket.socket() as sock:

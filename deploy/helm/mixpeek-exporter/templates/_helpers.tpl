@@ -37,13 +37,49 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
-{{- define "mixpeek-exporter.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{/* The pods' labels: the selector's, then commonLabels and podLabels (podLabels win). */}}
+{{- define "mixpeek-exporter.podLabels" -}}
+{{ include "mixpeek-exporter.selectorLabels" . }}
+{{- with merge (deepCopy .Values.podLabels) .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The helm test's pod: never selected by the Service, the PodDisruptionBudget or the NetworkPolicy. */}}
+{{- define "mixpeek-exporter.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "mixpeek-exporter.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
+
+{{- define "mixpeek-exporter.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{- define "mixpeek-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mixpeek-exporter.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default (include "mixpeek-exporter.appVersion" .) .Values.image.tag) }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* registry/repository:tag or @digest; global.imageRegistry (a parent chart's) wins over image.registry. */}}
+{{- define "mixpeek-exporter.image" -}}
+{{- $registry := default .Values.image.registry (.Values.global).imageRegistry }}
+{{- $repository := .Values.image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" $registry $repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default (include "mixpeek-exporter.appVersion" .) .Values.image.tag) }}
 {{- end }}
 {{- end }}
 
@@ -56,7 +92,64 @@ app.kubernetes.io/component: exporter
 {{- end }}
 {{- end }}
 
+{{/*
+The Secret holding the web config (TLS, basic auth): an existing one, the chart's own (when webConfig sets
+TLS or users), or none (plain HTTP).
+*/}}
+{{- define "mixpeek-exporter.webConfigSecret" -}}
+{{- $web := .Values.webConfig }}
+{{- if $web.existingSecret }}
+{{- $web.existingSecret }}
+{{- else if or $web.tls.enabled $web.basicAuthUsers }}
+{{- printf "%s-web-config" (include "mixpeek-exporter.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "mixpeek-exporter.webConfigKey" -}}
+{{- if .Values.webConfig.existingSecret }}{{ .Values.webConfig.existingSecretKey }}{{ else }}web-config.yml{{ end }}
+{{- end }}
+
+{{/* The chart's web config file, in the exporter-toolkit format the exporter reads. */}}
+{{- define "mixpeek-exporter.webConfig" -}}
+{{- $web := .Values.webConfig }}
+{{- if $web.tls.enabled }}
+{{- if not $web.tls.secretName }}
+{{- fail "webConfig.tls.enabled needs webConfig.tls.secretName (a kubernetes.io/tls Secret) or webConfig.existingSecret" }}
+{{- end }}
+tls_server_config:
+  cert_file: {{ include "mixpeek-exporter.tlsDir" . }}/tls.crt
+  key_file: {{ include "mixpeek-exporter.tlsDir" . }}/tls.key
+{{- end }}
+{{- with $web.basicAuthUsers }}
+basic_auth_users:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "mixpeek-exporter.scheme" -}}
+{{- if .Values.webConfig.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+A probe of the values, its httpGet over HTTPS when the server has TLS. Context: a map with "probe", "Values"
+and an optional "path" overriding the httpGet's path.
+*/}}
+{{- define "mixpeek-exporter.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- with $probe.httpGet }}
+{{- if $.path }}
+{{- $_ := set . "path" $.path }}
+{{- end }}
+{{- if $.Values.webConfig.tls.enabled }}
+{{- $_ := set . "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
 {{- define "mixpeek-exporter.keyDir" -}}/etc/mixpeek{{- end }}
+{{- define "mixpeek-exporter.webConfigDir" -}}/etc/mixpeek-exporter/web{{- end }}
+{{- define "mixpeek-exporter.tlsDir" -}}/etc/mixpeek-exporter/tls{{- end }}
 {{- define "mixpeek-exporter.stateDir" -}}/var/lib/mixpeek-exporter{{- end }}
 
 {{/*
@@ -115,6 +208,10 @@ only exists from Kubernetes 1.28).
     - name: MIXPEEK_API_KEY_FILE
       value: {{ printf "%s/%s" (include "mixpeek-exporter.keyDir" .) $v.apiKey.secretKey | quote }}
     {{- end }}
+    {{- if include "mixpeek-exporter.webConfigSecret" . }}
+    - name: MIXPEEK_WEB_CONFIG_FILE
+      value: {{ printf "%s/%s" (include "mixpeek-exporter.webConfigDir" .) (include "mixpeek-exporter.webConfigKey" .) | quote }}
+    {{- end }}
     {{- if $v.stateFile.enabled }}
     - name: MIXPEEK_STATE_FILE
       value: {{ printf "%s/state.json" (include "mixpeek-exporter.stateDir" .) | quote }}
@@ -128,15 +225,11 @@ only exists from Kubernetes 1.28).
       protocol: TCP
   {{- with $v.livenessProbe }}
   livenessProbe:
-    {{- toYaml . | nindent 4 }}
+    {{- include "mixpeek-exporter.probe" (dict "probe" . "Values" $v) | nindent 4 }}
   {{- end }}
   {{- with $v.readinessProbe }}
   readinessProbe:
-    {{- $probe := deepCopy . }}
-    {{- if and $.readinessPath $probe.httpGet }}
-    {{- $_ := set $probe.httpGet "path" $.readinessPath }}
-    {{- end }}
-    {{- toYaml $probe | nindent 4 }}
+    {{- include "mixpeek-exporter.probe" (dict "probe" . "Values" $v "path" $.readinessPath) | nindent 4 }}
   {{- end }}
   {{- with $v.resources }}
   resources:
@@ -146,7 +239,8 @@ only exists from Kubernetes 1.28).
   securityContext:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- if or (include "mixpeek-exporter.secretName" .) $v.stateFile.enabled }}
+  {{- $web := include "mixpeek-exporter.webConfigSecret" . }}
+  {{- if or (include "mixpeek-exporter.secretName" .) $v.stateFile.enabled $web $v.extraVolumeMounts }}
   volumeMounts:
     {{- if include "mixpeek-exporter.secretName" . }}
     - name: mixpeek-api-key
@@ -157,10 +251,26 @@ only exists from Kubernetes 1.28).
     - name: mixpeek-state
       mountPath: {{ include "mixpeek-exporter.stateDir" . }}
     {{- end }}
+    {{- if $web }}
+    - name: mixpeek-web-config
+      mountPath: {{ include "mixpeek-exporter.webConfigDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- if and $v.webConfig.tls.enabled $v.webConfig.tls.secretName }}
+    - name: mixpeek-tls
+      mountPath: {{ include "mixpeek-exporter.tlsDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
 {{- end }}
 
-{{/* The volumes the container mounts: the key's Secret (none in demo mode) and the state file's emptyDir. */}}
+{{/*
+The volumes the container mounts: the key's Secret (none in demo mode), the state file's emptyDir, the web
+config's Secret and the TLS certificate's, and extraVolumes.
+*/}}
 {{- define "mixpeek-exporter.volumes" -}}
 {{- $secret := include "mixpeek-exporter.secretName" . -}}
 {{- if $secret }}
@@ -175,6 +285,27 @@ only exists from Kubernetes 1.28).
 - name: mixpeek-state
   emptyDir:
     sizeLimit: {{ .Values.stateFile.sizeLimit }}
+{{- end }}
+{{- with include "mixpeek-exporter.webConfigSecret" . }}
+- name: mixpeek-web-config
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ include "mixpeek-exporter.webConfigKey" $ }}
+        path: {{ include "mixpeek-exporter.webConfigKey" $ }}
+{{- end }}
+{{- if and .Values.webConfig.tls.enabled .Values.webConfig.tls.secretName }}
+- name: mixpeek-tls
+  secret:
+    secretName: {{ .Values.webConfig.tls.secretName }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
