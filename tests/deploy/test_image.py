@@ -127,8 +127,11 @@ def runtime_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(sys.executable)  # the steps call `python3`, as the base image has it
+    # PYTHONPATH (a worktree's tests set it) would make pip see the source tree's package as installed.
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MIXPEEK_", "VIRTUAL_ENV"))},
+        **{
+            k: v for k, v in os.environ.items() if not k.startswith(("MIXPEEK_", "VIRTUAL_ENV", "PYTHONPATH"))
+        },
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
         "WHEELS": str(tmp_path / "wheels"),
         "VENV": str(tmp_path / "venv"),
