@@ -35,6 +35,8 @@ BATCHES_LIST = "/v1/batches/list"
 BUCKETS_LIST = "/v1/buckets/list"
 BUCKET_BATCHES_LIST = "/v1/buckets/{bucket_id}/batches/list"
 NAMESPACES_LIST = "/v1/namespaces/list"
+# The `endpoint` label of mixpeek_exporter_api_requests_total: every route the client calls.
+ENDPOINTS = (TASKS_LIST, TASK_GET, BATCHES_LIST, BUCKETS_LIST, BUCKET_BATCHES_LIST, NAMESPACES_LIST)
 # The API refuses offsets above this; deeper listings need a cursor or a created_at window.
 MAX_OFFSET = 10_000
 # Cursor pages in a row that add nothing before a listing is judged a loop.

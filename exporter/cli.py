@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import httpx
 import structlog
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from pydantic import SecretStr
 
 from exporter import __version__
@@ -184,8 +185,9 @@ def build_poller(
 
 
 def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | None = None) -> Exposition:
-    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change, and
-    the web config's reload counts."""
+    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change; and read
+    at each scrape, the process's own resources (memory is this exporter's scaling limit) and the web config's
+    reload counts."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
     task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
     if settings.max_task_types_per_namespace:
@@ -199,7 +201,12 @@ def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | No
         max_series=settings.max_series_per_metric,
         demo=settings.demo,
     )
-    return Exposition(collector, fresh=web)
+    fresh = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=fresh)
+    PlatformCollector(registry=fresh)
+    if web is not None:
+        fresh.register(web)
+    return Exposition(collector, fresh=fresh)
 
 
 async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfig | None = None) -> int:

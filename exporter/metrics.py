@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
+from exporter.api import ENDPOINTS
 from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
@@ -74,6 +75,24 @@ BY_NAMESPACE = (NAMESPACE_LABEL,)
 
 # Where an unexpected exception can happen (the poll loops, rendering /metrics): each counted from 0.
 STAGES = ("discovery", "scope", "poll", "state", "batches", "render")
+# Every reason a poll can fail with (api.ApiError's reasons and the poller's "internal"), counted from 0 so
+# that rate() and increase() see the first failure: a series born at 1 is read as no increase.
+POLL_ERROR_REASONS = (
+    "error",
+    "timeout",
+    "connection_error",
+    "invalid_response",
+    "pagination_limit",
+    "unauthorized",
+    "rate_limited",
+    "not_found",
+    "unexpected_status",
+    "http_4xx",
+    "http_5xx",
+    "internal",
+)
+# The API requests counted from 0, per endpoint the exporter calls: success, rate limited, and no answer.
+ZERO_FILLED_CODES = ("200", "429", "error")
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TASK_LABELS = (NAMESPACE_LABEL, "status", "task_type")
 BATCH_LABELS = (NAMESPACE_LABEL, "bucket_id", "status")
@@ -591,7 +610,9 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
         parts = tuple(Part(ns, state, partial(rows, ns, state)) for ns, state in states)
         return Family(name, "gauge", BY_NAMESPACE, parts)
 
-    requests, writes, invalid = snapshot.api_requests, snapshot.state_writes, snapshot.invalid_values
+    requests = {(endpoint, code): 0 for endpoint in ENDPOINTS for code in ZERO_FILLED_CODES}
+    requests.update(snapshot.api_requests)
+    writes, invalid = snapshot.state_writes, snapshot.invalid_values
     checks = {check: snapshot.check_failures.get(check, 0) for check in CHECKS}
     internal = {stage: snapshot.internal_errors.get(stage, 0) for stage in STAGES}
     modes, scope = snapshot.modes, snapshot.scope
@@ -631,7 +652,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             POLL_ERRORS,
             "counter",
             (NAMESPACE_LABEL, "reason"),
-            lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
+            _error_rows,
         ),
         of_state(TRACKED_TASKS, lambda ns, state: [((ns,), len(state.tasks), None)]),
         of_state(UNTRACKED_TASKS, lambda ns, state: [((ns,), state.untracked, None)]),
@@ -682,13 +703,18 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             BATCH_POLL_ERRORS,
             "counter",
             (NAMESPACE_LABEL, "reason"),
-            lambda ns, h: [((ns, reason), count, None) for reason, count in sorted(h.errors.items())],
+            _error_rows,
         ),
     ]
 
 
 def _dropped_rows(totals: tuple[tuple[str, int], ...]) -> list[Row]:
     return [((_EXPOSED[name],), count, None) for name, count in totals]
+
+
+def _error_rows(namespace: str, health: NamespaceHealth) -> list[Row]:
+    errors = dict.fromkeys(POLL_ERROR_REASONS, 0) | dict(health.errors)
+    return [((namespace, reason), count, None) for reason, count in sorted(errors.items())]
 
 
 def _histogram_width(bounds: Sequence[float]) -> int:

@@ -48,6 +48,7 @@ from exporter.simulator.faults import (
 )
 
 KEY = "sk_property_k3y"
+POLL_ERRORS = "mixpeek_exporter_poll_errors_total"
 NAMESPACES = ("prod", "staging")
 TERMINAL = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"})
 STATUSES = ("PENDING", "QUEUED", "PROCESSING", "IN_PROGRESS", *sorted(TERMINAL), "RETRYING", "échec/β")
@@ -299,8 +300,12 @@ async def poll_and_check(
             )
     for namespace in NAMESPACES:
         up = now[("mixpeek_up", frozenset({("mixpeek_namespace", namespace)}))] == 1
-        errors_before = select(previous, "mixpeek_exporter_poll_errors_total", mixpeek_namespace=namespace)
-        errors_now = select(now, "mixpeek_exporter_poll_errors_total", mixpeek_namespace=namespace)
+        errors_before, errors_now = (
+            {
+                k: v for k, v in select(s, POLL_ERRORS, mixpeek_namespace=namespace).items() if v
+            }  # served from 0
+            for s in (previous, now)
+        )
         expected = predicted(poll, namespace)
         event(f"poll {'ok' if up else 'failed'} under {poll.kind}")
         if up:

@@ -118,7 +118,7 @@ class Run:
 
     def errors(self, namespace: str) -> dict[str, int]:
         found = select(self.scrape(), POLL_ERRORS, mixpeek_namespace=namespace)
-        return {dict(k)["reason"]: int(v) for k, v in found.items()}
+        return {dict(k)["reason"]: int(v) for k, v in found.items() if v}  # every reason is served from 0
 
     def requests(self) -> dict[str, int]:
         """Task-listing requests by code since the last call."""

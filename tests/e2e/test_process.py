@@ -33,6 +33,10 @@ def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[Expo
     assert all(v == 1 for v in select(series, "mixpeek_up").values())
     assert sum(select(series, "mixpeek_tasks").values()) > 0
     assert select(series, "mixpeek_exporter_build_info", demo="true")  # the made-up data says so
+    # The process's own resources (prometheus_client's process and platform collectors), read at the scrape.
+    assert series[("process_resident_memory_bytes", frozenset())] > 10_000_000
+    assert series[("process_open_fds", frozenset())] > 0
+    assert select(series, "python_info", implementation="CPython")
     assert any(e.get("event", "").startswith("demo mode") for e in exporter.events)  # type: ignore[union-attr]
     started = time.monotonic()
     assert exporter.terminate() == 0
