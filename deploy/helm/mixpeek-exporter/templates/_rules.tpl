@@ -2,9 +2,18 @@
 The alert rules: the one source of both the PrometheusRule (prometheusrule.yaml) and deploy/prometheus/rules.yaml
 (rendered from here with the default values by deploy/prometheus/build.py).
 
-Every expression aggregates with `max by (<the exporter's own labels>)` before anything else: two exporters that
+Every expression aggregates with `max by ({{ $g }}<the exporter's own labels>)` before anything else: two exporters that
 poll the same namespaces (replicas, or sidecars of a scaled application) export the same series under different
 `instance`/`pod` labels, and max keeps one copy of each, so nothing is double-counted or alerted twice.
+Labels in alerts.groupBy (e.g. cluster, with one Prometheus or Thanos over several clusters) are kept in every
+`by (...)` and `on (...)`, so two clusters' series never merge.
+
+The recording rules (group mixpeek-exporter-recording, recordingRules.enabled) precompute what the dashboard and
+the alerts share, named level:metric:operations as Prometheus recommends
+(https://prometheus.io/docs/practices/rules/), each deduplicated across exporters like the alerts. The group comes
+first, so `promtool test rules` evaluates it before the alerts at each step (a server evaluates groups
+concurrently: an alert may see a recorded value one interval late). An alert whose window is a recorded one reads
+the recorded series; otherwise, or with recordingRules.enabled=false, it falls back to its own expression.
 Prometheus templates in annotations are kept out of Helm's reach with {{` ... `}}.
 */}}
 {{- define "mixpeek-exporter.rules" -}}
@@ -13,22 +22,57 @@ Prometheus templates in annotations are kept out of Helm's reach with {{` ... `}
 {{- /* The batch alerts' bucket, in Prometheus's template language: with MIXPEEK_BATCH_BUCKET_LABEL=false the
 exporter exports no bucket_id and aggregates each namespace's buckets. */ -}}
 {{- $bucket := `{{ with $labels.bucket_id }}bucket {{ . }}{{ else }}all buckets{{ end }}` -}}
+{{- $g := "" }}{{ with $a.groupBy }}{{ $g = printf "%s, " (join ", " .) }}{{ end -}}
+{{- $recording := .Values.recordingRules.enabled -}}
+{{- /* Recorded windows of the task terminal transitions, in seconds: the failure ratio alert reads them. */ -}}
+{{- $recorded := dict "5m" 300 "1h" 3600 -}}
 groups:
+{{- if $recording }}
+  - name: mixpeek-exporter-recording
+    rules:
+{{- range $window := list "5m" "1h" }}
+      - record: mixpeek_namespace_status_task_type:mixpeek_task_terminal_transitions:rate{{ $window }}
+        expr: |-
+          max by ({{ $g }}mixpeek_namespace, status, task_type) (rate(mixpeek_task_terminal_transitions_total[{{ $window }}]))
+      - record: mixpeek_namespace_task_type:mixpeek_task_failures:ratio_rate{{ $window }}
+        expr: |-
+          sum by ({{ $g }}mixpeek_namespace, task_type) (mixpeek_namespace_status_task_type:mixpeek_task_terminal_transitions:rate{{ $window }}{status="FAILED"})
+          /
+          sum by ({{ $g }}mixpeek_namespace, task_type) (mixpeek_namespace_status_task_type:mixpeek_task_terminal_transitions:rate{{ $window }})
+{{- end }}
+      - record: mixpeek_namespace_status_task_type_le:mixpeek_task_completion_seconds_bucket:rate5m
+        expr: |-
+          max by ({{ $g }}mixpeek_namespace, status, task_type, le) (rate(mixpeek_task_completion_seconds_bucket[5m]))
+{{- range $q := list 50 90 99 }}
+      - record: mixpeek_namespace_status_task_type:mixpeek_task_completion_seconds:p{{ $q }}_5m
+        expr: |-
+          histogram_quantile({{ divf $q 100 }}, mixpeek_namespace_status_task_type_le:mixpeek_task_completion_seconds_bucket:rate5m)
+{{- end }}
+      {{- /* Batches are few: over the hour, as the dashboard shows them. */}}
+      - record: mixpeek_namespace_status_le:mixpeek_batch_completion_seconds_bucket:rate1h
+        expr: |-
+          max by ({{ $g }}mixpeek_namespace, status, le) (rate(mixpeek_batch_completion_seconds_bucket[1h]))
+{{- range $q := list 50 90 99 }}
+      - record: mixpeek_namespace_status:mixpeek_batch_completion_seconds:p{{ $q }}_1h
+        expr: |-
+          histogram_quantile({{ divf $q 100 }}, mixpeek_namespace_status_le:mixpeek_batch_completion_seconds_bucket:rate1h)
+{{- end }}
+{{- end }}
   - name: mixpeek-exporter
     rules:
 {{- with $a.failedSpike }}{{ if .enabled }}
       - alert: MixpeekTasksFailedSpike
         expr: |-
           (
-            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by ({{ $g }}mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
               >= {{ .minFailures }}
           )
-          and on (mixpeek_namespace, task_type)
+          and on ({{ $g }}mixpeek_namespace, task_type)
           (
-            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by ({{ $g }}mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             /
-            sum by (mixpeek_namespace, task_type) (
-              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by ({{ $g }}mixpeek_namespace, task_type) (
+              max by ({{ $g }}mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               >= {{ .minShare }}
           )
@@ -48,21 +92,28 @@ groups:
 {{- with $a.failureRatio }}{{ if .enabled }}
       - alert: MixpeekTasksFailureRatioHigh
         expr: |-
+{{- if and $recording (hasKey $recorded .window) }}
+          mixpeek_namespace_task_type:mixpeek_task_failures:ratio_rate{{ .window }} > {{ .maxRatio }}
+          and on ({{ $g }}mixpeek_namespace, task_type)
+          sum by ({{ $g }}mixpeek_namespace, task_type) (mixpeek_namespace_status_task_type:mixpeek_task_terminal_transitions:rate{{ .window }}) * {{ get $recorded .window }}
+            >= {{ .minTerminal }}
+{{- else }}
           (
-            max by (mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+            max by ({{ $g }}mixpeek_namespace, task_type) (increase(mixpeek_task_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             /
-            sum by (mixpeek_namespace, task_type) (
-              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by ({{ $g }}mixpeek_namespace, task_type) (
+              max by ({{ $g }}mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               > {{ .maxRatio }}
           )
-          and on (mixpeek_namespace, task_type)
+          and on ({{ $g }}mixpeek_namespace, task_type)
           (
-            sum by (mixpeek_namespace, task_type) (
-              max by (mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
+            sum by ({{ $g }}mixpeek_namespace, task_type) (
+              max by ({{ $g }}mixpeek_namespace, status, task_type) (increase(mixpeek_task_terminal_transitions_total[{{ .window }}]))
             )
               >= {{ .minTerminal }}
           )
+{{- end }}
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -79,7 +130,7 @@ groups:
 {{- with $a.stuckQueued }}{{ if .enabled }}
       - alert: MixpeekTasksStuckQueued
         expr: |-
-          max by (mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+          max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -97,7 +148,7 @@ groups:
 {{- with $a.stuckRunning }}{{ if .enabled }}
       - alert: MixpeekTasksStuckRunning
         expr: |-
-          max by (mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
+          max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -115,7 +166,7 @@ groups:
 {{- with $a.pollFailing }}{{ if .enabled }}
       - alert: MixpeekExporterPollFailing
         expr: |-
-          max by (mixpeek_namespace) (mixpeek_up) == 0
+          max by ({{ $g }}mixpeek_namespace) (mixpeek_up) == 0
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -130,7 +181,7 @@ groups:
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
       - alert: MixpeekExporterBatchPollFailing
         expr: |-
-          max by (mixpeek_namespace) (mixpeek_batches_up) == 0
+          max by ({{ $g }}mixpeek_namespace) (mixpeek_batches_up) == 0
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -147,7 +198,7 @@ groups:
 {{- with $a.stale }}{{ if .enabled }}
       - alert: MixpeekExporterDataStale
         expr: |-
-          time() - max by (mixpeek_namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
+          time() - max by ({{ $g }}mixpeek_namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -181,7 +232,7 @@ groups:
 {{- with $a.rateLimited }}{{ if .enabled }}
       - alert: MixpeekApiRateLimited
         expr: |-
-          max by (mixpeek_namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
+          max by ({{ $g }}mixpeek_namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
             > {{ .maxErrors }}
         for: {{ .for }}
         labels:
@@ -199,7 +250,7 @@ groups:
 {{- with $a.seriesDropped }}{{ if .enabled }}
       - alert: MixpeekExporterSeriesDropped
         expr: |-
-          max by (metric) (increase(mixpeek_exporter_series_dropped_total[{{ .window }}])) > 0
+          max by ({{ $g }}metric) (increase(mixpeek_exporter_series_dropped_total[{{ .window }}])) > 0
         for: {{ .for }}
         labels:
           severity: {{ .severity }}
@@ -217,7 +268,7 @@ groups:
 {{- with $a.batchesFailed }}{{ if .enabled }}
       - alert: MixpeekBatchesFailed
         expr: |-
-          max by (mixpeek_namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
+          max by ({{ $g }}mixpeek_namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             >= {{ .minFailures }}
         for: {{ .for }}
         labels:
@@ -237,17 +288,17 @@ groups:
       - alert: MixpeekBatchObjectsFailureRatioHigh
         expr: |-
           (
-            max by (mixpeek_namespace, bucket_id) (increase(mixpeek_batch_objects_total{outcome="failed"}[{{ .window }}]))
+            max by ({{ $g }}mixpeek_namespace, bucket_id) (increase(mixpeek_batch_objects_total{outcome="failed"}[{{ .window }}]))
             /
-            sum by (mixpeek_namespace, bucket_id) (
-              max by (mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            sum by ({{ $g }}mixpeek_namespace, bucket_id) (
+              max by ({{ $g }}mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
             )
               > {{ .maxRatio }}
           )
-          and on (mixpeek_namespace, bucket_id)
+          and on ({{ $g }}mixpeek_namespace, bucket_id)
           (
-            sum by (mixpeek_namespace, bucket_id) (
-              max by (mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
+            sum by ({{ $g }}mixpeek_namespace, bucket_id) (
+              max by ({{ $g }}mixpeek_namespace, bucket_id, outcome) (increase(mixpeek_batch_objects_total[{{ .window }}]))
             )
               >= {{ .minObjects }}
           )
@@ -268,7 +319,7 @@ groups:
 {{- with $a.batchesStuckQueued }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckQueued
         expr: |-
-          max by (mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
+          max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
@@ -287,7 +338,7 @@ groups:
 {{- with $a.batchesStuckRunning }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckRunning
         expr: |-
-          max by (mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
+          max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
         labels:
