@@ -5,64 +5,160 @@
     python deploy/grafana/build.py --check    # exit 1 if mixpeek-tasks.json is not what this file builds
 
 The JSON is generated, never edited by hand: tests/deploy/test_dashboard.py rebuilds it and fails on a
-difference, and runs every query below against a real Prometheus scraping the exporter.
+difference, and runs every query below against a real Prometheus scraping the exporter and evaluating the
+recording rules.
+
+The Overview row on top is what on-call reads first: tasks FAILED now, the failure ratio, the oldest stuck
+task, the exporter's health, and the task types failing most, each linking to its section of the runbook
+(alerts.runbookUrl in the Helm chart's values.yaml, where the alert thresholds drawn here come from too).
 
 Two identical exporters (replicas, or sidecars of a scaled application) export the same series under
-different `instance`/`pod` labels, so every panel first takes `max by (<the exporter's own labels>)`, which
-keeps one copy, and only then sums across namespaces or task types. The one exception is the API request
-panel: there each exporter's requests really reach the API, so they are summed.
+different `instance`/`pod` labels, so every panel first takes `max by (<the exporter's own labels>)`, the
+labels the alert expressions (deploy/helm/mixpeek-exporter/templates/_rules.tpl) aggregate by, which keeps
+one copy, and only then sums across namespaces or task types. The exceptions are per scrape target: the API
+request panel (each exporter's requests really reach the API, so they are summed) and the targets' `up`.
+
+The heavy panels read the recording rules of that file (group mixpeek-exporter-recording), deduplicated
+there the same way. Those aggregate the `job` label away, so $job reaches them through the namespaces the
+chosen jobs watch (`and on (mixpeek_namespace) mixpeek_up{job=~"$job"}`); $cluster matches every series
+when "All" (`.*`, which also matches a series without the label).
 
 Batches finish a few an hour, not a few a second: the batch panels count their counters and histogram over a
-rolling hour (`increase(...[1h])`) rather than over $__rate_interval, which would draw isolated spikes between
-long gaps.
+rolling hour (`increase(...[1h])`, recorded `rate(...[1h])`) rather than over $__rate_interval, which would
+draw isolated spikes between long gaps.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
+import yaml
 from grafana_foundation_sdk.builders import common as common_builder
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLink,
+    DashboardLinkType,
     DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    Threshold,
+    ThresholdsMode,
     VariableOption,
     VariableRefresh,
     VariableSort,
 )
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-OUTPUT = Path(__file__).resolve().parent / "mixpeek-tasks.json"
+HERE = Path(__file__).resolve().parent
+OUTPUT = HERE / "mixpeek-tasks.json"
+VALUES = HERE.parent / "helm" / "mixpeek-exporter" / "values.yaml"
 UID = "mixpeek-tasks"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-TASKS = 'mixpeek_namespace=~"$namespace", task_type=~"$task_type"'
-NAMESPACES = 'mixpeek_namespace=~"$namespace"'
+SCOPE = 'job=~"$job", cluster=~"$cluster"'
+NAMESPACES = f'{SCOPE}, mixpeek_namespace=~"$namespace"'
+TASKS = f'{NAMESPACES}, task_type=~"$task_type"'
 TASK_KEY = "mixpeek_namespace, status, task_type"
 BATCH_KEY = "mixpeek_namespace, bucket_id, status"
 BATCH_WINDOW = "1h"
+# The active statuses MixpeekTasksStuckQueued and MixpeekTasksStuckRunning watch.
+ACTIVE = "PENDING|QUEUED|IN_PROGRESS|PROCESSING"
+TOP = 10
+
+# Recorded series (deploy/prometheus/rules.yaml, group mixpeek-exporter-recording).
+RECORDED_NAMESPACES = 'cluster=~"$cluster", mixpeek_namespace=~"$namespace"'
+RECORDED_TASKS = f'{RECORDED_NAMESPACES}, task_type=~"$task_type"'
+TRANSITIONS_5M = "mixpeek_namespace_status_task_type:mixpeek_task_terminal_transitions:rate5m"
+FAILURE_RATIO = "mixpeek_namespace_task_type:mixpeek_task_failures:ratio_rate{window}"
+TASK_QUANTILE = "mixpeek_namespace_status_task_type:mixpeek_task_completion_seconds:p{q}_5m"
+BATCH_QUANTILE = "mixpeek_namespace_status:mixpeek_batch_completion_seconds:p{q}_1h"
+QUANTILES = (("50", "A"), ("90", "B"), ("99", "C"))
+
+
+def alert_settings() -> dict[str, Any]:
+    """alerts.* of the chart's values.yaml: the runbook URL and the thresholds the panels draw."""
+    return dict(yaml.safe_load(VALUES.read_text())["alerts"])
+
+
+ALERTS = alert_settings()
 
 
 def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
 
 
-def quantiles(buckets: str) -> list[prometheus.Dataquery]:
-    """p50, p90 and p99 of a histogram's `buckets` expression (already deduplicated by the caller)."""
+def recorded(name: str, selector: str = RECORDED_TASKS) -> str:
+    """A recorded series, kept to the namespaces that the chosen jobs watch (see the module docstring)."""
+    return f"({name}{{{selector}}} and on (mixpeek_namespace) mixpeek_up{{{SCOPE}}})"
+
+
+def runbook(alerts: tuple[str, ...]) -> list[Builder[DashboardLink]]:
+    """A link per alert to its section of docs/runbook.md, as the alert's runbook_url annotation has it."""
     return [
-        query(f"histogram_quantile({q}, sum by (le) ({buckets}))", f"p{round(q * 100)}", ref)
-        for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+        dashboard.DashboardLink(f"Runbook: {alert}")
+        .type(DashboardLinkType.LINK)
+        .url(f"{ALERTS['runbookUrl']}#{alert.lower()}")
+        .target_blank(True)
+        for alert in alerts
     ]
 
 
-def series_panel(title: str, description: str, unit: str, *queries: prometheus.Dataquery) -> timeseries.Panel:
+def explained(description: str, alerts: tuple[str, ...]) -> str:
+    if not alerts:
+        return description
+    names = ", ".join(alerts)
+    return f"{description} Alert{'s' if len(alerts) > 1 else ''}: {names} (runbook in the panel links)."
+
+
+def thresholds(*steps: tuple[float, str]) -> dashboard.ThresholdsConfig:
+    """Green below the first step, then each step's colour from its value on."""
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=None, color="green"), *(Threshold(value=v, color=c) for v, c in steps)])
+    )
+
+
+Panel = TypeVar("Panel", timeseries.Panel, stat.Panel, table.Panel)
+
+
+def framed(
+    panel: Panel,
+    title: str,
+    description: str,
+    unit: str,
+    *,
+    queries: tuple[prometheus.Dataquery, ...],
+    alerts: tuple[str, ...],
+) -> Panel:
+    """What every panel has: its title, its description naming its alerts and linking to their runbook, the
+    chosen data source, its unit and its queries."""
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
+        panel.title(title)
+        .description(explained(description, alerts))
+        .links(runbook(alerts))
         .datasource(DATASOURCE)
         .unit(unit)
+    )
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def series_panel(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prometheus.Dataquery,
+    alerts: tuple[str, ...] = (),
+) -> timeseries.Panel:
+    return (
+        framed(timeseries.Panel(), title, description, unit, queries=queries, alerts=alerts)
         .height(8)
         .span(12)
         .fill_opacity(10)
@@ -74,9 +170,27 @@ def series_panel(title: str, description: str, unit: str, *queries: prometheus.D
             .calcs(["lastNotNull", "max"])
         )
     )
-    for q in queries:
-        panel = panel.with_target(q)
-    return panel
+
+
+def stat_panel(
+    title: str,
+    description: str,
+    unit: str,
+    width: int,
+    *queries: prometheus.Dataquery,
+    alerts: tuple[str, ...] = (),
+) -> stat.Panel:
+    """A big number of the Overview row: its last value, over a sparkline of the time range."""
+    many = len(queries) > 1
+    return (
+        framed(stat.Panel(), title, description, unit, queries=queries, alerts=alerts)
+        .height(5)
+        .span(width)
+        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME if many else common.BigValueTextMode.VALUE)
+    )
 
 
 def deduplicated(
@@ -92,10 +206,131 @@ def deduplicated(
     return f"max by ({by}) ({inner})"
 
 
+def overview_panels() -> list[stat.Panel | table.Panel]:
+    failed = recorded(TRANSITIONS_5M, f'{RECORDED_TASKS}, status="FAILED"')
+    finished = recorded(TRANSITIONS_5M)
+    oldest = deduplicated("mixpeek_task_oldest_active_age_seconds", f'{TASKS}, status=~"{ACTIVE}"')
+    up = deduplicated("mixpeek_up", NAMESPACES, by="mixpeek_namespace")
+    return [
+        stat_panel(
+            "Tasks FAILED (5m)",
+            "Tasks of the selected namespaces and task types that entered FAILED in the last 5 minutes; "
+            f"red from {ALERTS['failedSpike']['minFailures']}, the alert's minimum.",
+            "short",
+            4,
+            query(f"sum({failed}) * 300", "FAILED"),
+            alerts=("MixpeekTasksFailedSpike",),
+        ).thresholds(thresholds((1, "orange"), (ALERTS["failedSpike"]["minFailures"], "red"))),
+        stat_panel(
+            "Failure ratio (5m)",
+            "Share of the tasks that finished in the last 5 minutes which ended FAILED; red above the "
+            "alert's threshold, which it compares with the ratio over the last hour per task type.",
+            "percentunit",
+            4,
+            query(f"sum({failed}) / (sum({finished}) > 0)", "FAILED"),
+            alerts=("MixpeekTasksFailureRatioHigh",),
+        )
+        .thresholds(thresholds((ALERTS["failureRatio"]["maxRatio"], "red")))
+        .no_value("none finished"),
+        stat_panel(
+            "Oldest stuck task",
+            f"Age of the oldest task in an active status ({ACTIVE.replace('|', ', ')}) as of the last poll; "
+            "orange past the queued tasks' threshold, red past the running tasks' one.",
+            "s",
+            4,
+            query(f"max({oldest})", "oldest"),
+            alerts=("MixpeekTasksStuckQueued", "MixpeekTasksStuckRunning"),
+        )
+        .thresholds(
+            thresholds(
+                (ALERTS["stuckQueued"]["maxAgeSeconds"], "orange"),
+                (ALERTS["stuckRunning"]["maxAgeSeconds"], "red"),
+            )
+        )
+        .no_value("none active"),
+        up_of_total(
+            "Namespaces up",
+            "Namespaces whose last poll succeeded on at least one exporter, of all the namespaces polled.",
+            up,
+            ("MixpeekExporterPollFailing", "MixpeekExporterDataStale"),
+        ),
+        up_of_total(
+            "Scrape targets up",
+            "Exporter targets of the selected jobs that Prometheus scraped successfully (up), of all.",
+            f"up{{{SCOPE}}}",
+            ("MixpeekExporterAbsent",),
+        ),
+        failing_table(failed),
+    ]
+
+
+def up_of_total(title: str, description: str, series: str, alerts: tuple[str, ...]) -> stat.Panel:
+    """How many of `series` (1 or 0 each) are 1, beside how many there are."""
+    return stat_panel(
+        title,
+        description,
+        "short",
+        6,
+        query(f"sum({series})", "up", "A"),
+        query(f"count({series})", "total", "B"),
+        alerts=alerts,
+    ).color_mode(common.BigValueColorMode.NONE)
+
+
+def failing_table(failed: str) -> table.Panel:
+    """The task types with the most FAILED in the last 5 minutes, one row each with their failure ratio; a
+    click on a row opens this dashboard on that task type, or the runbook."""
+    top = f"topk({TOP}, sum by (mixpeek_namespace, task_type) ({failed}) * 300 > 0)"
+    ratio = f"{recorded(FAILURE_RATIO.format(window='5m'))} and on (mixpeek_namespace, task_type) {top}"
+    count, share = "FAILED (5m)", "Failure ratio (5m)"
+    this_task_type = (
+        f"/d/{UID}?${{__url_time_range}}&${{datasource:queryparam}}&${{job:queryparam}}&${{cluster:queryparam}}"
+        "&var-namespace=${__data.fields.mixpeek_namespace}&var-task_type=${__data.fields.task_type}"
+    )
+    alerts = ("MixpeekTasksFailedSpike", "MixpeekTasksFailureRatioHigh")
+    description = (
+        f"The {TOP} task types with the most tasks entering FAILED in the last 5 minutes, and the share of "
+        "their finished tasks that FAILED. A row links to this dashboard on its task type."
+    )
+    queries = (
+        query(top, "", "A").instant().format(PromQueryFormat.TABLE),
+        query(ratio, "", "B").instant().format(PromQueryFormat.TABLE),
+    )
+    return (
+        framed(table.Panel(), "Task types failing most", description, "short", queries=queries, alerts=alerts)
+        .data_links(
+            [
+                dashboard.DashboardLink("Show this task type")
+                .type(DashboardLinkType.LINK)
+                .url(this_task_type),
+                *runbook(alerts[:1]),
+            ]
+        )
+        .height(7)
+        .span(24)
+        .with_transformation(DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"mixpeek_namespace": 0, "task_type": 1, "Value #A": 2, "Value #B": 3},
+                    "renameByName": {"Value #A": count, "Value #B": share},
+                },
+            )
+        )
+        .sort_by([common_builder.TableSortByFieldState().display_name(count).desc(True)])
+        .override_by_name(count, [DynamicConfigValue(id_val="decimals", value=1)])
+        .override_by_name(share, [DynamicConfigValue(id_val="unit", value="percentunit")])
+    )
+
+
+def quantiles(name: str, selector: str, legend: str) -> list[prometheus.Dataquery]:
+    """p50, p90 and p99 of a recorded histogram quantile `name` (with a {q} placeholder)."""
+    return [query(recorded(name.format(q=q), selector), f"p{q} {legend}", ref) for q, ref in QUANTILES]
+
+
 def task_panels() -> list[timeseries.Panel]:
-    transitions = deduplicated("mixpeek_task_terminal_transitions_total", TASKS, rate=True)
-    failed = deduplicated("mixpeek_task_terminal_transitions_total", TASKS + ', status="FAILED"', rate=True)
-    buckets = deduplicated("mixpeek_task_completion_seconds_bucket", TASKS, by=f"{TASK_KEY}, le", rate=True)
     return [
         series_panel(
             "Tasks by status",
@@ -105,36 +340,41 @@ def task_panels() -> list[timeseries.Panel]:
         ).stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL)),
         series_panel(
             "Terminal transitions by status",
-            "Tasks entering COMPLETED, COMPLETED_WITH_ERRORS, FAILED or CANCELED, per minute.",
+            "Tasks entering COMPLETED, COMPLETED_WITH_ERRORS, FAILED or CANCELED, per minute over 5 minutes.",
             "opm",
-            query(f"sum by (status) ({transitions}) * 60", "{{status}}"),
+            query(f"sum by (status) ({recorded(TRANSITIONS_5M)}) * 60", "{{status}}"),
         ),
         series_panel(
             "Failure ratio",
-            "Share of the tasks that finished which ended FAILED, per namespace "
-            "(alerts: MixpeekTasksFailedSpike, MixpeekTasksFailureRatioHigh).",
+            "Share of the tasks that finished over the last hour which ended FAILED, per namespace and task "
+            "type, as the alert compares it with its threshold (the dashed line) once at least "
+            f"{ALERTS['failureRatio']['minTerminal']} finished.",
             "percentunit",
-            query(
-                f"sum by (mixpeek_namespace) ({failed}) / sum by (mixpeek_namespace) ({transitions})",
-                "{{mixpeek_namespace}}",
-            ),
-        ).min(0),
+            query(recorded(FAILURE_RATIO.format(window="1h")), "{{mixpeek_namespace}} {{task_type}}"),
+            alerts=("MixpeekTasksFailureRatioHigh",),
+        )
+        .min(0)
+        .thresholds(thresholds((ALERTS["failureRatio"]["maxRatio"], "red")))
+        .thresholds_style(
+            common_builder.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED)
+        ),
         series_panel(
             "Time to completion",
-            "Quantiles of the time from task creation to its terminal status "
-            "(mixpeek_task_completion_seconds); an upper bound when the API gives no timestamps.",
+            "p50, p90 and p99 over 5 minutes of the time from task creation to its terminal status, per "
+            "namespace, task type and status (mixpeek_task_completion_seconds); an upper bound when the API "
+            "gives no timestamps.",
             "s",
-            *quantiles(buckets),
+            *quantiles(TASK_QUANTILE, RECORDED_TASKS, "{{mixpeek_namespace}} {{task_type}} {{status}}"),
         ),
         series_panel(
             "Oldest active task age",
-            "Age of the oldest task in each non-terminal status (alerts: MixpeekTasksStuckQueued, "
-            "MixpeekTasksStuckRunning).",
+            "Age of the oldest task in each non-terminal status.",
             "s",
             query(
                 deduplicated("mixpeek_task_oldest_active_age_seconds", TASKS),
                 "{{mixpeek_namespace}} {{status}} {{task_type}}",
             ),
+            alerts=("MixpeekTasksStuckQueued", "MixpeekTasksStuckRunning"),
         ),
         series_panel(
             "Tracked tasks",
@@ -156,7 +396,6 @@ def batch_panels() -> list[timeseries.Panel]:
     failed_objects = over_the_hour(
         "mixpeek_batch_objects_total", "mixpeek_namespace, bucket_id", NAMESPACES + ', outcome="failed"'
     )
-    buckets = over_the_hour("mixpeek_batch_completion_seconds_bucket", "mixpeek_namespace, status, le")
     failures = over_the_hour("mixpeek_batch_failures_total", "mixpeek_namespace, bucket_id, failure_category")
     return [
         series_panel(
@@ -169,36 +408,39 @@ def batch_panels() -> list[timeseries.Panel]:
             ),
         ),
         series_panel(
-            "Batch terminal transitions by status",
-            "Batches that entered COMPLETED, COMPLETED_WITH_ERRORS, FAILED or CANCELED in the last hour, a "
-            "rolling count (alert: MixpeekBatchesFailed).",
+            "Batch terminal transitions by bucket",
+            "Batches of each bucket that entered COMPLETED, COMPLETED_WITH_ERRORS, FAILED or CANCELED in the "
+            "last hour, a rolling count.",
             "short",
-            query(f"sum by (status) ({transitions})", "{{status}}"),
+            query(transitions, "{{mixpeek_namespace}} {{bucket_id}} {{status}}"),
+            alerts=("MixpeekBatchesFailed",),
         ).min(0),
         series_panel(
             "Failed objects per hour by bucket",
             "Objects that failed in the batches of each bucket that finished in the last hour, a rolling "
-            "count (alert: MixpeekBatchObjectsFailureRatioHigh).",
+            "count.",
             "short",
             query(failed_objects, "{{mixpeek_namespace}} {{bucket_id}}"),
+            alerts=("MixpeekBatchObjectsFailureRatioHigh",),
         ).min(0),
         series_panel(
             "Batch time to completion",
-            "Quantiles of the time from batch creation to its terminal status "
-            "(mixpeek_batch_completion_seconds) over the batches that finished in the last hour; empty when "
-            "none did.",
+            "p50, p90 and p99 of the time from batch creation to its terminal status "
+            "(mixpeek_batch_completion_seconds) over the batches that finished in the last hour, per "
+            "namespace and status; empty when none did.",
             "s",
-            *quantiles(buckets),
+            *quantiles(BATCH_QUANTILE, RECORDED_NAMESPACES, "{{mixpeek_namespace}} {{status}}"),
         ),
         series_panel(
             "Oldest active batch age",
-            "Age, from its creation, of the oldest batch in each non-terminal status per bucket (alerts: "
-            "MixpeekBatchesStuckQueued, MixpeekBatchesStuckRunning; DRAFT batches never alert).",
+            "Age, from its creation, of the oldest batch in each non-terminal status per bucket (DRAFT "
+            "batches never alert).",
             "s",
             query(
                 deduplicated("mixpeek_batch_oldest_active_age_seconds", NAMESPACES, by=BATCH_KEY),
                 "{{mixpeek_namespace}} {{bucket_id}} {{status}}",
             ),
+            alerts=("MixpeekBatchesStuckQueued", "MixpeekBatchesStuckRunning"),
         ),
         series_panel(
             "Batch failures by category",
@@ -224,12 +466,13 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
             "1 when the last poll of the namespace succeeded on at least one exporter (mixpeek_up).",
             "short",
             query(up, "{{mixpeek_namespace}}"),
+            alerts=("MixpeekExporterPollFailing",),
         )
         .min(0)
         .max(1),
         series_panel(
             "Time since last complete poll",
-            "Seconds since the freshest exporter last completed a poll (alert: MixpeekExporterDataStale).",
+            "Seconds since the freshest exporter last completed a poll.",
             "s",
             query(
                 "time() - "
@@ -238,6 +481,7 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
                 ),
                 "{{mixpeek_namespace}}",
             ),
+            alerts=("MixpeekExporterDataStale",),
         ),
         series_panel(
             "Poll duration",
@@ -256,6 +500,7 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
                 f" or sum by (mixpeek_namespace) (0 * {up})",
                 "{{mixpeek_namespace}} {{reason}}",
             ),
+            alerts=("MixpeekApiRateLimited",),
         ),
         series_panel(
             "API requests by code",
@@ -263,7 +508,8 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
             "requests really reach the API (code 'error': no response).",
             "reqps",
             query(
-                "sum by (endpoint, code) (rate(mixpeek_exporter_api_requests_total[$__rate_interval]))",
+                "sum by (endpoint, code) "
+                f"(rate(mixpeek_exporter_api_requests_total{{{SCOPE}}}[$__rate_interval]))",
                 "{{endpoint}} {{code}}",
             ),
         ),
@@ -276,34 +522,40 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
         .datasource(DATASOURCE)
         .height(8)
         .span(12)
-        .with_target(query("count by (version) (mixpeek_exporter_build_info)", "{{version}}")),
+        .with_target(query(f"count by (version) (mixpeek_exporter_build_info{{{SCOPE}}})", "{{version}}")),
     ]
 
 
+def query_variable(name: str, label: str, expr: str) -> dashboard.QueryVariable:
+    """A multi-value variable over `label_values(...)` with "All" selected."""
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(expr)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
 def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
-    everything = VariableOption(selected=True, text="All", value="$__all")
+    """$job's "All" is the alternation of the exporter's jobs (Grafana's default), so `up{job=~"$job"}`
+    keeps to them; $cluster's is `.*`, which also matches a series without a cluster label."""
     return [
         dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        dashboard.QueryVariable("namespace")
-        .label("Namespace")
-        .datasource(DATASOURCE)
-        .query("label_values(mixpeek_up, mixpeek_namespace)")
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(everything),
-        dashboard.QueryVariable("task_type")
-        .label("Task type")
-        .datasource(DATASOURCE)
-        .query('label_values(mixpeek_tasks{mixpeek_namespace=~"$namespace"}, task_type)')
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(everything),
+        query_variable("job", "Job", "label_values(mixpeek_exporter_build_info, job)"),
+        query_variable("cluster", "Cluster", "label_values(mixpeek_exporter_build_info, cluster)").all_value(
+            ".*"
+        ),
+        query_variable(
+            "namespace", "Namespace", f"label_values(mixpeek_up{{{SCOPE}}}, mixpeek_namespace)"
+        ).all_value(".*"),
+        query_variable(
+            "task_type", "Task type", f"label_values(mixpeek_tasks{{{NAMESPACES}}}, task_type)"
+        ).all_value(".*"),
     ]
 
 
@@ -313,7 +565,7 @@ def build() -> dashboard.Dashboard:
         .uid(UID)
         .description(
             "Mixpeek asynchronous tasks per namespace and task type, batches per namespace and bucket, and "
-            "the exporter's health."
+            "the exporter's health; the Overview row first, for on-call."
         )
         .tags(["mixpeek", "prometheus-exporter"])
         .time("now-6h", "now")
@@ -321,10 +573,18 @@ def build() -> dashboard.Dashboard:
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .editable()
         .variables(variables())  # type: ignore[arg-type]
+        .links(
+            [
+                dashboard.DashboardLink("Runbook")
+                .type(DashboardLinkType.LINK)
+                .url(ALERTS["runbookUrl"])
+                .target_blank(True)
+            ]
+        )
     )
     # Stable, unique panel ids (the builder leaves them unset), so links to a panel (viewPanel=<id>) last: ids
-    # are handed out in the order the rows were added to the dashboard (Batches came last), while the Batches
-    # row is shown between Tasks and Exporter health.
+    # are handed out in the order the rows were added to the dashboard (Batches, then Overview, came later),
+    # while the rows are shown Overview, Tasks, Batches, Exporter health.
     ids = iter(range(1, 100))
     tasks = (dashboard.Row("Tasks").id(next(ids)), [panel.id(next(ids)) for panel in task_panels()])
     health = (
@@ -332,7 +592,8 @@ def build() -> dashboard.Dashboard:
         [panel.id(next(ids)) for panel in health_panels()],
     )
     batches = (dashboard.Row("Batches").id(next(ids)), [panel.id(next(ids)) for panel in batch_panels()])
-    for row, panels in (tasks, batches, health):
+    overview = (dashboard.Row("Overview").id(next(ids)), [panel.id(next(ids)) for panel in overview_panels()])
+    for row, panels in (overview, tasks, batches, health):
         board = board.with_row(row)
         for panel in panels:
             board = board.with_panel(panel)
