@@ -184,3 +184,23 @@ def test_without_recording_rules_the_alerts_use_their_own_expressions(tmp_path: 
     (tmp_path / "rules.yaml").write_text(build.render_rules(recording_rules=False))
     code, output = promtool("check", "rules", str(tmp_path / "rules.yaml"))
     assert code == 0, output
+
+
+@pytest.mark.e2e
+def test_without_keep_firing_for_a_trickle_of_failures_flaps(tmp_path: Path) -> None:
+    """The trickle unit test again, on the spike rule without keep_firing_for: 6 firing episodes, not 1."""
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"failedSpike": {"keepFiringFor": ""}}))
+    (trickle,) = [
+        test
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        if test["name"] == "failed spike, trickle at the threshold"
+    ]
+    (episodes,) = trickle["promql_expr_test"]
+    assert episodes["exp_samples"][0]["value"] == 1
+    episodes["exp_samples"][0]["value"] = 6
+    del trickle["alert_rule_test"]  # with no hysteresis the alert is not firing at the end
+    scenario = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [trickle]}
+    (tmp_path / "trickle.test.yaml").write_text(yaml.safe_dump(scenario))
+    code, output = promtool("test", "rules", str(tmp_path / "trickle.test.yaml"))
+    assert code == 0, output

@@ -77,6 +77,9 @@ groups:
               >= {{ .minShare }}
           )
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -115,6 +118,9 @@ groups:
           )
 {{- end }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -133,6 +139,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -151,6 +160,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -168,6 +180,9 @@ groups:
         expr: |-
           max by ({{ $g }}mixpeek_namespace) (mixpeek_up) == 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -183,6 +198,9 @@ groups:
         expr: |-
           max by ({{ $g }}mixpeek_namespace) (mixpeek_batches_up) == 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -200,6 +218,9 @@ groups:
         expr: |-
           time() - max by ({{ $g }}mixpeek_namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -217,6 +238,9 @@ groups:
         expr: |-
           absent(mixpeek_exporter_build_info)
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -235,6 +259,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
             > {{ .maxErrors }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -252,6 +279,9 @@ groups:
         expr: |-
           max by ({{ $g }}metric) (increase(mixpeek_exporter_series_dropped_total[{{ .window }}])) > 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -271,6 +301,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             >= {{ .minFailures }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -303,6 +336,9 @@ groups:
               >= {{ .minObjects }}
           )
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -322,6 +358,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -341,6 +380,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
