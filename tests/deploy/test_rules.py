@@ -89,6 +89,8 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "MixpeekBatchObjectsFailureRatioHigh",
         "MixpeekBatchesStuckQueued",
         "MixpeekBatchesStuckRunning",
+        "MixpeekExporterTargetDown",
+        "MixpeekExporterTargetsMissing",
     }
 
 
@@ -107,6 +109,8 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
         if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
             assert "{{ $labels.metric }}" in annotations["description"], name
+        elif alert["expr"].startswith(("up{", "count by (job)")):  # scrape targets, before any namespace
+            assert "{{ $labels.job }}" in annotations["description"], name
         elif name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.mixpeek_namespace }}" in annotations["description"], name
         if "mixpeek_batches_up" in alert["expr"]:  # the batch listing of a namespace, as a whole
@@ -126,7 +130,7 @@ def test_rules_use_only_exported_metrics_and_deduplicate() -> None:
         name, expr = rule.get("alert", rule.get("record")), rule["expr"]
         used = raw_metrics(expr)
         assert used <= exported, (name, used - exported)
-        assert used or re.search(RECORDED_NAME, expr), name
+        assert used or re.search(RECORDED_NAME, expr) or re.search(r"\bup\{", expr), name
         if "absent(" not in expr:
             # Two exporters scraped side by side must not double anything: max by (...) before any sum
             # (recorded series are deduplicated already).

@@ -253,6 +253,48 @@ groups:
             and no other Mixpeek alert can fire.
           runbook_url: {{ $runbook }}#mixpeekexporterabsent
 {{- end }}{{ end }}
+{{- with $a.targetDown }}{{ if .enabled }}
+      - alert: MixpeekExporterTargetDown
+        expr: |-
+          up{ {{- $a.jobSelector -}} } == 0
+        for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Prometheus cannot scrape a Mixpeek exporter
+          description: >-
+            Target {{`{{ $labels.instance }}`}} of job {{`{{ $labels.job }}`}} has failed every scrape for {{ .for }}: with replicas the others
+            carry on; with sharding, the namespaces of its shard (every task_type there) are not watched.
+          runbook_url: {{ $runbook }}#mixpeekexportertargetdown
+{{- end }}{{ end }}
+{{- with $a.targetsMissing }}{{ if .enabled }}
+      - alert: MixpeekExporterTargetsMissing
+        expr: |-
+          count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} } offset {{ .lookback }})
+            - (count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} }) or 0 * count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} } offset {{ .lookback }}))
+            > 0
+        for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: A Mixpeek exporter target is gone
+          description: >-
+            Job {{`{{ $labels.job }}`}} has {{`{{ $value | humanize }}`}} scrape targets fewer than {{ .lookback }} ago, for {{ .for }}: a replica or shard
+            is no longer discovered, and the namespaces of a missing shard (every task_type there) are not polled.
+          runbook_url: {{ $runbook }}#mixpeekexportertargetsmissing
+{{- end }}{{ end }}
 {{- with $a.rateLimited }}{{ if .enabled }}
       - alert: MixpeekApiRateLimited
         expr: |-
