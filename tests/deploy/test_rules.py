@@ -104,7 +104,8 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         name = alert["alert"]
         assert alert["labels"]["severity"] in {"critical", "warning"}, name
         annotations = alert["annotations"]
-        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
+        assert annotations["dashboard_url"] == "/d/mixpeek-tasks", name
         url, _, anchor = annotations["runbook_url"].partition("#")
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
         if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
@@ -208,3 +209,29 @@ def test_without_keep_firing_for_a_trickle_of_failures_flaps(tmp_path: Path) -> 
     (tmp_path / "trickle.test.yaml").write_text(yaml.safe_dump(scenario))
     code, output = promtool("test", "rules", str(tmp_path / "trickle.test.yaml"))
     assert code == 0, output
+
+
+def test_group_by_labels_join_every_by_and_on() -> None:
+    """alerts.groupBy adds its labels to every by (...) and on (...), and changes nothing else."""
+    build = deploy_module("deploy/prometheus/build.py")
+    default = build.render_rules()
+    clustered = build.render_rules({"groupBy": ["cluster", "region"]})
+    assert clustered == re.sub(r"\b(by|on) \(", r"\1 (cluster, region, ", default)
+    assert clustered.count("(cluster, region, ") == default.count("by (") + default.count("on (")
+
+
+@pytest.mark.e2e
+def test_group_by_cluster_keeps_two_clusters_apart(tmp_path: Path) -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"groupBy": ["cluster"]}))
+    scenario = tmp_path / "cluster.rules.test.yaml"
+    scenario.write_text((REPO / "tests" / "deploy" / "cluster.rules.test.yaml").read_text())
+    code, output = promtool("test", "rules", str(scenario))
+    assert code == 0, output
+
+
+def test_an_empty_dashboard_url_leaves_the_annotation_out() -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    plain = rules(build.render_rules({"dashboardUrl": ""}))
+    assert [rule for rule in plain if "dashboard_url" in rule.get("annotations", {})] == []
+    assert len([rule for rule in plain if "alert" in rule]) == len(alerts())

@@ -91,6 +91,9 @@ groups:
             {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }}
             (at least {{ .minFailures }} and at least {{ round (mulf .minShare 100) 2 }}% of the tasks that finished).
           runbook_url: {{ $runbook }}#mixpeektasksfailedspike
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.failureRatio }}{{ if .enabled }}
       - alert: MixpeekTasksFailureRatioHigh
@@ -132,6 +135,9 @@ groups:
             {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.mixpeek_namespace }}`}}
             over the last {{ .window }} FAILED (threshold {{ round (mulf .maxRatio 100) 2 }}%).
           runbook_url: {{ $runbook }}#mixpeektasksfailureratiohigh
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stuckQueued }}{{ if .enabled }}
       - alert: MixpeekTasksStuckQueued
@@ -153,6 +159,9 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has waited
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckqueued
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stuckRunning }}{{ if .enabled }}
       - alert: MixpeekTasksStuckRunning
@@ -174,6 +183,9 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has existed for
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckrunning
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.pollFailing }}{{ if .enabled }}
       - alert: MixpeekExporterPollFailing
@@ -194,6 +206,9 @@ groups:
             Every exporter's last poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its task metrics are
             frozen for every task_type. mixpeek_exporter_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
       - alert: MixpeekExporterBatchPollFailing
         expr: |-
           max by ({{ $g }}mixpeek_namespace) (mixpeek_batches_up) == 0
@@ -212,6 +227,9 @@ groups:
             Every exporter's last batch listing of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its batch
             metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterbatchpollfailing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stale }}{{ if .enabled }}
       - alert: MixpeekExporterDataStale
@@ -232,6 +250,9 @@ groups:
             The last complete poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
             (threshold {{ .maxAgeSeconds }}s): the metrics of every task_type there are out of date.
           runbook_url: {{ $runbook }}#mixpeekexporterdatastale
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.absent }}{{ if .enabled }}
       - alert: MixpeekExporterAbsent
@@ -252,6 +273,9 @@ groups:
             Prometheus has scraped no mixpeek_exporter_build_info for {{ .for }}: no namespace or task_type is watched
             and no other Mixpeek alert can fire.
           runbook_url: {{ $runbook }}#mixpeekexporterabsent
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.targetDown }}{{ if .enabled }}
       - alert: MixpeekExporterTargetDown
@@ -272,6 +296,9 @@ groups:
             Target {{`{{ $labels.instance }}`}} of job {{`{{ $labels.job }}`}} has failed every scrape for {{ .for }}: with replicas the others
             carry on; with sharding, the namespaces of its shard (every task_type there) are not watched.
           runbook_url: {{ $runbook }}#mixpeekexportertargetdown
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.targetsMissing }}{{ if .enabled }}
       - alert: MixpeekExporterTargetsMissing
@@ -294,6 +321,9 @@ groups:
             Job {{`{{ $labels.job }}`}} has {{`{{ $value | humanize }}`}} scrape targets fewer than {{ .lookback }} ago, for {{ .for }}: a replica or shard
             is no longer discovered, and the namespaces of a missing shard (every task_type there) are not polled.
           runbook_url: {{ $runbook }}#mixpeekexportertargetsmissing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.rateLimited }}{{ if .enabled }}
       - alert: MixpeekApiRateLimited
@@ -315,6 +345,9 @@ groups:
             {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.mixpeek_namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.seriesDropped }}{{ if .enabled }}
       - alert: MixpeekExporterSeriesDropped
@@ -336,6 +369,9 @@ groups:
             ({{`{{ $value | humanize }}`}} counted, each once per poll result): dashboards and alerts on that metric silently miss
             some namespaces, task_types or buckets.
           runbook_url: {{ $runbook }}#mixpeekexporterseriesdropped
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesFailed }}{{ if .enabled }}
       - alert: MixpeekBatchesFailed
@@ -358,6 +394,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
             their objects were not ingested.
           runbook_url: {{ $runbook }}#mixpeekbatchesfailed
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchObjectsFailureRatio }}{{ if .enabled }}
       - alert: MixpeekBatchObjectsFailureRatioHigh
@@ -393,6 +432,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} that finished in the last {{ .window }} failed
             (threshold {{ round (mulf .maxRatio 100) 2 }}%, at least {{ .minObjects }} objects).
           runbook_url: {{ $runbook }}#mixpeekbatchobjectsfailureratiohigh
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesStuckQueued }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckQueued
@@ -415,6 +457,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckqueued
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesStuckRunning }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckRunning
@@ -437,5 +482,8 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckrunning
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- end }}
