@@ -89,6 +89,8 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "MixpeekBatchObjectsFailureRatioHigh",
         "MixpeekBatchesStuckQueued",
         "MixpeekBatchesStuckRunning",
+        "MixpeekExporterTargetDown",
+        "MixpeekExporterTargetsMissing",
     }
 
 
@@ -102,11 +104,14 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         name = alert["alert"]
         assert alert["labels"]["severity"] in {"critical", "warning"}, name
         annotations = alert["annotations"]
-        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
+        assert annotations["dashboard_url"] == "/d/mixpeek-tasks", name
         url, _, anchor = annotations["runbook_url"].partition("#")
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
         if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
             assert "{{ $labels.metric }}" in annotations["description"], name
+        elif alert["expr"].startswith(("up{", "count by (job)")):  # scrape targets, before any namespace
+            assert "{{ $labels.job }}" in annotations["description"], name
         elif name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.mixpeek_namespace }}" in annotations["description"], name
         if "mixpeek_batches_up" in alert["expr"]:  # the batch listing of a namespace, as a whole
@@ -126,7 +131,7 @@ def test_rules_use_only_exported_metrics_and_deduplicate() -> None:
         name, expr = rule.get("alert", rule.get("record")), rule["expr"]
         used = raw_metrics(expr)
         assert used <= exported, (name, used - exported)
-        assert used or re.search(RECORDED_NAME, expr), name
+        assert used or re.search(RECORDED_NAME, expr) or re.search(r"\bup\{", expr), name
         if "absent(" not in expr:
             # Two exporters scraped side by side must not double anything: max by (...) before any sum
             # (recorded series are deduplicated already).
@@ -184,3 +189,49 @@ def test_without_recording_rules_the_alerts_use_their_own_expressions(tmp_path: 
     (tmp_path / "rules.yaml").write_text(build.render_rules(recording_rules=False))
     code, output = promtool("check", "rules", str(tmp_path / "rules.yaml"))
     assert code == 0, output
+
+
+@pytest.mark.e2e
+def test_without_keep_firing_for_a_trickle_of_failures_flaps(tmp_path: Path) -> None:
+    """The trickle unit test again, on the spike rule without keep_firing_for: 6 firing episodes, not 1."""
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"failedSpike": {"keepFiringFor": ""}}))
+    (trickle,) = [
+        test
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        if test["name"] == "failed spike, trickle at the threshold"
+    ]
+    (episodes,) = trickle["promql_expr_test"]
+    assert episodes["exp_samples"][0]["value"] == 1
+    episodes["exp_samples"][0]["value"] = 6
+    del trickle["alert_rule_test"]  # with no hysteresis the alert is not firing at the end
+    scenario = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [trickle]}
+    (tmp_path / "trickle.test.yaml").write_text(yaml.safe_dump(scenario))
+    code, output = promtool("test", "rules", str(tmp_path / "trickle.test.yaml"))
+    assert code == 0, output
+
+
+def test_group_by_labels_join_every_by_and_on() -> None:
+    """alerts.groupBy adds its labels to every by (...) and on (...), and changes nothing else."""
+    build = deploy_module("deploy/prometheus/build.py")
+    default = build.render_rules()
+    clustered = build.render_rules({"groupBy": ["cluster", "region"]})
+    assert clustered == re.sub(r"\b(by|on) \(", r"\1 (cluster, region, ", default)
+    assert clustered.count("(cluster, region, ") == default.count("by (") + default.count("on (")
+
+
+@pytest.mark.e2e
+def test_group_by_cluster_keeps_two_clusters_apart(tmp_path: Path) -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"groupBy": ["cluster"]}))
+    scenario = tmp_path / "cluster.rules.test.yaml"
+    scenario.write_text((REPO / "tests" / "deploy" / "cluster.rules.test.yaml").read_text())
+    code, output = promtool("test", "rules", str(scenario))
+    assert code == 0, output
+
+
+def test_an_empty_dashboard_url_leaves_the_annotation_out() -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    plain = rules(build.render_rules({"dashboardUrl": ""}))
+    assert [rule for rule in plain if "dashboard_url" in rule.get("annotations", {})] == []
+    assert len([rule for rule in plain if "alert" in rule]) == len(alerts())

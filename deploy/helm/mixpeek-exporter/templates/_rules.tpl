@@ -77,6 +77,9 @@ groups:
               >= {{ .minShare }}
           )
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -88,6 +91,9 @@ groups:
             {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }}
             (at least {{ .minFailures }} and at least {{ round (mulf .minShare 100) 2 }}% of the tasks that finished).
           runbook_url: {{ $runbook }}#mixpeektasksfailedspike
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.failureRatio }}{{ if .enabled }}
       - alert: MixpeekTasksFailureRatioHigh
@@ -115,6 +121,9 @@ groups:
           )
 {{- end }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -126,6 +135,9 @@ groups:
             {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.mixpeek_namespace }}`}}
             over the last {{ .window }} FAILED (threshold {{ round (mulf .maxRatio 100) 2 }}%).
           runbook_url: {{ $runbook }}#mixpeektasksfailureratiohigh
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stuckQueued }}{{ if .enabled }}
       - alert: MixpeekTasksStuckQueued
@@ -133,6 +145,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -144,6 +159,9 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has waited
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckqueued
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stuckRunning }}{{ if .enabled }}
       - alert: MixpeekTasksStuckRunning
@@ -151,6 +169,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, status, task_type) (mixpeek_task_oldest_active_age_seconds{status=~"IN_PROGRESS|PROCESSING"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -162,12 +183,18 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has existed for
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckrunning
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.pollFailing }}{{ if .enabled }}
       - alert: MixpeekExporterPollFailing
         expr: |-
           max by ({{ $g }}mixpeek_namespace) (mixpeek_up) == 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -179,10 +206,16 @@ groups:
             Every exporter's last poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its task metrics are
             frozen for every task_type. mixpeek_exporter_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
       - alert: MixpeekExporterBatchPollFailing
         expr: |-
           max by ({{ $g }}mixpeek_namespace) (mixpeek_batches_up) == 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -194,12 +227,18 @@ groups:
             Every exporter's last batch listing of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its batch
             metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterbatchpollfailing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.stale }}{{ if .enabled }}
       - alert: MixpeekExporterDataStale
         expr: |-
           time() - max by ({{ $g }}mixpeek_namespace) (mixpeek_exporter_last_success_timestamp_seconds) > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -211,12 +250,18 @@ groups:
             The last complete poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
             (threshold {{ .maxAgeSeconds }}s): the metrics of every task_type there are out of date.
           runbook_url: {{ $runbook }}#mixpeekexporterdatastale
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.absent }}{{ if .enabled }}
       - alert: MixpeekExporterAbsent
         expr: |-
           absent(mixpeek_exporter_build_info)
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -228,6 +273,57 @@ groups:
             Prometheus has scraped no mixpeek_exporter_build_info for {{ .for }}: no namespace or task_type is watched
             and no other Mixpeek alert can fire.
           runbook_url: {{ $runbook }}#mixpeekexporterabsent
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
+{{- end }}{{ end }}
+{{- with $a.targetDown }}{{ if .enabled }}
+      - alert: MixpeekExporterTargetDown
+        expr: |-
+          up{ {{- $a.jobSelector -}} } == 0
+        for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: Prometheus cannot scrape a Mixpeek exporter
+          description: >-
+            Target {{`{{ $labels.instance }}`}} of job {{`{{ $labels.job }}`}} has failed every scrape for {{ .for }}: with replicas the others
+            carry on; with sharding, the namespaces of its shard (every task_type there) are not watched.
+          runbook_url: {{ $runbook }}#mixpeekexportertargetdown
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
+{{- end }}{{ end }}
+{{- with $a.targetsMissing }}{{ if .enabled }}
+      - alert: MixpeekExporterTargetsMissing
+        expr: |-
+          count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} } offset {{ .lookback }})
+            - (count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} }) or 0 * count by ({{ $g }}job) (up{ {{- $a.jobSelector -}} } offset {{ .lookback }}))
+            > 0
+        for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: A Mixpeek exporter target is gone
+          description: >-
+            Job {{`{{ $labels.job }}`}} has {{`{{ $value | humanize }}`}} scrape targets fewer than {{ .lookback }} ago, for {{ .for }}: a replica or shard
+            is no longer discovered, and the namespaces of a missing shard (every task_type there) are not polled.
+          runbook_url: {{ $runbook }}#mixpeekexportertargetsmissing
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.rateLimited }}{{ if .enabled }}
       - alert: MixpeekApiRateLimited
@@ -235,6 +331,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace) (increase(mixpeek_exporter_poll_errors_total{reason="rate_limited"}[{{ .window }}]))
             > {{ .maxErrors }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -246,12 +345,18 @@ groups:
             {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.mixpeek_namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.seriesDropped }}{{ if .enabled }}
       - alert: MixpeekExporterSeriesDropped
         expr: |-
           max by ({{ $g }}metric) (increase(mixpeek_exporter_series_dropped_total[{{ .window }}])) > 0
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -264,6 +369,9 @@ groups:
             ({{`{{ $value | humanize }}`}} counted, each once per poll result): dashboards and alerts on that metric silently miss
             some namespaces, task_types or buckets.
           runbook_url: {{ $runbook }}#mixpeekexporterseriesdropped
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesFailed }}{{ if .enabled }}
       - alert: MixpeekBatchesFailed
@@ -271,6 +379,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id) (increase(mixpeek_batch_terminal_transitions_total{status="FAILED"}[{{ .window }}]))
             >= {{ .minFailures }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -283,6 +394,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
             their objects were not ingested.
           runbook_url: {{ $runbook }}#mixpeekbatchesfailed
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchObjectsFailureRatio }}{{ if .enabled }}
       - alert: MixpeekBatchObjectsFailureRatioHigh
@@ -303,6 +417,9 @@ groups:
               >= {{ .minObjects }}
           )
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -315,6 +432,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} that finished in the last {{ .window }} failed
             (threshold {{ round (mulf .maxRatio 100) 2 }}%, at least {{ .minObjects }} objects).
           runbook_url: {{ $runbook }}#mixpeekbatchobjectsfailureratiohigh
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesStuckQueued }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckQueued
@@ -322,6 +442,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PENDING|QUEUED"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -334,6 +457,9 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckqueued
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- with $a.batchesStuckRunning }}{{ if .enabled }}
       - alert: MixpeekBatchesStuckRunning
@@ -341,6 +467,9 @@ groups:
           max by ({{ $g }}mixpeek_namespace, bucket_id, status) (mixpeek_batch_oldest_active_age_seconds{status=~"PROCESSING|IN_PROGRESS"})
             > {{ .maxAgeSeconds }}
         for: {{ .for }}
+        {{- with .keepFiringFor }}
+        keep_firing_for: {{ . }}
+        {{- end }}
         labels:
           severity: {{ .severity }}
           {{- with $a.labels }}
@@ -353,5 +482,8 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckrunning
+          {{- with $a.dashboardUrl }}
+          dashboard_url: {{ . }}
+          {{- end }}
 {{- end }}{{ end }}
 {{- end }}
