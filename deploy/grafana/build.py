@@ -258,7 +258,7 @@ def overview_panels() -> list[stat.Panel | table.Panel]:
             "Scrape targets up",
             "Exporter targets of the selected jobs that Prometheus scraped successfully (up), of all.",
             f"up{{{SCOPE}}}",
-            ("MixpeekExporterAbsent",),
+            ("MixpeekExporterTargetDown", "MixpeekExporterTargetsMissing", "MixpeekExporterAbsent"),
         ),
         failing_table(failed),
     ]
@@ -513,16 +513,17 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
                 "{{endpoint}} {{code}}",
             ),
         ),
-        stat.Panel()
-        .title("Exporters scraped")
-        .description(
-            "Exporter processes scraped, by version: more than one means replicas or sidecars poll "
-            "the same namespaces (deduplicated everywhere above)."
+        framed(
+            stat.Panel(),
+            "Exporters scraped",
+            "Exporter processes scraped, by version: more than one means replicas or sidecars poll the same "
+            "namespaces (deduplicated everywhere above).",
+            "short",
+            queries=(query(f"count by (version) (mixpeek_exporter_build_info{{{SCOPE}}})", "{{version}}"),),
+            alerts=("MixpeekExporterAbsent", "MixpeekExporterTargetsMissing"),
         )
-        .datasource(DATASOURCE)
         .height(8)
-        .span(12)
-        .with_target(query(f"count by (version) (mixpeek_exporter_build_info{{{SCOPE}}})", "{{version}}")),
+        .span(12),
     ]
 
 
