@@ -15,7 +15,7 @@ ARG PIP_CERT
 ENV WHEELS=/wheels VENV=/opt/venv ROOTFS=/rootfs \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ exporter/
 COPY deploy/image/runtime_tree.py deploy/image/
 # 1. Wheels of the project and of every dependency, from the index (the only step that needs the network).

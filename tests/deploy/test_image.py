@@ -86,6 +86,17 @@ def test_one_version_everywhere() -> None:
     assert '{{- define "mixpeek-exporter.appVersion" -}}' + version + "{{- end }}" in helpers
 
 
+def test_one_license_everywhere() -> None:
+    """pyproject's SPDX license is the image's licenses label; LICENSE (in the wheel) is its text."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    labels = " ".join(args for keyword, args in stages()[-1] if keyword == "LABEL")
+    assert 'org.opencontainers.image.licenses="Apache-2.0"' in labels
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
 def test_dockerignore_is_an_allow_list_covering_every_copy() -> None:
     lines = [
         line.strip()
