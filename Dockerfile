@@ -15,14 +15,23 @@ ARG PIP_CERT
 ENV WHEELS=/wheels VENV=/opt/venv ROOTFS=/rootfs \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# 1. Wheels of every dependency and of the build backend at the versions and sha256 hashes of the lock, from the
+#    index: the only step that needs the network, cached until the lock changes. pip refuses a file whose hash
+#    the lock does not list, and a dependency the lock lacks (docs/deploy.md says how to refresh it).
+COPY deploy/image/requirements.lock deploy/image/
+RUN python3 -m pip wheel --require-hashes --wheel-dir "$WHEELS" -r deploy/image/requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ exporter/
 COPY deploy/image/runtime_tree.py deploy/image/
-# 1. Wheels of the project and of every dependency, from the index (the only step that needs the network).
-RUN python3 -m pip wheel --wheel-dir "$WHEELS" .
-# 2. A venv installed from those wheels alone; pip and setuptools leave it again: nothing installs at run time.
-RUN python3 -m venv "$VENV" \
-    && "$VENV/bin/python" -m pip install --no-index --find-links "$WHEELS" mixpeek-exporter \
+# 2. The project's wheel, built offline with the locked setuptools, and a venv installed from the wheels alone
+#    (the locked ones hash-checked again; `pip check` proves the set complete). pip and setuptools leave it again:
+#    nothing installs at run time.
+RUN python3 -m pip wheel --no-index --find-links "$WHEELS" --no-deps --wheel-dir "$WHEELS" . \
+    && python3 -m venv "$VENV" \
+    && "$VENV/bin/python" -m pip install --no-index --find-links "$WHEELS" --require-hashes \
+        -r deploy/image/requirements.lock \
+    && "$VENV/bin/python" -m pip install --no-index --find-links "$WHEELS" --no-deps mixpeek-exporter \
+    && "$VENV/bin/python" -m pip check \
     && "$VENV/bin/python" -m pip uninstall --yes --quiet pip setuptools \
     && "$VENV/bin/python" -m compileall -q "$VENV/lib" \
     && "$VENV/bin/mixpeek-exporter" --help >/dev/null

@@ -98,7 +98,7 @@ TASK_LABELS = (NAMESPACE_LABEL, "status", "task_type")
 BATCH_LABELS = (NAMESPACE_LABEL, "bucket_id", "status")
 OUTCOMES = ("processed", "failed")
 
-# name as exposed, type, labels, help: the README's metrics table is checked against this.
+# name as exposed, type, labels, help: the metrics table of docs/metrics.md is checked against this.
 METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (TASKS, "gauge", TASK_LABELS, "Tasks listed in each status by the last complete poll."),
     (
@@ -166,7 +166,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         POLL_MODE,
         "gauge",
         (NAMESPACE_LABEL, "resource", "mode", "reason"),
-        "1 for how each namespace's tasks or batches are polled now, and why (README: API behaviour).",
+        "1 for how each namespace's tasks or batches are polled now, and why (docs/api-behaviour.md).",
     ),
     (
         SCOPE,
@@ -751,7 +751,7 @@ def series_count(
     active_batches: int | None = None,
     max_task_types: int = 0,
 ) -> dict[str, int]:
-    """Series (sample lines) of each family that grows with the setup, as the README's formula says.
+    """Series (sample lines) of each family that grows with the setup, as docs/metrics.md's formula says.
 
     Per namespace: `task_types` task types seen (after allow/deny; `max_task_types`, when not 0, shows
     at most that many and `_other`), `statuses` statuses (the 8 zero-filled

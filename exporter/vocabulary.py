@@ -30,7 +30,7 @@ TASK_STATUSES: Final = (
 # names them: zero-filled, so a dashboard or an alert sees 0 rather than no data. The enum's other values
 # are exported only when something has them: UNKNOWN, SKIPPED, DRAFT and INTERRUPTED (possible for a task,
 # rare, and not terminal as documented), ACTIVE, ARCHIVED, SUSPENDED and DEACTIVATED (lifecycle statuses of
-# buckets, collections and namespaces, not of tasks). README: Vocabulary.
+# buckets, collections and namespaces, not of tasks). docs/metrics.md: Vocabulary.
 ZERO_FILLED_STATUSES: Final = ("PENDING", "QUEUED", "IN_PROGRESS", "PROCESSING", *TERMINAL_STATUSES)
 
 # FailureCategory of a failed batch.

@@ -4,7 +4,7 @@ The same YAML that node_exporter's `--web.config.file` takes
 (https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md), so an SRE can
 reuse a file. Every key of that format is either honoured or refused by name; relative file names are
 relative to the file's own folder, as in the toolkit. Where Python's ssl cannot do what Go's crypto/tls
-does, the mapping is below (and in the README):
+does, the mapping is below (and in docs/deploy.md "TLS and basic auth"):
 
 - `client_auth_type`: NoClientCert, VerifyClientCertIfGiven and RequireAndVerifyClientCert are exact.
   RequestClientCert asks Go for a certificate that is then neither required nor checked: no client is

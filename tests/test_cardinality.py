@@ -1,5 +1,6 @@
 """Cardinality controls against the simulated API: task types folded into _other, the completion
-histogram without task_type, the per-metric series cap; and the README's series formula against a scrape."""
+histogram without task_type, the per-metric series cap; and docs/metrics.md's series formula against a
+scrape."""
 
 from __future__ import annotations
 

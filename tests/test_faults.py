@@ -57,7 +57,7 @@ CLIENT_TIMEOUT = 0.15  # seconds; only the few timeout tests set it, each hang c
 
 
 def sanitised(raw: str) -> str:
-    """The README's label rule, written out independently of the exporter's code."""
+    """The label rule of docs/metrics.md (Semantics), written out independently of the exporter's code."""
     return re.sub(r"[^A-Za-z0-9_.:\-]", "_", raw.strip())[:64] or "none"
 
 

@@ -836,8 +836,8 @@ spec:
 
 
 def app_chart(tmp_path: Path) -> Path:
-    """An application chart that depends on this one (alias mixpeekExporter) and adds the sidecar, as the
-    README shows."""
+    """An application chart that depends on this one (alias mixpeekExporter) and adds the sidecar, as
+    docs/deploy.md shows."""
     chart = tmp_path / "shop"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text(
@@ -886,14 +886,14 @@ def shown_in(example: Any, rendered: Any, where: str = "") -> None:
             assert item["name"] in by_name, f"{where}[{item['name']}] is not rendered"
             shown_in(item, by_name[item["name"]], f"{where}[{item['name']}]")
     else:
-        assert example == rendered, f"{where}: README shows {example!r}, the chart renders {rendered!r}"
+        assert example == rendered, f"{where}: the docs show {example!r}, the chart renders {rendered!r}"
 
 
-def test_the_readme_sidecar_example_is_what_the_template_renders(tmp_path: Path) -> None:
-    """The README's plain pod spec (for users without Helm) cannot drift from the chart's sidecar template."""
-    readme = (REPO / "README.md").read_text()
+def test_the_deploy_doc_sidecar_example_is_what_the_template_renders(tmp_path: Path) -> None:
+    """docs/deploy.md's plain pod spec (for users without Helm) cannot drift from the sidecar template."""
+    readme = (REPO / "docs" / "deploy.md").read_text()
     match = re.search(r"<!-- sidecar-example -->\n```yaml\n(.*?)```", readme, re.S)
-    assert match, "README lacks the sidecar example"
+    assert match, "docs/deploy.md lacks the sidecar example"
     example = yaml.safe_load(match.group(1))
     kubernetes_validate.validate(example, KUBE_VERSIONS[-1], strict=True)
     pod = render(chart=app_chart(tmp_path))[0]["spec"]["template"]["spec"]

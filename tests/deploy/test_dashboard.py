@@ -555,3 +555,20 @@ def test_every_variable_query_returns_values(prometheus: str) -> None:
         assert bool(answer["data"]) == (variable["name"] != "cluster"), variable["name"]
     namespaces = httpx.get(f"{prometheus}/api/v1/label/mixpeek_namespace/values", timeout=10).json()["data"]
     assert set(namespaces) >= {"demo-prod", "demo-staging", "demo-dev"}
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_readme_first_query_counts_each_task_once(prometheus: str) -> None:
+    """The README's first PromQL, with two exporters of `shop` and one of each demo namespace: per namespace
+    and status, it is the plain sum divided by the exporters of that namespace (evaluated at one instant)."""
+    (query,) = re.findall(r"```promql\n(.+?)\n```", (REPO / "README.md").read_text(), re.S)
+    shown = by(prometheus_query(prometheus, query), "mixpeek_namespace", "status")
+    # The fixture made three tasks in shop: counted twice, they would be six.
+    assert sum(value for (namespace, _), value in shown.items() if namespace == SHOP) == 3
+    assert {namespace for namespace, _ in shown} >= {SHOP, "demo-prod"}
+    copies = "count by (mixpeek_namespace) (mixpeek_up)"
+    plain = "sum by (mixpeek_namespace, status) (mixpeek_tasks)"
+    wrong = f"({query}) * on (mixpeek_namespace) group_left () ({copies}) != {plain}"
+    assert prometheus_query(prometheus, wrong) == []
+    assert by(prometheus_query(prometheus, copies), "mixpeek_namespace")[(SHOP,)] == 2

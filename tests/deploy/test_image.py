@@ -16,9 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from support import REPO, free_port, parse_exposition, require_binary, select, wait_until
 
 DOCKERFILE = REPO / "Dockerfile"
+LOCK = REPO / "deploy" / "image" / "requirements.lock"
 RUNTIME_UID = 65532
 
 
@@ -84,6 +88,77 @@ def test_one_version_everywhere() -> None:
     assert yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"] == version
     helpers = (chart / "templates" / "_helpers.tpl").read_text()
     assert '{{- define "mixpeek-exporter.appVersion" -}}' + version + "{{- end }}" in helpers
+
+
+def test_one_license_everywhere() -> None:
+    """pyproject's SPDX license is the image's licenses label; LICENSE (in the wheel) is its text."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    labels = " ".join(args for keyword, args in stages()[-1] if keyword == "LABEL")
+    assert 'org.opencontainers.image.licenses="Apache-2.0"' in labels
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
+# The lock the image installs from (deploy/image/requirements.lock)
+
+
+def lock_problems(pyproject: str, lock: str) -> list[str]:
+    """What makes the lock stale for pyproject: a runtime dependency or build requirement it does not pin, or
+    pins outside its range; a line without == or a sha256 hash (pip --require-hashes refuses those)."""
+    pins: dict[str, Version] = {}
+    problems = []
+    for entry in re.split(r"\n(?=\S)", lock.strip()):
+        first, *rest = entry.splitlines()
+        line = first.rstrip(" \\")
+        if not line or line.startswith("#"):
+            continue
+        requirement = Requirement(line)
+        pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if len(pinned) != 1 or not any(more.strip().startswith("--hash=sha256:") for more in rest):
+            problems.append(f"{line}: not pinned with == and a sha256 hash")
+            continue
+        pins[canonicalize_name(requirement.name)] = Version(pinned[0])
+    settings = tomllib.loads(pyproject)
+    for text in [*settings["project"]["dependencies"], *settings["build-system"]["requires"]]:
+        wanted = Requirement(text)
+        if wanted.marker is not None and not wanted.marker.evaluate():
+            continue
+        version = pins.get(canonicalize_name(wanted.name))
+        if version is None:
+            problems.append(f"{wanted.name}: not in the lock")
+        elif not wanted.specifier.contains(version, prereleases=True):
+            problems.append(f"{wanted.name}: the lock pins {version}, pyproject wants {wanted.specifier}")
+    return problems
+
+
+def test_the_lock_pins_every_dependency_of_pyproject_with_hashes() -> None:
+    """A dependency added to pyproject, or a raised minimum, without refreshing the lock fails CI here."""
+    problems = lock_problems((REPO / "pyproject.toml").read_text(), LOCK.read_text())
+    assert problems == [], "refresh the lock as docs/deploy.md says"
+
+
+def test_a_stale_lock_is_reported() -> None:
+    pyproject = """
+[build-system]
+requires = ["setuptools>=77"]
+[project]
+dependencies = ["httpx>=0.28", "bcrypt"]
+"""
+    lock = """
+httpx==0.27.0 \\
+    --hash=sha256:00
+    # via x
+setuptools==80.0 \\
+    --hash=sha256:11
+idna==3.0
+"""
+    assert lock_problems(pyproject, lock) == [
+        "idna==3.0: not pinned with == and a sha256 hash",
+        "httpx: the lock pins 0.27.0, pyproject wants >=0.28",
+        "bcrypt: not in the lock",
+    ]
 
 
 def test_dockerignore_is_an_allow_list_covering_every_copy() -> None:

@@ -1,4 +1,5 @@
-"""Rewrite the README's configuration and metrics tables from the code (tests/test_docs.py checks them)."""
+"""Rewrite the settings table of docs/configuration.md and the metrics table of docs/metrics.md from the code
+(tests/test_docs.py checks them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from exporter.cli import _shown_default
 from exporter.config import Settings, env_name
 from exporter.metrics import METRICS
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent
+CONFIGURATION = DOCS / "configuration.md"
+METRICS_DOC = DOCS / "metrics.md"
 
 
 def replace_table(text: str, header: str, rows: list[str]) -> str:
@@ -30,8 +33,8 @@ def main() -> None:
     metrics = [
         f"| `{name}` | {kind} | {', '.join(labels)} | {text} |" for name, kind, labels, text in METRICS
     ]
-    text = replace_table(README.read_text(), "| env var |", settings)
-    README.write_text(replace_table(text, "| name | type |", metrics))
+    CONFIGURATION.write_text(replace_table(CONFIGURATION.read_text(), "| env var |", settings))
+    METRICS_DOC.write_text(replace_table(METRICS_DOC.read_text(), "| name | type |", metrics))
 
 
 if __name__ == "__main__":
