@@ -281,7 +281,11 @@ def failing_table(failed: str) -> table.Panel:
     """The task types with the most FAILED in the last 5 minutes, one row each with their failure ratio; a
     click on a row opens this dashboard on that task type, or the runbook."""
     top = f"topk({TOP}, sum by (mixpeek_namespace, task_type) ({failed}) * 300 > 0)"
-    ratio = f"{recorded(FAILURE_RATIO.format(window='5m'))} and on (mixpeek_namespace, task_type) {top}"
+    # max by: the same columns as `top` also when the rules keep alerts.groupBy labels (the worst cluster's).
+    ratio = (
+        f"max by (mixpeek_namespace, task_type) ({recorded(FAILURE_RATIO.format(window='5m'))})"
+        f" and on (mixpeek_namespace, task_type) {top}"
+    )
     count, share = "FAILED (5m)", "Failure ratio (5m)"
     this_task_type = (
         f"/d/{UID}?${{__url_time_range}}&${{datasource:queryparam}}&${{job:queryparam}}&${{cluster:queryparam}}"
