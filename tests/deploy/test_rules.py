@@ -4,11 +4,12 @@ alert firing and not firing, two exporters side by side); every alert is documen
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from support import REPO, promtool
+from support import REPO, deploy_module, promtool
 
 from exporter.metrics import METRICS
 
@@ -19,15 +20,34 @@ RUNBOOK = REPO / "docs" / "runbook.md"
 METRIC_NAME = r"\bmixpeek_(?!namespace\b)[a-z_]+"
 
 
+# A recorded series: level:metric:operations (https://prometheus.io/docs/practices/rules/).
+RECORDED_NAME = r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b"
+
+
+def rules(text: str | None = None) -> list[dict[str, Any]]:
+    """Every rule of rules.yaml (or of `text`), recording rules first, in evaluation order."""
+    groups = yaml.safe_load(RULES.read_text() if text is None else text)["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
 def alerts() -> list[dict[str, Any]]:
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    return [rule for rule in rules() if "alert" in rule]
+
+
+def records() -> list[dict[str, Any]]:
+    return [rule for rule in rules() if "record" in rule]
+
+
+def raw_metrics(expr: str) -> set[str]:
+    """The exporter's metrics an expression reads directly (recorded series left out)."""
+    return set(re.findall(METRIC_NAME, re.sub(RECORDED_NAME, "", expr)))
 
 
 @pytest.mark.e2e
 def test_promtool_check_rules() -> None:
     code, output = promtool("check", "rules", str(RULES))
     assert code == 0, output
-    assert f"SUCCESS: {len(alerts())} rules found" in output
+    assert f"SUCCESS: {len(rules())} rules found" in output
 
 
 @pytest.mark.e2e
@@ -69,6 +89,8 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "MixpeekBatchObjectsFailureRatioHigh",
         "MixpeekBatchesStuckQueued",
         "MixpeekBatchesStuckRunning",
+        "MixpeekExporterTargetDown",
+        "MixpeekExporterTargetsMissing",
     }
 
 
@@ -82,11 +104,14 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         name = alert["alert"]
         assert alert["labels"]["severity"] in {"critical", "warning"}, name
         annotations = alert["annotations"]
-        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
+        assert annotations["dashboard_url"] == "/d/mixpeek-tasks", name
         url, _, anchor = annotations["runbook_url"].partition("#")
         assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
         if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
             assert "{{ $labels.metric }}" in annotations["description"], name
+        elif alert["expr"].startswith(("up{", "count by (job)")):  # scrape targets, before any namespace
+            assert "{{ $labels.job }}" in annotations["description"], name
         elif name != "MixpeekExporterAbsent":  # no series, so no labels to name
             assert "{{ $labels.mixpeek_namespace }}" in annotations["description"], name
         if "mixpeek_batches_up" in alert["expr"]:  # the batch listing of a namespace, as a whole
@@ -98,11 +123,115 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
 
 
 def test_rules_use_only_exported_metrics_and_deduplicate() -> None:
-    exported = {name for name, *_ in METRICS}
-    for alert in alerts():
-        expr = alert["expr"]
-        used = set(re.findall(METRIC_NAME, expr))
-        assert used and used <= exported, (alert["alert"], used - exported)
+    histograms = [name for name, kind, *_ in METRICS if kind == "histogram"]
+    exported = {name for name, *_ in METRICS} | {
+        name + suffix for name in histograms for suffix in ("_bucket", "_sum", "_count")
+    }
+    for rule in rules():
+        name, expr = rule.get("alert", rule.get("record")), rule["expr"]
+        used = raw_metrics(expr)
+        assert used <= exported, (name, used - exported)
+        assert used or re.search(RECORDED_NAME, expr) or re.search(r"\bup\{", expr), name
         if "absent(" not in expr:
-            # Two exporters scraped side by side must not double anything: max by (...) before any sum.
-            assert expr.count("max by (") >= len(re.findall(METRIC_NAME, expr)), alert["alert"]
+            # Two exporters scraped side by side must not double anything: max by (...) before any sum
+            # (recorded series are deduplicated already).
+            raw = re.findall(METRIC_NAME, re.sub(RECORDED_NAME, "", expr))
+            assert expr.count("max by (") >= len(raw), name
+
+
+def test_recorded_series_are_recorded_before_they_are_read() -> None:
+    recorded: set[str] = set()
+    for rule in rules():
+        read = set(re.findall(RECORDED_NAME, rule["expr"]))
+        assert read <= recorded, (rule.get("alert", rule.get("record")), read - recorded)
+        if "record" in rule:
+            recorded.add(rule["record"])
+    assert any(re.search(RECORDED_NAME, alert["expr"]) for alert in alerts())
+
+
+def test_recording_rule_names_follow_the_convention() -> None:
+    """level (the labels kept) : metric (no _total once rated) : operations (the window in each)."""
+    levels = {}
+    for rule in records():
+        level, metric, operations = rule["record"].split(":")
+        expr = rule["expr"]
+        kept = re.findall(r"by \(([^)]*)\)", expr)
+        if kept:  # the last aggregation sets the labels
+            assert level == kept[-1].replace(", ", "_"), rule["record"]
+        else:  # a quantile of a recorded histogram drops its le
+            (source,) = set(re.findall(RECORDED_NAME, expr))
+            assert "histogram_quantile(" in expr and levels[source] == f"{level}_le", rule["record"]
+        levels[rule["record"]] = level
+        assert metric.startswith("mixpeek_") and not metric.endswith("_total"), rule["record"]
+        window = re.fullmatch(r"(rate|ratio_rate|p(50|90|99)_)([0-9]+[mh])", operations)
+        assert window is not None, rule["record"]
+        assert f"[{window[3]}]" in expr or f":rate{window[3]}" in expr, rule["record"]
+
+
+def test_every_recording_rule_has_a_unit_test() -> None:
+    tested = {
+        name
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test.get("promql_expr_test", [])
+        if case["exp_samples"]
+        for name in re.findall(RECORDED_NAME, case["expr"])
+    }
+    assert {rule["record"] for rule in records()} <= tested
+
+
+@pytest.mark.e2e
+def test_without_recording_rules_the_alerts_use_their_own_expressions(tmp_path: Path) -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    plain = rules(build.render_rules(recording_rules=False))
+    assert all("alert" in rule for rule in plain)
+    assert [rule["alert"] for rule in plain] == [alert["alert"] for alert in alerts()]
+    assert not any(re.search(RECORDED_NAME, rule["expr"]) for rule in plain)
+    (tmp_path / "rules.yaml").write_text(build.render_rules(recording_rules=False))
+    code, output = promtool("check", "rules", str(tmp_path / "rules.yaml"))
+    assert code == 0, output
+
+
+@pytest.mark.e2e
+def test_without_keep_firing_for_a_trickle_of_failures_flaps(tmp_path: Path) -> None:
+    """The trickle unit test again, on the spike rule without keep_firing_for: 6 firing episodes, not 1."""
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"failedSpike": {"keepFiringFor": ""}}))
+    (trickle,) = [
+        test
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        if test["name"] == "failed spike, trickle at the threshold"
+    ]
+    (episodes,) = trickle["promql_expr_test"]
+    assert episodes["exp_samples"][0]["value"] == 1
+    episodes["exp_samples"][0]["value"] = 6
+    del trickle["alert_rule_test"]  # with no hysteresis the alert is not firing at the end
+    scenario = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [trickle]}
+    (tmp_path / "trickle.test.yaml").write_text(yaml.safe_dump(scenario))
+    code, output = promtool("test", "rules", str(tmp_path / "trickle.test.yaml"))
+    assert code == 0, output
+
+
+def test_group_by_labels_join_every_by_and_on() -> None:
+    """alerts.groupBy adds its labels to every by (...) and on (...), and changes nothing else."""
+    build = deploy_module("deploy/prometheus/build.py")
+    default = build.render_rules()
+    clustered = build.render_rules({"groupBy": ["cluster", "region"]})
+    assert clustered == re.sub(r"\b(by|on) \(", r"\1 (cluster, region, ", default)
+    assert clustered.count("(cluster, region, ") == default.count("by (") + default.count("on (")
+
+
+@pytest.mark.e2e
+def test_group_by_cluster_keeps_two_clusters_apart(tmp_path: Path) -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    (tmp_path / "rules.yaml").write_text(build.render_rules({"groupBy": ["cluster"]}))
+    scenario = tmp_path / "cluster.rules.test.yaml"
+    scenario.write_text((REPO / "tests" / "deploy" / "cluster.rules.test.yaml").read_text())
+    code, output = promtool("test", "rules", str(scenario))
+    assert code == 0, output
+
+
+def test_an_empty_dashboard_url_leaves_the_annotation_out() -> None:
+    build = deploy_module("deploy/prometheus/build.py")
+    plain = rules(build.render_rules({"dashboardUrl": ""}))
+    assert [rule for rule in plain if "dashboard_url" in rule.get("annotations", {})] == []
+    assert len([rule for rule in plain if "alert" in rule]) == len(alerts())

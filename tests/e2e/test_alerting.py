@@ -42,8 +42,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ALERT = "MixpeekTasksFailedSpike"
 TASK_TYPE = "api_buckets_batches_process"
-# Chart values for the test: a 20 s window and a 2 s `for` instead of 10m and 2m; same floor and share.
-SHORT_SPIKE = {"window": "20s", "for": "2s"}
+# Chart values for the test: a 20 s window, a 2 s `for` and a 2 s keep_firing_for instead of 10m, 2m and 30m;
+# same floor and share.
+SHORT_SPIKE = {"window": "20s", "for": "2s", "keepFiringFor": "2s"}
 
 
 class Webhook:
@@ -128,6 +129,7 @@ def test_the_test_rules_are_the_production_rules_with_short_windows() -> None:
     production = spike_rule((REPO / "deploy" / "prometheus" / "rules.yaml").read_text())
     assert re.sub(r"\[20s\]", "[10m]", short["expr"]) == production["expr"]
     assert (short["for"], production["for"]) == ("2s", "2m")
+    assert (short["keep_firing_for"], production["keep_firing_for"]) == ("2s", "30m")
 
 
 @pytest.fixture
