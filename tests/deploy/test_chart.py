@@ -38,9 +38,13 @@ SCRAPE_AUTH = {
     "username": {"name": "mixpeek-scrape", "key": "username"},
     "password": {"name": "mixpeek-scrape", "key": "password"},
 }
-# TLS and basic auth as the chart README shows them.
+# TLS, basic auth and response headers as the chart README shows them.
 SECURED: dict[str, Any] = {
-    "webConfig": {"tls": {"enabled": True, "secretName": "mx-tls"}, "basicAuthUsers": {"prometheus": HASH}},
+    "webConfig": {
+        "tls": {"enabled": True, "secretName": "mx-tls", "minVersion": "TLS13"},
+        "basicAuthUsers": {"prometheus": HASH},
+        "httpHeaders": {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"},
+    },
     "serviceMonitor": {
         "enabled": True,
         "tlsConfig": {
@@ -232,6 +236,12 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
             "at '/webConfig/basicAuthUsers/prometheus'",
         ),
         ({"webConfig": {"httpServerConfig": {}}}, "additional properties 'httpServerConfig' not allowed"),
+        (
+            {"webConfig": {"httpHeaders": {"X-Frame-Options": "allow"}}},
+            "at '/webConfig/httpHeaders/X-Frame-Options'",
+        ),
+        ({"webConfig": {"httpHeaders": {"Server": "x"}}}, "additional properties 'Server' not allowed"),
+        ({"webConfig": {"tls": {"minVersion": "SSL3"}}}, "at '/webConfig/tls/minVersion'"),
         ({"serviceMonitor": {"scheme": "ftp"}}, "at '/serviceMonitor/scheme'"),
         ({"serviceMonitor": {"basicAuth": {"username": {"name": "s"}}}}, "at '/serviceMonitor/basicAuth"),
         (
@@ -487,7 +497,7 @@ def test_the_exporter_serves_the_chart_web_config_and_the_probes_and_helm_test_p
         mount_files(docs, root, outside)
         web_config = root / variables["MIXPEEK_WEB_CONFIG_FILE"].lstrip("/")
         config = yaml.safe_load(web_config.read_text())
-        assert set(config) == {"tls_server_config", "basic_auth_users"}
+        assert set(config) == {"tls_server_config", "basic_auth_users", "http_server_config"}
         for name in ("cert_file", "key_file"):  # absolute paths inside the pod; here under root
             config["tls_server_config"][name] = str(root / config["tls_server_config"][name].lstrip("/"))
         web_config.write_text(yaml.safe_dump(config))
@@ -505,7 +515,9 @@ def test_the_exporter_serves_the_chart_web_config_and_the_probes_and_helm_test_p
                 assert get.get("scheme", "HTTP") == scheme.upper()
                 path = get["path"]
                 wait_until(lambda path=path: kubelet.get(path).status_code == 200, 30, f"{probe} {path}")
-            assert kubelet.get("/metrics").status_code == (401 if values else 200)
+            refused = kubelet.get("/metrics")
+            assert refused.status_code == (401 if values else 200)
+            assert refused.headers.get("X-Frame-Options") == ("deny" if values else None)
         (test_pod,) = kind(docs, "Pod")
         (scrape,) = test_pod["spec"]["containers"]
         assert scrape["image"] == container(docs)["image"]
@@ -533,8 +545,10 @@ def test_the_web_config_follows_the_values() -> None:
         "tls_server_config": {
             "cert_file": "/etc/mixpeek-exporter/tls/tls.crt",
             "key_file": "/etc/mixpeek-exporter/tls/tls.key",
+            "min_version": "TLS13",
         },
         "basic_auth_users": {"prometheus": HASH},
+        "http_server_config": {"headers": {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "deny"}},
     }
     pod = kind(docs, "Deployment")[0]["spec"]["template"]
     assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"

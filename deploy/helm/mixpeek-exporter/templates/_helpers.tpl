@@ -100,7 +100,7 @@ TLS or users), or none (plain HTTP).
 {{- $web := .Values.webConfig }}
 {{- if $web.existingSecret }}
 {{- $web.existingSecret }}
-{{- else if or $web.tls.enabled $web.basicAuthUsers }}
+{{- else if or $web.tls.enabled $web.basicAuthUsers $web.httpHeaders }}
 {{- printf "%s-web-config" (include "mixpeek-exporter.fullname" .) }}
 {{- end }}
 {{- end }}
@@ -119,10 +119,18 @@ TLS or users), or none (plain HTTP).
 tls_server_config:
   cert_file: {{ include "mixpeek-exporter.tlsDir" . }}/tls.crt
   key_file: {{ include "mixpeek-exporter.tlsDir" . }}/tls.key
+  {{- with $web.tls.minVersion }}
+  min_version: {{ . }}
+  {{- end }}
 {{- end }}
 {{- with $web.basicAuthUsers }}
 basic_auth_users:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $web.httpHeaders }}
+http_server_config:
+  headers:
+    {{- toYaml . | nindent 4 }}
 {{- end }}
 {{- end }}
 
