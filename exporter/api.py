@@ -27,6 +27,7 @@ import tenacity
 from pydantic import SecretStr
 
 from exporter.ratelimit import RateLimiter
+from exporter.tallies import FailureKey, ObjectsKey, Tally
 from exporter.vocabulary import FAILURE_CATEGORIES
 
 TASKS_LIST = "/v1/tasks/list"
@@ -186,7 +187,7 @@ class Task(msgspec.Struct, frozen=True, gc=False):
         return None
 
     @property
-    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+    def tallies(self) -> tuple[Tally, ...]:
         return ()
 
 
@@ -266,13 +267,13 @@ class Batch:
         return self.bucket_id
 
     @property
-    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+    def tallies(self) -> tuple[Tally, ...]:
         """What a finished batch adds to the object and failure counters."""
-        counts: list[tuple[tuple[str, ...], int]] = [(("failed",), self.failed_objects)]
+        counts = [Tally(ObjectsKey("failed"), self.failed_objects)]
         if self.objects is not None:
-            counts.append((("processed",), max(0, self.objects - self.failed_objects)))
+            counts.append(Tally(ObjectsKey("processed"), max(0, self.objects - self.failed_objects)))
         if self.failure_category is not None:
-            counts.append((("category", self.failure_category), 1))
+            counts.append(Tally(FailureKey.of(self.failure_category), 1))
         return tuple(counts)
 
 

@@ -34,6 +34,7 @@ from exporter.api import ENDPOINTS
 from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
+from exporter.tallies import FailureKey, ObjectsKey
 from exporter.views import Fold, View, view
 from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
@@ -397,8 +398,11 @@ class SnapshotCollector(Collector):
         counter = Family(
             SERIES_DROPPED, "counter", ("metric",), (Part("", totals, lambda: _dropped_rows(totals)),)
         )
-        layout.insert(len(layout) - 1, (counter, [(counter.parts[0], None)]))  # before the build info
-        return layout
+        # The series-dropped counter is known only once every family is capped; it goes just before the
+        # build info, which families() puts last so that the exposition always ends the same way.
+        *capped, build_info = layout
+        assert build_info[0].name == BUILD_INFO, "families() must end with the build info"
+        return [*capped, (counter, [(counter.parts[0], None)]), build_info]
 
     def _count_dropped(self, snapshot: Snapshot, dropped: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         with self._lock:
@@ -420,7 +424,7 @@ class SnapshotCollector(Collector):
             return tuple((name, self._dropped.get(name, 0)) for name in dropped)
 
     def families(self, snapshot: Snapshot) -> list[Family]:
-        """Every family, in exposition order, the build info last."""
+        """Every family, in exposition order, the build info last (layout() relies on it)."""
         tasks, batches = self._task_families(snapshot.namespaces), self._batch_families(snapshot.batches)
         build = self._build
         info = Family(BUILD_INFO, "gauge", BUILD_LABELS, (Part("", build, lambda: [(build, 1, None)]),))
@@ -579,7 +583,7 @@ def _completion_family(
 
 def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
     return [
-        ((namespace, bucket, outcome), numbers.tallies.get((bucket, outcome), 0), None)
+        ((namespace, bucket, outcome), numbers.tallies.get((bucket, *ObjectsKey(outcome)), 0), None)
         for bucket in numbers.groups
         for outcome in OUTCOMES
     ]
@@ -587,7 +591,7 @@ def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list
 
 def _failure_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
     return [
-        ((namespace, bucket, category), numbers.tallies.get((bucket, "category", category), 0), None)
+        ((namespace, bucket, category), numbers.tallies.get((bucket, *FailureKey.of(category)), 0), None)
         for bucket in numbers.groups
         for category in sorted(FAILURE_CATEGORIES)
     ]
