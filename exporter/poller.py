@@ -300,10 +300,10 @@ class Poller:
         each namespace once, and look for evidence that task routes ignore X-Namespace."""
         if self._plan.scope is not Scope.AUTO or not targets or len(targets) < 2:
             return  # one namespace's tasks are checked as they are polled; the probe compares two
-        if self._scope_verified and (
-            not self._evidence.failed(Check.NAMESPACE_HEADER)
-            or not self._evidence.trusted(Check.NAMESPACE_HEADER)
-        ):
+        # In `auto` scope, only a failed header check moves polling to the organisation; once that
+        # failure is forgotten (Evidence.forget_expired), the header is probed again.
+        reprobe = self._organization and self._evidence.trusted(Check.NAMESPACE_HEADER)
+        if self._scope_verified and not reprobe:
             return  # verified, and no re-probe due
         probe = NamespaceIsolation()
         try:
@@ -596,6 +596,8 @@ class Poller:
         self._dead = why
 
     async def _refresh(self) -> tuple[str, ...] | None:
+        """Once per cycle: forget expired check failures, discover, verify the scope."""
+        self._evidence.forget_expired()
         targets = await self._guarded("discovery", self.discover)
         await self._guarded("scope", partial(self.verify_scope, targets))
         return targets

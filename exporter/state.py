@@ -117,9 +117,6 @@ class NamespaceState:
     active: frozenset[str] = frozenset()
     """Ids of tracked items not in a terminal status: what an incremental poll must follow up."""
 
-    def completion(self, key: Key) -> Histogram:
-        return self.completions.get(key) or Histogram.empty(self.buckets)
-
     def rows(self) -> Iterator[TrackedRow]:
         """Every tracked item in full. A finished one's first sight is not kept, nor needed (it is never
         counted again): the last poll stands in for it."""
