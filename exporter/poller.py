@@ -422,7 +422,7 @@ class Poller:
                 return False
         return True
 
-    async def _list_all(self, scope: str | None, listing: _Listing) -> int:
+    async def _list_all(self, header: str | None, listing: _Listing) -> int:
         """Every task, newest first. When incremental polls are to follow, also check (one request) that
         the API sorts as asked: births are read from the newest until known ground."""
         newest: list[Task] = []
@@ -436,10 +436,10 @@ class Poller:
             self._checked(newest_first, tasks)
             return listing.sink(tasks)
 
-        pages = await self._client.walk_tasks(scope, sink)
+        pages = await self._client.walk_tasks(header, sink)
         incremental_follows = self._evidence.distrusted(INCREMENTAL_NEEDS) is None
         if self._plan.reconcile_every > 1 and listed >= 2 and incremental_follows:
-            oldest = await self._client.first_tasks(scope, OLDEST_FIRST)
+            oldest = await self._client.first_tasks(header, OLDEST_FIRST)
             pages += 1
             self._checked(sorted_both_ways, newest[0], oldest[0] if oldest else None, listed)
         return pages
@@ -452,7 +452,7 @@ class Poller:
             self._evidence.fail(failure)
 
     async def _list_changes(
-        self, scope: str | None, states: Mapping[str, NamespaceState], listing: _Listing
+        self, header: str | None, states: Mapping[str, NamespaceState], listing: _Listing
     ) -> int:
         """An incremental poll, with documented features only: the active set (a status filter), the
         births (newest first, until a page reaches tasks already known), then the tasks that left the
@@ -470,12 +470,12 @@ class Poller:
             return new
 
         try:
-            pages = await self._client.walk_tasks(scope, active, ACTIVE_TASKS)
+            pages = await self._client.walk_tasks(header, active, ACTIVE_TASKS)
         except ApiHTTPError as exc:
             if not exc.refused:
                 raise
             raise CheckFailed(Check.FILTER_REFUSED, f"the active-set filter was refused: {exc}") from None
-        pages += await self._client.walk_tasks(scope, births)
+        pages += await self._client.walk_tasks(header, births)
         observations = listing.observations
         left = sorted(
             task_id
@@ -484,14 +484,14 @@ class Poller:
             if not observations[namespace].listed(task_id)
         )
         pages += await self._look_up(
-            scope, left, listing.sink, _listing_pages(states, self._client.page_size)
+            header, left, listing.sink, _listing_pages(states, self._client.page_size)
         )
         for namespace, state in states.items():
             observations[namespace].vanish(state.active)
         return pages
 
     async def _look_up(
-        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], full_cost: int
+        self, header: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], full_cost: int
     ) -> int:
         """The tasks among `task_ids` that still exist, into `sink`: by `task_id in` lookups of a page of
         ids each, checked, else one GET per id (documented), unless those GETs would take more requests than
@@ -503,22 +503,22 @@ class Poller:
             if self._evidence.trusted(Check.ID_LOOKUP):
                 try:
                     requests += 1
-                    found = await self._look_up_in(scope, chunk)
+                    found = await self._look_up_in(header, chunk)
                 except CheckFailed as failure:
-                    self._evidence.fail(failure, namespace=scope or "organization")
+                    self._evidence.fail(failure, namespace=header or "organization")
                 else:
                     missing = [task_id for task_id in chunk if task_id not in found]
                     sink(list(found.values()))
-                    requests += await self._get_each(scope, missing, sink, verify=True)
+                    requests += await self._get_each(header, missing, sink, verify=True)
                     continue
             if len(task_ids) - start > full_cost:
                 raise ListEverything
-            requests += await self._get_each(scope, chunk, sink, verify=False)
+            requests += await self._get_each(header, chunk, sink, verify=False)
         return requests
 
-    async def _look_up_in(self, scope: str | None, chunk: Sequence[str]) -> dict[str, Task]:
+    async def _look_up_in(self, header: str | None, chunk: Sequence[str]) -> dict[str, Task]:
         try:
-            tasks = await self._client.lookup_tasks(scope, chunk)
+            tasks = await self._client.lookup_tasks(header, chunk)
         except ApiHTTPError as exc:
             if not exc.refused:
                 raise
@@ -526,12 +526,12 @@ class Poller:
         return {task.item_id: task for task in asked_only(tasks, frozenset(chunk))}
 
     async def _get_each(
-        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], *, verify: bool
+        self, header: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], *, verify: bool
     ) -> int:
         """GET each task; with `verify`, these are tasks a lookup did not return: finding one means the
         lookup was incomplete."""
         for task_id in task_ids:
-            task = await self._client.get_task(scope, task_id)
+            task = await self._client.get_task(header, task_id)
             if task is None:
                 continue
             if verify and self._evidence.trusted(Check.ID_LOOKUP):
