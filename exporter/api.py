@@ -1,6 +1,7 @@
 """The Mixpeek API client: the listings and lookups the poller makes, page by page, retried and decoded.
 
-It keeps no metric objects, only a plain count of the responses it got, which the poller publishes. It
+It keeps no metric objects, only plain counts (responses by endpoint and status, values it ignored as
+impossible), which the poller publishes. It
 checks what the spec promises (shapes, page sizes, cursors); what the spec leaves open (whether a filter,
 a sort or a header is honoured) is the poller's to verify (see exporter/checks.py).
 """
@@ -27,6 +28,7 @@ import tenacity
 from pydantic import SecretStr
 
 from exporter.ratelimit import RateLimiter
+from exporter.tallies import FailureKey, ObjectsKey, Tally
 from exporter.vocabulary import FAILURE_CATEGORIES
 
 TASKS_LIST = "/v1/tasks/list"
@@ -186,7 +188,7 @@ class Task(msgspec.Struct, frozen=True, gc=False):
         return None
 
     @property
-    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+    def tallies(self) -> tuple[Tally, ...]:
         return ()
 
 
@@ -266,13 +268,13 @@ class Batch:
         return self.bucket_id
 
     @property
-    def tallies(self) -> tuple[tuple[tuple[str, ...], int], ...]:
+    def tallies(self) -> tuple[Tally, ...]:
         """What a finished batch adds to the object and failure counters."""
-        counts: list[tuple[tuple[str, ...], int]] = [(("failed",), self.failed_objects)]
+        counts = [Tally(ObjectsKey("failed"), self.failed_objects)]
         if self.objects is not None:
-            counts.append((("processed",), max(0, self.objects - self.failed_objects)))
+            counts.append(Tally(ObjectsKey("processed"), max(0, self.objects - self.failed_objects)))
         if self.failure_category is not None:
-            counts.append((("category", self.failure_category), 1))
+            counts.append(Tally(FailureKey.of(self.failure_category), 1))
         return tuple(counts)
 
 
@@ -428,9 +430,21 @@ def _retry_advice(response: httpx.Response, body: Any, now: float) -> tuple[floa
     advised = parse_retry_after(response.headers.get("Retry-After"), now)
     for key in ("retry_after_seconds", "retry_after"):
         hint = details.get(key)
-        if advised is None and isinstance(hint, int | float) and not isinstance(hint, bool):
-            advised = min(max(0.0, float(hint)), 86_400.0) if abs(hint) < 1e300 else None
+        if advised is None:
+            advised = _seconds_hint(hint)
     return advised, details.get("retryable") is not False
+
+
+def _seconds_hint(hint: object) -> float | None:
+    """A retry hint from an error body, capped at a day; None unless a finite number (an int too big for
+    a float, such as 10**400, is no advice either)."""
+    if isinstance(hint, bool) or not isinstance(hint, int | float):
+        return None
+    try:
+        seconds = float(hint)
+    except OverflowError:
+        return None
+    return min(max(0.0, seconds), 86_400.0) if math.isfinite(seconds) else None
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -449,7 +463,8 @@ class RetryPolicy:
 
 
 class MixpeekClient:
-    """Talks to one Mixpeek organisation through a shared, pooled httpx.AsyncClient."""
+    """Talks to one Mixpeek organisation through a shared, pooled httpx.AsyncClient: lists namespaces,
+    tasks (and looks tasks up by id: a `task_id in` filter, or one GET each), buckets and batches."""
 
     def __init__(
         self,

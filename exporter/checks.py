@@ -51,8 +51,10 @@ class CheckFailed(Exception):
 class Evidence:
     """What the API has been seen not to honour, and since when.
 
-    Every behaviour is trusted until a check fails; then it stays off until `reprobe_after` seconds have
-    passed (None: until a restart), when it is trusted, and so checked, again.
+    Every behaviour is trusted until a check fails; then it stays off until `forget_expired()` finds the
+    failure older than `reprobe_after` seconds (None: never, until a restart): from then on it is trusted,
+    and so checked, again. The queries change nothing; the poller forgets once per cycle, so every
+    decision of a cycle sees the same evidence.
     """
 
     def __init__(
@@ -70,23 +72,23 @@ class Evidence:
         """Failed checks by name, for mixpeek_exporter_api_check_failures_total."""
 
     def trusted(self, check: Check) -> bool:
-        """Whether to rely on the behaviour now; a failure older than the re-probe interval is forgotten."""
-        since = self._failed.get(check)
-        if since is None:
-            return True
-        if self._reprobe_after is not None and self._clock() - since >= self._reprobe_after:
-            del self._failed[check]
-            self._log.info("re-probing an API behaviour that failed its check", check=check.value)
-            return True
-        return False
+        """Whether to rely on the behaviour: its check has not failed, or the failure was forgotten."""
+        return check not in self._failed
 
     def distrusted(self, checks: Iterable[Check]) -> Check | None:
-        """The first of `checks` not to rely on now, if any (see `trusted`)."""
+        """The first of `checks` not to rely on, if any (see `trusted`)."""
         return next((check for check in checks if not self.trusted(check)), None)
 
-    def failed(self, check: Check) -> bool:
-        """Whether the check has failed and not been forgotten yet (no re-probe implied)."""
-        return check in self._failed
+    def forget_expired(self) -> None:
+        """Forget the failures older than the re-probe interval: those behaviours are trusted, and so
+        checked, again; should one fail again, that is a new episode."""
+        if self._reprobe_after is None:
+            return
+        now = self._clock()
+        for check, since in list(self._failed.items()):
+            if now - since >= self._reprobe_after:
+                del self._failed[check]
+                self._log.info("re-probing an API behaviour that failed its check", check=check.value)
 
     def fail(self, failure: CheckFailed, **context: object) -> None:
         """Count a failed check; the first failure of an episode is logged with its evidence."""

@@ -40,7 +40,12 @@ from exporter.webreload import LiveWebConfig
 PROG = "mixpeek-exporter"
 # The demo's world moves every second; a newcomer should not wait 30 s to see it.
 DEMO_POLL_INTERVAL = 5.0
-SHUTDOWN_GRACE_SECONDS = 4.0
+# From SIGTERM to exit, as docs/deploy.md and the Helm chart promise (their terminationGracePeriodSeconds, 10,
+# leaves room): the poll loops' cancellation and the state file's last save share it, and the HTTP server's
+# stop (serve_forever notices within 0.5 s) comes out of it too. A save cut short leaves the previous file:
+# saves are atomic (exporter/statefile.py).
+SHUTDOWN_SECONDS = 5.0
+_SERVER_STOP_SECONDS = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,15 +262,18 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfi
             await stop.wait()
             log.info("stopping")
         finally:
+            deadline = loop.time() + SHUTDOWN_SECONDS - _SERVER_STOP_SECONDS
             runner.cancel()
-            await asyncio.wait([runner], timeout=SHUTDOWN_GRACE_SECONDS)
-            await asyncio.wait([asyncio.create_task(poller.flush())], timeout=SHUTDOWN_GRACE_SECONDS)
+            await asyncio.wait([runner], timeout=deadline - loop.time())
+            flush = asyncio.create_task(poller.flush())
+            await asyncio.wait([flush], timeout=max(0.0, deadline - loop.time()))
             server.stop()
     return 0
 
 
 async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextIO) -> int:
-    """One authenticated listing request per namespace, one line each: the first thing to run."""
+    """The first thing to run: namespace discovery (when needed), then a few authenticated requests per
+    namespace (exporter/probe.py: listing, filters, sort, lookups, batches), one line each."""
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         client = _api_client(settings, http, target, retries=False)  # one request each, answers at once
         if target.demo:

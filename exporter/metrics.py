@@ -34,8 +34,9 @@ from exporter.api import ENDPOINTS
 from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
+from exporter.tallies import FailureKey, ObjectsKey
 from exporter.views import Fold, View, view
-from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
+from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES
 
 TASKS = "mixpeek_tasks"
 TERMINAL_TRANSITIONS = "mixpeek_task_terminal_transitions"  # exposed with _total
@@ -397,8 +398,11 @@ class SnapshotCollector(Collector):
         counter = Family(
             SERIES_DROPPED, "counter", ("metric",), (Part("", totals, lambda: _dropped_rows(totals)),)
         )
-        layout.insert(len(layout) - 1, (counter, [(counter.parts[0], None)]))  # before the build info
-        return layout
+        # The series-dropped counter is known only once every family is capped; it goes just before the
+        # build info, which families() puts last so that the exposition always ends the same way.
+        *capped, build_info = layout
+        assert build_info[0].name == BUILD_INFO, "families() must end with the build info"
+        return [*capped, (counter, [(counter.parts[0], None)]), build_info]
 
     def _count_dropped(self, snapshot: Snapshot, dropped: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         with self._lock:
@@ -420,7 +424,7 @@ class SnapshotCollector(Collector):
             return tuple((name, self._dropped.get(name, 0)) for name in dropped)
 
     def families(self, snapshot: Snapshot) -> list[Family]:
-        """Every family, in exposition order, the build info last."""
+        """Every family, in exposition order, the build info last (layout() relies on it)."""
         tasks, batches = self._task_families(snapshot.namespaces), self._batch_families(snapshot.batches)
         build = self._build
         info = Family(BUILD_INFO, "gauge", BUILD_LABELS, (Part("", build, lambda: [(build, 1, None)]),))
@@ -579,7 +583,7 @@ def _completion_family(
 
 def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
     return [
-        ((namespace, bucket, outcome), numbers.tallies.get((bucket, outcome), 0), None)
+        ((namespace, bucket, outcome), numbers.tallies.get((bucket, *ObjectsKey(outcome)), 0), None)
         for bucket in numbers.groups
         for outcome in OUTCOMES
     ]
@@ -587,7 +591,7 @@ def _object_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list
 
 def _failure_rows(namespace: str, numbers: View, labels: tuple[str, ...]) -> list[Row]:
     return [
-        ((namespace, bucket, category), numbers.tallies.get((bucket, "category", category), 0), None)
+        ((namespace, bucket, category), numbers.tallies.get((bucket, *FailureKey.of(category)), 0), None)
         for bucket in numbers.groups
         for category in sorted(FAILURE_CATEGORIES)
     ]
@@ -737,55 +741,3 @@ def _bucket(
     if exemplar is None or len(exemplar.task_id) > 100:
         return (le, count)
     return (le, count, PromExemplar({"task_id": exemplar.task_id}, exemplar.value, exemplar.timestamp))
-
-
-def series_count(
-    namespaces: int,
-    task_types: int,
-    *,
-    buckets: int = 14,
-    statuses: int = len(ZERO_FILLED_STATUSES),
-    active: int | None = None,
-    histogram_task_type: bool = True,
-    batch_buckets: int = 0,
-    active_batches: int | None = None,
-    max_task_types: int = 0,
-) -> dict[str, int]:
-    """Series (sample lines) of each family that grows with the setup, as docs/metrics.md's formula says.
-
-    Per namespace: `task_types` task types seen (after allow/deny; `max_task_types`, when not 0, shows
-    at most that many and `_other`), `statuses` statuses (the 8 zero-filled
-    ones plus any other seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
-    +Inf, plus _sum and _count), `batch_buckets` bucket_id values shown (0 without batches). `active`
-    and `active_batches` count the non-terminal (status, group) pairs that have items now, summed over
-    namespaces; None takes every one (the upper bound). Families that depend on history (poll errors by
-    reason, API requests by code, state writes) and the fixed ones (build info, series dropped) are not
-    counted.
-    """
-    if max_task_types and task_types > max_task_types:
-        task_types = max_task_types + 1
-    histogram = buckets + 3
-    terminal = len(TERMINAL_STATUSES)
-    active_statuses = statuses - terminal
-    types = task_types if histogram_task_type else min(task_types, 1)
-    counts = {
-        TASKS: statuses * task_types,
-        f"{TERMINAL_TRANSITIONS}_total": terminal * task_types,
-        COMPLETION_SECONDS: terminal * types * histogram,
-        BATCHES: statuses * batch_buckets,
-        f"{BATCH_TERMINAL_TRANSITIONS}_total": terminal * batch_buckets,
-        BATCH_COMPLETION_SECONDS: terminal * histogram if batch_buckets else 0,
-        f"{BATCH_OBJECTS}_total": len(OUTCOMES) * batch_buckets,
-        f"{BATCH_FAILURES}_total": len(FAILURE_CATEGORIES) * batch_buckets,
-        UP: 1,
-        LAST_SUCCESS: 1,
-        POLL_DURATION: len(POLL_DURATION_BUCKETS) + 3,
-        TRACKED_TASKS: 1,
-        UNTRACKED_TASKS: 1,
-    }
-    totals = {name: count * namespaces for name, count in counts.items()}
-    totals[OLDEST_ACTIVE_AGE] = namespaces * active_statuses * task_types if active is None else active
-    totals[BATCH_OLDEST_ACTIVE_AGE] = (
-        namespaces * active_statuses * batch_buckets if active_batches is None else active_batches
-    )
-    return totals

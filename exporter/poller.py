@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -45,8 +45,8 @@ from exporter.checks import (
     sorted_both_ways,
 )
 from exporter.config import Scope
-from exporter.histogram import Histogram
-from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth, Snapshot
+from exporter.health import Change, batches_failed, batches_succeeded, poll_failed, poll_succeeded
+from exporter.metrics import NamespaceHealth, Snapshot
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.state import NamespaceState, Observation, label_value
 from exporter.statefile import StateFile
@@ -59,6 +59,7 @@ ACTIVE_TASKS = {
     "NOT": [{"OR": [{"field": "status", "operator": "eq", "value": status} for status in TERMINAL_STATUSES]}]
 }
 T = TypeVar("T")
+R = TypeVar("R")
 INTERNAL = "internal"
 """The poll-error reason of an exception the exporter did not expect: a bug, or input nobody foresaw."""
 
@@ -105,17 +106,74 @@ class ScopeChanged(Exception):
     """The poll found that task routes ignore X-Namespace; its results are void."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Listing:
-    """The observations of one poll, and how a page of tasks reaches them."""
+    """The observations of one poll, the states they build on, and how a page of tasks reaches them."""
 
     observations: dict[str, Observation]
+    states: Mapping[str, NamespaceState]
     sink: Callable[[list[Task]], int]
-    known: Callable[[str], bool]
-    """Whether a task id was tracked (or had gone) before this poll: the ground births stop at."""
+
+    def known(self, task_id: str) -> bool:
+        """Whether a task id was tracked (or had gone) before this poll: the ground births stop at."""
+        return any(task_id in state.tasks or task_id in state.gone for state in self.states.values())
+
+
+class _OrganizationSink:
+    """Takes the pages of the organisation's listing, split by namespace: the name discovery gives for a
+    task's additional_data.namespace_id (its id when unknown), or a single `unknown` without one. Tasks of
+    namespaces not polled here are skipped, each new to the listing once, so paging sees progress."""
+
+    def __init__(
+        self,
+        observations: dict[str, Observation],
+        names: Mapping[str, str],
+        wanted: Iterable[str],
+        owns: Callable[[str], bool],
+        observe: Callable[[str], Observation] | None,
+    ) -> None:
+        self._observations = observations
+        self._names = names
+        self._wanted = set(wanted)
+        self._owns = owns
+        self._observe = observe
+        """A new namespace's observation; None in an incremental poll, which has no baseline for one."""
+        self._skipped: set[str] = set()
+
+    def __call__(self, tasks: list[Task]) -> int:
+        by_namespace: dict[str, list[Task]] = {}
+        new = 0
+        for task in tasks:
+            namespace = self._namespace(task)
+            if namespace and self._owns(namespace):
+                by_namespace.setdefault(namespace, []).append(task)
+            elif task.item_id not in self._skipped:
+                self._skipped.add(task.item_id)
+                new += 1
+        for namespace, items in by_namespace.items():
+            if namespace not in self._observations:
+                if self._observe is None:  # no baseline to lay changes over: only a full listing is exact
+                    raise ListEverything
+                self._observations[namespace] = self._observe(namespace)
+            new += self._observations[namespace].add(items)
+        return new
+
+    def _namespace(self, task: Task) -> str:
+        """The label of the task's namespace; "" for one of a namespace not configured here."""
+        namespace_id = task.namespace_id
+        if namespace_id is None:
+            return UNKNOWN_NAMESPACE
+        name = self._names.get(namespace_id)
+        if self._wanted and name not in self._wanted and namespace_id not in self._wanted:
+            return ""
+        return label_value(name or namespace_id)
 
 
 class Poller:
+    """Orchestrates the polls: when (schedules, concurrency, timeouts), what (discovery, scope, full or
+    incremental listings), then hands each result on: task states to exporter/state.py, health to
+    exporter/health.py, both to the state file and, in one assignment, to `snapshot`."""
+
     def __init__(
         self,
         client: MixpeekClient,
@@ -242,10 +300,10 @@ class Poller:
         each namespace once, and look for evidence that task routes ignore X-Namespace."""
         if self._plan.scope is not Scope.AUTO or not targets or len(targets) < 2:
             return  # one namespace's tasks are checked as they are polled; the probe compares two
-        if self._scope_verified and (
-            not self._evidence.failed(Check.NAMESPACE_HEADER)
-            or not self._evidence.trusted(Check.NAMESPACE_HEADER)
-        ):
+        # In `auto` scope, only a failed header check moves polling to the organisation; once that
+        # failure is forgotten (Evidence.forget_expired), the header is probed again.
+        reprobe = self._organization and self._evidence.trusted(Check.NAMESPACE_HEADER)
+        if self._scope_verified and not reprobe:
             return  # verified, and no re-probe due
         probe = NamespaceIsolation()
         try:
@@ -268,30 +326,27 @@ class Poller:
     async def poll_namespace(self, namespace: str) -> None:
         if self._organization:
             return  # the scope changed: this namespace's loop is about to be cancelled
-        epoch = self._epoch
-
-        async def fetch() -> Fetched:
-            now = self._clock()
-            states = {namespace: self._previous(self._tasks, namespace)}
-            return await self._fetch_tasks(namespace, states, now, epoch)
-
-        await self._poll((namespace,), fetch, epoch)
+        await self._poll((namespace,), partial(self._fetch_namespace, namespace), self._epoch)
         await self._poll_batches((namespace,))
 
     async def poll_organization(self) -> None:
         """One listing for the whole organisation, split by each task's additional_data.namespace_id."""
-
         if not self._organization:
             return  # the scope changed: this loop is about to be cancelled
-        epoch = self._epoch
-
-        async def fetch() -> Fetched:
-            return await self._fetch_tasks(None, dict(self._tasks), self._clock(), epoch)
-
-        await self._poll(tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,), fetch, epoch)
+        labels = tuple(self._tasks) or self.targets or (UNKNOWN_NAMESPACE,)
+        await self._poll(labels, self._fetch_organization, self._epoch)
         # Batch routes take X-Namespace (declared there): every namespace, whatever its tasks say.
         owned = [self._names.get(ns, ns) for ns in self.targets or ()]
         await self._poll_batches(owned or [ns for ns in self._tasks if ns != UNKNOWN_NAMESPACE])
+
+    async def _fetch_namespace(self, namespace: str, epoch: int) -> Fetched:
+        """One namespace's tasks, built on its state as of now (after the wait for a slot)."""
+        states = {namespace: self._previous(self._tasks, namespace)}
+        return await self._fetch_tasks(namespace, states, self._clock(), epoch)
+
+    async def _fetch_organization(self, epoch: int) -> Fetched:
+        """Every namespace's tasks in one listing, built on their states as of now."""
+        return await self._fetch_tasks(None, dict(self._tasks), self._clock(), epoch)
 
     async def _fetch_tasks(
         self, scope: str | None, states: dict[str, NamespaceState], now: float, epoch: int
@@ -320,15 +375,20 @@ class Poller:
             ns: Observation(state, now, self._plan.max_tracked, partial=partial)
             for ns, state in states.items()
         }
-
-        def known(task_id: str) -> bool:
-            return any(task_id in state.tasks or task_id in state.gone for state in states.values())
-
+        sink: Callable[[list[Task]], int]
         if scope is not None:
-            return _Listing(observations, self._namespace_sink(scope, observations[scope]), known)
-        listing = _Listing(observations, lambda tasks: 0, known)
-        listing.sink = self._organization_sink(listing, states, now, partial)
-        return listing
+            sink = self._namespace_sink(scope, observations[scope])
+        else:
+            observe = None if partial else self._observer(states, now)
+            plan = self._plan
+            sink = _OrganizationSink(
+                observations, self._names, plan.namespaces, plan.namespace_filter.owns, observe
+            )
+        return _Listing(observations, states, sink)
+
+    def _observer(self, states: Mapping[str, NamespaceState], now: float) -> Callable[[str], Observation]:
+        """How a complete organisation listing starts observing a namespace it finds."""
+        return lambda namespace: Observation(self._previous(states, namespace), now, self._plan.max_tracked)
 
     def _namespace_sink(self, namespace: str, observation: Observation) -> Callable[[list[Task]], int]:
         """Pages of one namespace's listing, checked for tasks of other namespaces before they count."""
@@ -348,48 +408,6 @@ class Poller:
 
         return sink
 
-    def _organization_sink(
-        self, listing: _Listing, states: Mapping[str, NamespaceState], now: float, partial: bool
-    ) -> Callable[[list[Task]], int]:
-        """Pages of the organisation's listing, split by namespace: the name discovery gives for a task's
-        additional_data.namespace_id (its id when unknown), or a single `unknown` without one."""
-        wanted = set(self._plan.namespaces)
-        owns = self._plan.namespace_filter.owns
-        names = self._names
-        observations = listing.observations
-        skipped: set[str] = set()
-        """Tasks of namespaces not polled here: new to the listing once, so paging sees progress."""
-
-        def sink(tasks: list[Task]) -> int:
-            by_namespace: dict[str, list[Task]] = {}
-            new = 0
-            for task in tasks:
-                namespace_id = task.namespace_id
-                if namespace_id is None:
-                    namespace = UNKNOWN_NAMESPACE
-                else:
-                    name = names.get(namespace_id)
-                    namespace = label_value(name or namespace_id)
-                    if wanted and name not in wanted and namespace_id not in wanted:
-                        namespace = ""
-                if namespace and owns(namespace):
-                    by_namespace.setdefault(namespace, []).append(task)
-                elif task.item_id not in skipped:
-                    skipped.add(task.item_id)
-                    new += 1
-            for namespace, items in by_namespace.items():
-                if namespace not in observations:
-                    if partial:  # no baseline to lay changes over: only a full listing is exact
-                        raise ListEverything
-                    previous = self._previous(states, namespace)
-                    observations[namespace] = Observation(
-                        previous, now, self._plan.max_tracked, partial=partial
-                    )
-                new += observations[namespace].add(items)
-            return new
-
-        return sink
-
     def _incremental(self, states: Mapping[str, NamespaceState]) -> bool:
         """Between full listings, once there is a baseline to build on, and while the API honours the
         filters and the sort an incremental poll relies on. A state with untracked tasks (the cap) cannot
@@ -404,7 +422,7 @@ class Poller:
                 return False
         return True
 
-    async def _list_all(self, scope: str | None, listing: _Listing) -> int:
+    async def _list_all(self, header: str | None, listing: _Listing) -> int:
         """Every task, newest first. When incremental polls are to follow, also check (one request) that
         the API sorts as asked: births are read from the newest until known ground."""
         newest: list[Task] = []
@@ -418,10 +436,10 @@ class Poller:
             self._checked(newest_first, tasks)
             return listing.sink(tasks)
 
-        pages = await self._client.walk_tasks(scope, sink)
+        pages = await self._client.walk_tasks(header, sink)
         incremental_follows = self._evidence.distrusted(INCREMENTAL_NEEDS) is None
         if self._plan.reconcile_every > 1 and listed >= 2 and incremental_follows:
-            oldest = await self._client.first_tasks(scope, OLDEST_FIRST)
+            oldest = await self._client.first_tasks(header, OLDEST_FIRST)
             pages += 1
             self._checked(sorted_both_ways, newest[0], oldest[0] if oldest else None, listed)
         return pages
@@ -434,7 +452,7 @@ class Poller:
             self._evidence.fail(failure)
 
     async def _list_changes(
-        self, scope: str | None, states: Mapping[str, NamespaceState], listing: _Listing
+        self, header: str | None, states: Mapping[str, NamespaceState], listing: _Listing
     ) -> int:
         """An incremental poll, with documented features only: the active set (a status filter), the
         births (newest first, until a page reaches tasks already known), then the tasks that left the
@@ -452,12 +470,12 @@ class Poller:
             return new
 
         try:
-            pages = await self._client.walk_tasks(scope, active, ACTIVE_TASKS)
+            pages = await self._client.walk_tasks(header, active, ACTIVE_TASKS)
         except ApiHTTPError as exc:
             if not exc.refused:
                 raise
             raise CheckFailed(Check.FILTER_REFUSED, f"the active-set filter was refused: {exc}") from None
-        pages += await self._client.walk_tasks(scope, births)
+        pages += await self._client.walk_tasks(header, births)
         observations = listing.observations
         left = sorted(
             task_id
@@ -466,14 +484,14 @@ class Poller:
             if not observations[namespace].listed(task_id)
         )
         pages += await self._look_up(
-            scope, left, listing.sink, _listing_pages(states, self._client.page_size)
+            header, left, listing.sink, _listing_pages(states, self._client.page_size)
         )
         for namespace, state in states.items():
             observations[namespace].vanish(state.active)
         return pages
 
     async def _look_up(
-        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], full_cost: int
+        self, header: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], full_cost: int
     ) -> int:
         """The tasks among `task_ids` that still exist, into `sink`: by `task_id in` lookups of a page of
         ids each, checked, else one GET per id (documented), unless those GETs would take more requests than
@@ -485,22 +503,22 @@ class Poller:
             if self._evidence.trusted(Check.ID_LOOKUP):
                 try:
                     requests += 1
-                    found = await self._look_up_in(scope, chunk)
+                    found = await self._look_up_in(header, chunk)
                 except CheckFailed as failure:
-                    self._evidence.fail(failure, namespace=scope or "organization")
+                    self._evidence.fail(failure, namespace=header or "organization")
                 else:
                     missing = [task_id for task_id in chunk if task_id not in found]
                     sink(list(found.values()))
-                    requests += await self._get_each(scope, missing, sink, verify=True)
+                    requests += await self._get_each(header, missing, sink, verify=True)
                     continue
             if len(task_ids) - start > full_cost:
                 raise ListEverything
-            requests += await self._get_each(scope, chunk, sink, verify=False)
+            requests += await self._get_each(header, chunk, sink, verify=False)
         return requests
 
-    async def _look_up_in(self, scope: str | None, chunk: Sequence[str]) -> dict[str, Task]:
+    async def _look_up_in(self, header: str | None, chunk: Sequence[str]) -> dict[str, Task]:
         try:
-            tasks = await self._client.lookup_tasks(scope, chunk)
+            tasks = await self._client.lookup_tasks(header, chunk)
         except ApiHTTPError as exc:
             if not exc.refused:
                 raise
@@ -508,12 +526,12 @@ class Poller:
         return {task.item_id: task for task in asked_only(tasks, frozenset(chunk))}
 
     async def _get_each(
-        self, scope: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], *, verify: bool
+        self, header: str | None, task_ids: Sequence[str], sink: Callable[[list[Task]], int], *, verify: bool
     ) -> int:
         """GET each task; with `verify`, these are tasks a lookup did not return: finding one means the
         lookup was incomplete."""
         for task_id in task_ids:
-            task = await self._client.get_task(scope, task_id)
+            task = await self._client.get_task(header, task_id)
             if task is None:
                 continue
             if verify and self._evidence.trusted(Check.ID_LOOKUP):
@@ -578,6 +596,8 @@ class Poller:
         self._dead = why
 
     async def _refresh(self) -> tuple[str, ...] | None:
+        """Once per cycle: forget expired check failures, discover, verify the scope."""
+        self._evidence.forget_expired()
         targets = await self._guarded("discovery", self.discover)
         await self._guarded("scope", partial(self.verify_scope, targets))
         return targets
@@ -591,14 +611,17 @@ class Poller:
             raise
         except Exception as exc:
             self._internal(stage, exc)
+            self._publish()
             return None
 
     def internal_error(self, stage: str, exc: BaseException) -> None:
         """An unexpected exception outside the poll loops (e.g. rendering /metrics): logged once per kind
         with its traceback, and counted with the others. Call it on the poller's event loop."""
         self._internal(stage, exc)
+        self._publish()
 
-    def _internal(self, stage: str, exc: BaseException, labels: Iterable[str] = ()) -> None:
+    def _internal(self, stage: str, exc: BaseException) -> None:
+        """Count an unexpected exception; log it with its traceback once per kind, then at debug."""
         self._internal_errors[stage] = self._internal_errors.get(stage, 0) + 1
         kind = (stage, type(exc).__name__)
         if kind not in self._reported:
@@ -606,38 +629,48 @@ class Poller:
             self._log.error("unexpected error; the poll loop goes on", stage=stage, exc_info=exc)
         else:
             self._log.debug("unexpected error again", stage=stage, error=type(exc).__name__)
-        if labels:
-            self._failed(labels, INTERNAL, f"{type(exc).__name__} in {stage}")
-        else:
-            self._publish()
+
+    async def _run_listing(
+        self, stage: str, listing: Callable[[], Awaitable[R]], failed: Callable[[str, str], None]
+    ) -> R | None:
+        """Run one listing within the poll timeout. A failure is handed to `failed` as (reason, error),
+        the bounded label and the log line, and gives None: an ApiError its own reason, the timeout
+        `timeout`, an exception nobody expected `internal` (counted by stage). A scope change gives None
+        alone: the listing is void, not failed."""
+        try:
+            async with asyncio.timeout(self._plan.poll_timeout):
+                return await listing()
+        except ApiError as exc:
+            failed(exc.reason, str(exc))
+        except TimeoutError:
+            failed(
+                "timeout", f"the {stage} stage took longer than the poll timeout, {self._plan.poll_timeout} s"
+            )
+        except ScopeChanged:
+            pass
+        except Exception as exc:
+            self._internal(stage, exc)
+            failed(INTERNAL, f"{type(exc).__name__} in {stage}")
+        return None
 
     async def _poll(
-        self, labels: tuple[str, ...], fetch: Callable[[], Awaitable[Fetched]], epoch: int
+        self, labels: tuple[str, ...], fetch: Callable[[int], Awaitable[Fetched]], epoch: int
     ) -> None:
         """Fetch every listing of a poll, then apply them all; if any fails, record it and change nothing.
         A poll that waited for its slot while the scope changed is void."""
+        failed = partial(self._failed, labels)
         async with self._limit:
             if epoch != self._epoch:
                 return
             started = time.perf_counter()
-            try:
-                async with asyncio.timeout(self._plan.poll_timeout):
-                    fetched = await fetch()
-            except ApiError as exc:
-                self._failed(labels, exc.reason, str(exc))
-                return
-            except TimeoutError:
-                self._failed(labels, "timeout", f"the poll took longer than {self._plan.poll_timeout} s")
-                return
-            except ScopeChanged:
-                return
-            except Exception as exc:
-                self._internal("poll", exc, labels)
-                return
+            fetched = await self._run_listing("poll", partial(fetch, epoch), failed)
+        if fetched is None:
+            return
         try:
             self._apply(fetched, time.perf_counter() - started)
         except Exception as exc:
-            self._internal("state", exc, labels)
+            self._internal("state", exc)
+            failed(INTERNAL, f"{type(exc).__name__} in state")
 
     def _apply(self, fetched: Fetched, duration: float) -> None:
         if fetched.epoch != self._epoch:
@@ -652,12 +685,9 @@ class Poller:
             previous = observation.previous
             namespaces[namespace] = state = observation.result()
             self._since_full[namespace] = 0 if fetched.full else self._since_full.get(namespace, 0) + 1
-            before = health.get(namespace) or _new_health()
-            health[namespace] = _succeeded(before, now, duration)
-            if fetched.full:
-                health[namespace] = replace(health[namespace], last_full=now)
-            if before.failing is not None:
-                self._log.info("poll recovered", namespace=namespace, after=before.failing)
+            change = poll_succeeded(health.get(namespace), now, duration, full=fetched.full)
+            health[namespace] = change.health
+            self._say(change, namespace)
             if state.untracked and not previous.untracked:
                 self._log.warning(
                     "tracking cap reached: transitions of the oldest tasks are not counted",
@@ -685,35 +715,23 @@ class Poller:
         for namespace in namespaces:
             async with self._limit:
                 now, started = self._clock(), time.perf_counter()
-                observation = Observation(
-                    self._previous(self._batches, namespace), now, self._plan.max_tracked
-                )
-                try:
-                    async with asyncio.timeout(self._plan.poll_timeout):
-                        await self._list_batches(namespace, observation)
-                    state = observation.result()
-                except ApiError as exc:
-                    self._batch_failed(namespace, exc.reason, str(exc))
-                    continue
-                except TimeoutError:
-                    self._batch_failed(namespace, "timeout", "the batch listing took too long")
-                    continue
-                except Exception as exc:
-                    self._internal("batches", exc)
-                    self._batch_failed(namespace, INTERNAL, type(exc).__name__)
-                    continue
-            batches = {**self._batches, namespace: state}
-            before = self._batch_health.get(namespace) or _new_health()
-            if before.failing is not None:
-                self._log.info("batch poll recovered", namespace=namespace, after=before.failing)
+                listing = partial(self._batch_state, namespace, now)
+                state = await self._run_listing("batches", listing, partial(self._batch_failed, namespace))
+            if state is None:
+                continue
+            change = batches_succeeded(self._batch_health.get(namespace), now, time.perf_counter() - started)
+            self._say(change, namespace)
             self._publish(
-                batches=batches,
-                batch_health={
-                    **self._batch_health,
-                    namespace: _succeeded(before, now, time.perf_counter() - started),
-                },
+                batches={**self._batches, namespace: state},
+                batch_health={**self._batch_health, namespace: change.health},
             )
             self._save()
+
+    async def _batch_state(self, namespace: str, now: float) -> NamespaceState:
+        """A namespace's batch state after one complete batch listing."""
+        observation = Observation(self._previous(self._batches, namespace), now, self._plan.max_tracked)
+        await self._list_batches(namespace, observation)
+        return observation.result()
 
     async def _list_batches(self, namespace: str, observation: Observation) -> None:
         """POST /v1/batches/list while it exists; else the 0.81 spec's buckets, then each one's batches.
@@ -737,10 +755,9 @@ class Poller:
         await self._client.walk_bucket_batches(self._header(namespace), observation.add)
 
     def _batch_failed(self, namespace: str, reason: str, error: str) -> None:
-        before = self._batch_health.get(namespace) or _new_health()
-        if before.failing != reason:
-            self._log.warning("batch poll failed", namespace=namespace, reason=reason, error=error)
-        self._publish(batch_health={**self._batch_health, namespace: _failed(before, reason)})
+        change = batches_failed(self._batch_health.get(namespace), reason)
+        self._say(change, namespace, reason=reason, error=error)
+        self._publish(batch_health={**self._batch_health, namespace: change.health})
 
     def _save(self) -> None:
         """Queue a save of the states; with a state file they are published once it holds them."""
@@ -765,18 +782,17 @@ class Poller:
     def _failed(self, labels: Iterable[str], reason: str, error: str) -> None:
         health = dict(self._health)
         for namespace in labels:
-            before = health.get(namespace) or _new_health()
-            health[namespace] = _failed(before, reason)
-            if reason != "unauthorized":
-                self._log.warning("poll failed", namespace=namespace, reason=reason, error=error)
-            elif before.failing != "unauthorized":
-                # Once per change, not every poll: the key stays rejected until someone rotates it.
-                self._log.error(
-                    "poll failed: API key rejected", namespace=namespace, reason=reason, error=error
-                )
-            else:
-                self._log.debug("poll failed: API key still rejected", namespace=namespace)
+            change = poll_failed(health.get(namespace), reason)
+            health[namespace] = change.health
+            self._say(change, namespace, reason=reason, error=error)
         self._publish(health=health)
+
+    def _say(self, change: Change, namespace: str, **fields: object) -> None:
+        """Write the log line a change of health is worth, if any (exporter/health.py decides)."""
+        if change.notice is not None:
+            if change.after is not None:
+                fields["after"] = change.after
+            self._log.log(change.notice.level, change.notice.event, namespace=namespace, **fields)
 
     def _rescope(self, *, organization: bool) -> None:
         """Switch between namespace and organisation scope. What was listed in the other scope is dropped:
@@ -879,23 +895,3 @@ class Poller:
 def _listing_pages(states: Mapping[str, NamespaceState], page_size: int) -> int:
     """About what a full listing of these states costs in requests."""
     return sum(len(state.tasks) for state in states.values()) // page_size + 1
-
-
-def _new_health() -> NamespaceHealth:
-    return NamespaceHealth(up=False, last_success=None, poll_durations=Histogram.empty(POLL_DURATION_BUCKETS))
-
-
-def _succeeded(before: NamespaceHealth, now: float, duration: float) -> NamespaceHealth:
-    return replace(
-        before,
-        up=True,
-        last_success=now,
-        poll_durations=before.poll_durations.observe(duration),
-        failing=None,
-    )
-
-
-def _failed(before: NamespaceHealth, reason: str) -> NamespaceHealth:
-    errors = dict(before.errors)
-    errors[reason] = errors.get(reason, 0) + 1
-    return replace(before, up=False, errors=errors, failing=reason)

@@ -30,7 +30,7 @@ Key = tuple[str, str]
 """(status, group)"""
 _KEY_OF = attrgetter("key")
 Tally = tuple[tuple[str, ...], int]
-"""A count an item adds when its transition is counted, e.g. (("failed",), 12) objects of a batch."""
+"""A count an item adds when its transition is counted; exporter/tallies.py names the kinds."""
 
 
 class Item(Protocol):
@@ -83,7 +83,7 @@ class Tracked(msgspec.Struct, frozen=True, eq=False, gc=False):
         return self.created_at if self.created_at is not None else self.first_seen
 
 
-Row = tuple[str, Key, float, float | None, bool]
+TrackedRow = tuple[str, Key, float, float | None, bool]
 """(item_id, key, first_seen, created_at, finished): one tracked item in full, as the state file keeps it."""
 
 
@@ -117,10 +117,7 @@ class NamespaceState:
     active: frozenset[str] = frozenset()
     """Ids of tracked items not in a terminal status: what an incremental poll must follow up."""
 
-    def completion(self, key: Key) -> Histogram:
-        return self.completions.get(key) or Histogram.empty(self.buckets)
-
-    def rows(self) -> Iterator[Row]:
+    def rows(self) -> Iterator[TrackedRow]:
         """Every tracked item in full. A finished one's first sight is not kept, nor needed (it is never
         counted again): the last poll stands in for it."""
         keys, polled_at = self.keys, self.polled_at or 0.0
@@ -421,7 +418,7 @@ def restore(
     *,
     buckets: tuple[float, ...],
     polled_at: float,
-    tasks: Iterable[Row],
+    tasks: Iterable[TrackedRow],
     gone: Mapping[str, float],
     groups: tuple[str, ...],
     statuses: tuple[str, ...],

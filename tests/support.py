@@ -27,7 +27,29 @@ from pydantic import SecretStr
 from exporter.api import MixpeekClient
 from exporter.config import DEFAULT_BUCKETS, Scope
 from exporter.exposition import Exposition
-from exporter.metrics import Fold, SnapshotCollector, keep_all
+from exporter.histogram import Histogram
+from exporter.metrics import (
+    BATCH_COMPLETION_SECONDS,
+    BATCH_FAILURES,
+    BATCH_OBJECTS,
+    BATCH_OLDEST_ACTIVE_AGE,
+    BATCH_TERMINAL_TRANSITIONS,
+    BATCHES,
+    COMPLETION_SECONDS,
+    LAST_SUCCESS,
+    OLDEST_ACTIVE_AGE,
+    OUTCOMES,
+    POLL_DURATION,
+    POLL_DURATION_BUCKETS,
+    TASKS,
+    TERMINAL_TRANSITIONS,
+    TRACKED_TASKS,
+    UNTRACKED_TASKS,
+    UP,
+    Fold,
+    SnapshotCollector,
+    keep_all,
+)
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.simulator import (
@@ -39,7 +61,9 @@ from exporter.simulator import (
     SimulatorServer,
     World,
 )
+from exporter.state import Key, NamespaceState
 from exporter.statefile import StateFile, identity
+from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -474,3 +498,60 @@ def start_prometheus(
         f"{url}/-/ready",
     )
     return server, url
+
+
+def completion(state: NamespaceState, key: Key) -> Histogram:
+    """A state's completion histogram for (status, group), empty when it has none."""
+    return state.completions.get(key) or Histogram.empty(state.buckets)
+
+
+def series_count(
+    namespaces: int,
+    task_types: int,
+    *,
+    buckets: int = 14,
+    statuses: int = len(ZERO_FILLED_STATUSES),
+    active: int | None = None,
+    histogram_task_type: bool = True,
+    batch_buckets: int = 0,
+    active_batches: int | None = None,
+    max_task_types: int = 0,
+) -> dict[str, int]:
+    """Series (sample lines) of each family that grows with the setup, as docs/metrics.md's formula says.
+
+    Per namespace: `task_types` task types seen (after allow/deny; `max_task_types`, when not 0, shows
+    at most that many and `_other`), `statuses` statuses (the 8 zero-filled
+    ones plus any other seen), `buckets` histogram bounds (each histogram is bounds + 1 bucket lines with
+    +Inf, plus _sum and _count), `batch_buckets` bucket_id values shown (0 without batches). `active`
+    and `active_batches` count the non-terminal (status, group) pairs that have items now, summed over
+    namespaces; None takes every one (the upper bound). Families that depend on history (poll errors by
+    reason, API requests by code, state writes) and the fixed ones (build info, series dropped) are not
+    counted.
+    """
+    if max_task_types and task_types > max_task_types:
+        task_types = max_task_types + 1
+    histogram = buckets + 3
+    terminal = len(TERMINAL_STATUSES)
+    active_statuses = statuses - terminal
+    types = task_types if histogram_task_type else min(task_types, 1)
+    counts = {
+        TASKS: statuses * task_types,
+        f"{TERMINAL_TRANSITIONS}_total": terminal * task_types,
+        COMPLETION_SECONDS: terminal * types * histogram,
+        BATCHES: statuses * batch_buckets,
+        f"{BATCH_TERMINAL_TRANSITIONS}_total": terminal * batch_buckets,
+        BATCH_COMPLETION_SECONDS: terminal * histogram if batch_buckets else 0,
+        f"{BATCH_OBJECTS}_total": len(OUTCOMES) * batch_buckets,
+        f"{BATCH_FAILURES}_total": len(FAILURE_CATEGORIES) * batch_buckets,
+        UP: 1,
+        LAST_SUCCESS: 1,
+        POLL_DURATION: len(POLL_DURATION_BUCKETS) + 3,
+        TRACKED_TASKS: 1,
+        UNTRACKED_TASKS: 1,
+    }
+    totals = {name: count * namespaces for name, count in counts.items()}
+    totals[OLDEST_ACTIVE_AGE] = namespaces * active_statuses * task_types if active is None else active
+    totals[BATCH_OLDEST_ACTIVE_AGE] = (
+        namespaces * active_statuses * batch_buckets if active_batches is None else active_batches
+    )
+    return totals

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Exporter, Series, parse_exposition, select
+from support import Exporter, Series, parse_exposition, select, series_count
 
 from exporter.cli import build_exposition
 from exporter.config import load_settings
-from exporter.metrics import series_count
 from exporter.simulator import FakeClock, SimulatorServer, World
 from exporter.views import OTHER, task_type_filter
 from exporter.vocabulary import TERMINAL_STATUSES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support import completion
+
 from exporter.api import Task
 from exporter.state import NamespaceState, Observation, label_value, observe
 from exporter.vocabulary import ZERO_FILLED_STATUSES
@@ -40,7 +42,7 @@ def test_transition_counted_once_across_polls() -> None:
     state = observe(state, [task("a", "FAILED")], now=160.0)
     state = observe(state, [task("a", "FAILED")], now=190.0)
     assert state.transitions == {("FAILED", "thumbnail"): 1}
-    histogram = state.completion(("FAILED", "thumbnail"))
+    histogram = completion(state, ("FAILED", "thumbnail"))
     # No payload timestamps: from first sight (100) to the poll that saw it terminal (160).
     assert histogram.count == 1
     assert histogram.total == 60.0
@@ -50,13 +52,13 @@ def test_task_born_and_finished_between_polls_counts_with_upper_bound() -> None:
     state = observe(fresh(), [], now=100.0)
     state = observe(state, [task("new", "COMPLETED")], now=130.0)
     assert state.transitions == {("COMPLETED", "thumbnail"): 1}
-    assert state.completion(("COMPLETED", "thumbnail")).total == 30.0
+    assert completion(state, ("COMPLETED", "thumbnail")).total == 30.0
 
 
 def test_payload_timestamps_win_over_observation() -> None:
     state = observe(fresh(), [task("a", "PENDING", created=50.0)], now=100.0)
     state = observe(state, [task("a", "COMPLETED", created=50.0, finished=70.0)], now=130.0)
-    histogram = state.completion(("COMPLETED", "thumbnail"))
+    histogram = completion(state, ("COMPLETED", "thumbnail"))
     assert histogram.total == 20.0
     rows = histogram.cumulative()
     assert [(le, count) for le, count, _ in rows] == [("10.0", 0), ("60.0", 1), ("3600.0", 1), ("+Inf", 1)]
