@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -376,6 +377,14 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+def serve_in_background(server: socketserver.BaseServer) -> threading.Thread:
+    """Start `server.serve_forever` in a daemon thread, checking for `shutdown()` every 50 ms: socketserver's
+    default of 0.5 s would make each stop cost half a second."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return thread
 
 
 def free_port() -> int:

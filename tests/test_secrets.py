@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 import structlog
 from conftest import API_KEY
-from support import Exporter, FlakyTransport
+from support import Exporter, FlakyTransport, serve_in_background
 
 from exporter.apikey import ApiKeySource
 from exporter.cli import build_parser, main
@@ -121,10 +120,9 @@ class EchoingApi:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> EchoingApi:
-        self._thread.start()
+        serve_in_background(self._server)
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +30,7 @@ from support import (
     free_port,
     prometheus_query,
     require_binary,
+    serve_in_background,
     start_prometheus,
     wait_until,
 )
@@ -66,8 +66,7 @@ class Webhook:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        serve_in_background(self._server)
 
     def alerts(self, status: str) -> list[dict[str, Any]]:
         """Alerts of ALERT delivered with this status (firing or resolved)."""
