@@ -31,15 +31,8 @@ from exporter.exposition import Exposition
 from exporter.metrics import Fold, SnapshotCollector, keep_all
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import (
-    DEFAULT_API_KEY,
-    DOCUMENTED,
-    ApiProfile,
-    FakeClock,
-    NamespaceIds,
-    SimulatorServer,
-    World,
-)
+from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.statefile import StateFile, identity
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -95,10 +88,10 @@ def simulator(
     *,
     api_key: str = DEFAULT_API_KEY,
     cursor_pagination: bool = True,
-) -> SimulatorServer:
+) -> SimulatorTestServer:
     """A simulated API over `world` answering as `profile` (a name in PROFILES, a compact text, or a profile);
     not started: use it as a context manager."""
-    return SimulatorServer(
+    return SimulatorTestServer(
         world, api_key=api_key, cursor_pagination=cursor_pagination, profile=profile_named(profile)
     )
 

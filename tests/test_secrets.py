@@ -17,7 +17,8 @@ from exporter.apikey import ApiKeySource
 from exporter.cli import build_parser, main
 from exporter.config import load_settings
 from exporter.logs import REDACTED, configure_logging
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 MakeExporter = Callable[..., Exporter]
 
@@ -32,7 +33,7 @@ def test_the_redactor_scrubs_every_key_ever_held(capsys: pytest.CaptureFixture[s
 async def test_key_absent_from_logs_metrics_and_errors_through_failures(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     logs: list[dict[str, Any]],
 ) -> None:
@@ -52,7 +53,7 @@ async def test_key_absent_from_logs_metrics_and_errors_through_failures(
 
 
 def test_key_absent_from_repr_help_and_check_output(
-    api: SimulatorServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    api: SimulatorTestServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     settings = load_settings(api_key=API_KEY)
     assert API_KEY not in repr(settings) and API_KEY not in str(settings.model_dump())
@@ -66,7 +67,7 @@ def test_key_absent_from_repr_help_and_check_output(
 
 async def test_a_rotated_key_file_is_picked_up_without_restart(
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],
@@ -191,7 +192,7 @@ def test_the_redactor_reaches_nested_values_and_tracebacks(capsys: pytest.Captur
 async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     bad: str,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],

@@ -34,7 +34,8 @@ from support import (
     wait_until,
 )
 
-from exporter.simulator import SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import SimulatorTestServer
 
 pytest.importorskip("grafana_foundation_sdk")
 
@@ -178,7 +179,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir: Path = tmp_path_factory.mktemp("prometheus")
     world = World(clock=time.time, seed=5)  # real time; nothing changes unless this fixture says so
     shop, changes = stage_shop(world)
-    api = SimulatorServer(world, api_key=API_KEY)
+    api = SimulatorTestServer(world, api_key=API_KEY)
     api.start()
     env = {"MIXPEEK_API_KEY": API_KEY, "MIXPEEK_API_URL": api.url, "MIXPEEK_NAMESPACES": SHOP}
     exporters: list[ExporterProcess] = []

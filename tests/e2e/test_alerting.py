@@ -35,7 +35,8 @@ from support import (
     wait_until,
 )
 
-from exporter.simulator import SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import SimulatorTestServer
 
 pytest.importorskip("helm_python")
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -141,7 +142,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     rules.write_text(deploy_module("deploy/prometheus/build.py").render_rules({"failedSpike": SHORT_SPIKE}))
     started: list[Any] = []
     try:
-        api = SimulatorServer(world, api_key=API_KEY)
+        api = SimulatorTestServer(world, api_key=API_KEY)
         api.start()
         started.append(api)
         webhook = Webhook()
