@@ -262,12 +262,6 @@ def test_timestamps_render_naively_and_parse_back_exactly() -> None:
 # HTTP: authentication, routing, errors
 
 
-def test_health_needs_no_key(server: SimulatorTestServer) -> None:
-    with connect(server.url) as http:
-        response = http.get("/v1/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
-
-
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer sk_wrong"}, {"Authorization": "sk_test_x"}]
 )

@@ -134,9 +134,9 @@ def test_from_the_nth_on_only_n_times_first_rule_wins_and_clear(
     assert post(client).status_code == 200
     any_path = server.inject(HttpError(503), path=None, requests=Requests.every())
     assert client.post("/v1/namespaces/list", json={}).status_code == 503
-    assert client.get("/v1/health").status_code == 503
+    assert client.get("/v1/tasks/tsk_none").status_code == 503
     server.faults.remove(any_path)
-    assert client.get("/v1/health").status_code == 200
+    assert client.get("/v1/tasks/tsk_none").status_code == 404
     with pytest.raises(ValueError, match="start at 1"):
         Requests.nth(0)
     assert 7 in Requests.starting(3) and 2 not in Requests.starting(3) and 4 in Requests.every()

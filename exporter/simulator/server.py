@@ -130,6 +130,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve()
 
+    # No route takes PUT, PATCH or DELETE: they are read so that a wrong method gets the API's 405 (with
+    # Allow), not http.server's 501.
     def do_PUT(self) -> None:
         self._serve()
 
