@@ -1,4 +1,4 @@
-"""The fake Mixpeek API as a real HTTP server on a loopback port: the demo's API, and the tests' one's base.
+"""The fake Mixpeek API as a real HTTP server on a loopback port, for the demo mode and, extended, for tests.
 
 Stdlib `ThreadingHTTPServer` with daemon threads and keep-alive: a client exercises its real HTTP stack
 (connection reuse, headers, status codes) while the test thread drives the World. This server answers with
