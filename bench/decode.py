@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from exporter.api import Task, _TaskPage, parse_timestamp
 from exporter.config import DEFAULT_BUCKETS
-from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, World
+from exporter.simulator import ApiProfile, NamespaceIds, World
 from exporter.simulator.render import task_json
+from exporter.simulator.testing import FakeClock
 from exporter.state import NamespaceState, Observation
 
 try:

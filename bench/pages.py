@@ -23,7 +23,8 @@ from pydantic import SecretStr
 from exporter.api import TASKS_LIST, _TaskPage, _validated
 from exporter.cli import Target, _api_client, _http_client
 from exporter.config import load_settings
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import SimulatorServer, World
+from exporter.simulator.testing import FakeClock
 
 KEY = "sk_bench_pages"
 PAGE = {"limit": 1000}

@@ -56,8 +56,9 @@ from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.poller import Poller
 from exporter.server import MetricsServer
-from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, SimulatorServer, World
-from exporter.simulator.faults import HttpError, Requests
+from exporter.simulator import TERMINAL_STATUSES, ApiProfile, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
+from exporter.simulator.testing.faults import HttpError, Requests
 from exporter.simulator.world import TASK_TYPE_MIX
 
 KEY = "sk_bench_scale"
@@ -249,7 +250,7 @@ def serve_world(scenario: Scenario, api: str, options: Options, control: Connect
         churn.populate(name, scenario.tasks_per_namespace)
     gc.freeze()  # the world lives until the end: collections need not walk it again
     profile = ApiProfile.parse(api)
-    server = SimulatorServer(world, api_key=KEY, cursor_pagination=options.cursor, profile=profile)
+    server = SimulatorTestServer(world, api_key=KEY, cursor_pagination=options.cursor, profile=profile)
     server.start()
     ids = {ns.namespace_id: ns.namespace_name for ns in world.namespaces()}
     control.send((server.url, names, time.perf_counter() - started))

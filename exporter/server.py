@@ -39,6 +39,11 @@ INDEX = b"""<!doctype html>
 """
 
 
+# serve_forever checks for a stop request this often: stop() returns within 50 ms instead of socketserver's
+# default 0.5 s, and 20 idle wake-ups a second cost nothing measurable.
+SHUTDOWN_POLL_S = 0.05
+
+
 class Reply(NamedTuple):
     status: HTTPStatus
     headers: list[tuple[str, str]]
@@ -389,7 +394,12 @@ class MetricsServer:
             self._server.extra_headers = web.headers
         self.scheme = "https" if web is not None and web.tls else "http"
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="metrics-http",
+            daemon=True,
+        )
 
     def start(self) -> None:
         self._thread.start()

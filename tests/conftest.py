@@ -7,7 +7,8 @@ import pytest
 import structlog
 from support import Exporter, build_exporter
 
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 API_KEY = "sk_test_f1xture_k3y_never_logged"
 
@@ -26,8 +27,8 @@ def world(clock: FakeClock) -> World:
 
 
 @pytest.fixture
-def api(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, api_key=API_KEY) as server:
+def api(world: World) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, api_key=API_KEY) as server:
         yield server
 
 
@@ -36,7 +37,7 @@ async def make_exporter(clock: FakeClock) -> AsyncIterator[Callable[..., Exporte
     """Build exporters against a server (the `api` fixture by default); closes their clients after."""
     built: list[Exporter] = []
 
-    def make(server: SimulatorServer, key: Any = API_KEY, **options: Any) -> Exporter:
+    def make(server: SimulatorTestServer, key: Any = API_KEY, **options: Any) -> Exporter:
         exporter = build_exporter(server.url, key, clock, **options)
         built.append(exporter)
         return exporter

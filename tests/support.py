@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -52,15 +53,8 @@ from exporter.metrics import (
 )
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import (
-    DEFAULT_API_KEY,
-    DOCUMENTED,
-    ApiProfile,
-    FakeClock,
-    NamespaceIds,
-    SimulatorServer,
-    World,
-)
+from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.state import Key, NamespaceState
 from exporter.statefile import StateFile, identity
 from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
@@ -118,10 +112,10 @@ def simulator(
     *,
     api_key: str = DEFAULT_API_KEY,
     cursor_pagination: bool = True,
-) -> SimulatorServer:
+) -> SimulatorTestServer:
     """A simulated API over `world` answering as `profile` (a name in PROFILES, a compact text, or a profile);
     not started: use it as a context manager."""
-    return SimulatorServer(
+    return SimulatorTestServer(
         world, api_key=api_key, cursor_pagination=cursor_pagination, profile=profile_named(profile)
     )
 
@@ -400,6 +394,14 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+def serve_in_background(server: socketserver.BaseServer) -> threading.Thread:
+    """Start `server.serve_forever` in a daemon thread, checking for `shutdown()` every 50 ms: socketserver's
+    default of 0.5 s would make each stop cost half a second."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return thread
 
 
 def free_port() -> int:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from support import Exporter, select
 
 from exporter.metrics import drop_group
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.views import OTHER, capped
 
 MakeExporter = Callable[..., Exporter]
@@ -35,7 +36,7 @@ async def test_batch_counters_match_ground_truth_over_a_lively_history(
     ns_id = world.add_namespace("prod")
     for _ in range(6):
         world.create_batch("prod", status="PENDING")
-    with SimulatorServer(world) as api:
+    with SimulatorTestServer(world) as api:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True, page_size=5)
         await exporter.poll()
         base = (world.batch_transitions, world.batch_objects, world.batch_failures)
@@ -65,7 +66,7 @@ async def test_paging_past_ten_thousand_batches(clock: FakeClock, make_exporter:
     world.add_namespace("prod")
     for _ in range(10_500):
         world.create_batch("prod", status="COMPLETED", objects=1)
-    with SimulatorServer(world) as api:
+    with SimulatorTestServer(world) as api:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True)
         await exporter.poll()
     assert (
@@ -88,7 +89,7 @@ async def test_offset_only_api_past_ten_thousand_batches_fails_rather_than_under
     world.add_namespace("prod")
     for _ in range(11_500):
         world.create_batch("prod", status="COMPLETED", objects=1)
-    with SimulatorServer(world, cursor_pagination=False) as api:
+    with SimulatorTestServer(world, cursor_pagination=False) as api:
         exporter = make_exporter(api, key=api.api_key, namespaces=("prod",), batches=True)
         await exporter.poll()
     assert (
@@ -111,7 +112,7 @@ async def test_bucket_label_can_be_dropped_or_capped(clock: FakeClock, make_expo
     for bucket in buckets:
         running.append(world.create_batch("prod", bucket_id=bucket, status="PROCESSING"))
         clock.advance(1)
-    with SimulatorServer(world) as api:
+    with SimulatorTestServer(world) as api:
         aggregated = make_exporter(
             api, key=api.api_key, namespaces=("prod",), batches=True, bucket_fold=drop_group
         )

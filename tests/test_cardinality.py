@@ -14,7 +14,8 @@ from support import Exporter, Series, parse_exposition, select, series_count
 
 from exporter.cli import build_exposition
 from exporter.config import load_settings
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.views import OTHER, task_type_filter
 from exporter.vocabulary import TERMINAL_STATUSES
 
@@ -42,7 +43,7 @@ def totals(series: Series, name: str, *keep: str) -> dict[tuple[str, ...], float
 
 
 async def test_task_types_not_allowed_or_denied_are_exported_as_other(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     ids = {
         kind: [world.create_task("prod", kind, "PROCESSING") for _ in range(n)] for kind, n in KINDS.items()
@@ -97,7 +98,7 @@ async def test_histogram_without_task_type_is_the_sum_of_the_per_type_histograms
     world = World(clock=clock, seed=5, spawn_rate_per_s=0.3, failure_ratio=0.3)
     world.add_namespace("prod")
     world.add_namespace("staging")
-    with SimulatorServer(world) as api:
+    with SimulatorTestServer(world) as api:
         per_type = make_exporter(api, key=api.api_key, namespaces=("prod", "staging"))
         merged = make_exporter(
             api, key=api.api_key, namespaces=("prod", "staging"), histogram_task_type=False
@@ -130,7 +131,7 @@ def lines_of(text: str, name: str) -> list[str]:
 async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_per_snapshot(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     logs: list[dict[str, Any]],
 ) -> None:
@@ -171,7 +172,7 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
 
 
 async def test_the_cap_counts_each_sample_of_a_histogram_and_keeps_a_label_set_whole(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     for kind in ("thumbnail", "engine_cluster_build", "api_taxonomies_execute"):
         world.create_task("prod", kind, "PROCESSING")
@@ -233,7 +234,7 @@ async def test_the_series_formula_counts_a_real_scrape(
         assert simulated is not None
         for b, bucket in enumerate(simulated.bucket_ids):
             world.create_batch(namespace, bucket, status=("PENDING", "PROCESSING", "COMPLETED")[b])
-    with SimulatorServer(world) as api:
+    with SimulatorTestServer(world) as api:
         exporter = make_exporter(
             api, key=api.api_key, namespaces=namespaces, batches=True, histogram_task_type=histogram_task_type
         )
@@ -270,7 +271,7 @@ def shown_types(series: Series, namespace: str) -> set[str]:
 
 
 async def test_thousands_of_task_types_stay_bounded_by_default_and_every_count_is_kept(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     types = 2_500
     now = clock()
@@ -327,7 +328,7 @@ def nonzero(values: Mapping[tuple[str, ...], float]) -> dict[tuple[str, ...], fl
 
 
 async def test_the_task_type_cap_counts_only_the_types_allow_and_deny_show(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     for kind, n in KINDS.items():
         for _ in range(n):

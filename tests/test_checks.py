@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter.checks import Check, CheckFailed, Evidence
-from exporter.simulator import FakeClock
+from exporter.simulator.testing import FakeClock
 
 
 def test_a_failed_check_stays_distrusted_until_an_expired_failure_is_forgotten(clock: FakeClock) -> None:

@@ -12,7 +12,7 @@ from conftest import API_KEY
 from exporter.apikey import ApiKeySource
 from exporter.cli import build_parser, main
 from exporter.config import Settings, env_name, load_settings
-from exporter.simulator import SimulatorServer
+from exporter.simulator.testing import SimulatorTestServer
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def check(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, lis
 
 
 def test_check_config_one_line_per_namespace(
-    api: SimulatorServer, capsys: pytest.CaptureFixture[str]
+    api: SimulatorTestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, lines = check(["--api-url", api.url, "--api-key", API_KEY, "--namespaces", "prod,ghost"], capsys)
     assert code == 1
@@ -92,7 +92,7 @@ def test_check_config_one_line_per_namespace(
 
 
 def test_check_config_discovers_and_reports_a_rejected_key(
-    api: SimulatorServer, capsys: pytest.CaptureFixture[str]
+    api: SimulatorTestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, lines = check(["--api-url", api.url, "--api-key", API_KEY], capsys)
     assert (code, lines) == (0, ["namespace discovery: ok, 2 namespaces", "prod: ok", "staging: ok"])

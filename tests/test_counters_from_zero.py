@@ -11,8 +11,9 @@ from support import Exporter, select
 from exporter.api import ENDPOINTS, TASKS_LIST, ApiError, ApiHTTPError
 from exporter.metrics import POLL_ERROR_REASONS, ZERO_FILLED_CODES
 from exporter.poller import INTERNAL
-from exporter.simulator import SimulatorServer, World
-from exporter.simulator.faults import RateLimited, Requests
+from exporter.simulator import World
+from exporter.simulator.testing import SimulatorTestServer
+from exporter.simulator.testing.faults import RateLimited, Requests
 
 MakeExporter = Callable[..., Exporter]
 POLL_ERRORS = "mixpeek_exporter_poll_errors_total"
@@ -35,7 +36,7 @@ def _subclasses(cls: type[ApiError]) -> set[type[ApiError]]:
 
 
 async def test_the_first_429_is_an_increase_from_zero(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     world.create_task("prod", "thumbnail")
     exporter = make_exporter(api, namespaces=("prod", "staging"), batches=True)

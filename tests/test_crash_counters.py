@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from support import Exporter
 
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.statefile import StateFile
 
 MakeExporter = Callable[..., Exporter]
@@ -24,7 +25,7 @@ async def test_counters_are_served_only_once_the_state_file_holds_them(
     monkeypatch: pytest.MonkeyPatch,
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
 ) -> None:
@@ -63,7 +64,7 @@ async def test_a_state_file_that_cannot_be_written_is_removed_so_a_restart_is_a_
     monkeypatch: pytest.MonkeyPatch,
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],

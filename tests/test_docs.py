@@ -18,7 +18,8 @@ from exporter.api import BATCHES_LIST
 from exporter.cli import _shown_default
 from exporter.config import Settings, env_name
 from exporter.metrics import METRICS
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.webconfig import HTTPServerConfig, WebConfig
 from exporter.webreload import LiveWebConfig
 
@@ -99,7 +100,7 @@ def test_the_readme_starts_with_the_two_commands_ci_runs() -> None:
 async def test_exposition_has_exactly_the_documented_families(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: Callable[..., Exporter],
     tmp_path: Path,
 ) -> None:

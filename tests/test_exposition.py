@@ -23,7 +23,8 @@ from support import Exporter
 from exporter.exposition import MAX_FORMATS, Exposition
 from exporter.metrics import Family, Layout, Part, Row, Snapshot, SnapshotCollector, keep_all
 from exporter.server import MetricsServer
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 MakeExporter = Callable[..., Exporter]
 FORMATS = {"text": (None, generate_latest), "openmetrics": (OPENMETRICS, generate_openmetrics)}
@@ -57,7 +58,7 @@ class CountingCollector(SnapshotCollector):
 
 @pytest.fixture
 async def lively(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> Exporter:
     """Two namespaces with tasks in several statuses and types, finished ones with exemplars, batches."""
     exporter = make_exporter(api, namespaces=("prod", "staging"), batches=True)

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from support import Exporter, Series, build_exporter, select
 
-from exporter.simulator import FakeClock, SimulatorServer, World
-from exporter.simulator.faults import (
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
+from exporter.simulator.testing.faults import (
     CursorBackToStart,
     DuplicateItems,
     Fault,
@@ -185,8 +186,8 @@ class Truth:
 
 
 @contextmanager
-def simulated_api(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, api_key=KEY) as server, structlog.testing.capture_logs():
+def simulated_api(world: World) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, api_key=KEY) as server, structlog.testing.capture_logs():
         yield server  # logs captured (and dropped): 60 examples of poll lines are noise, and cost time
 
 
@@ -271,7 +272,7 @@ async def poll_and_check(
     poll: Poll,
     step: int,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     exporter: Exporter,
     observers: dict[str, Observer],
     previous: Series,

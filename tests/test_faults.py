@@ -21,8 +21,9 @@ from conftest import API_KEY
 from support import Exporter, Series, select
 
 from exporter.api import MAX_BARREN_PAGES, TASKS_LIST
-from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
-from exporter.simulator.faults import (
+from exporter.simulator import ApiProfile, NamespaceIds, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
+from exporter.simulator.testing.faults import (
     UNSEEN_STATUSES,
     UNSEEN_TASK_TYPES,
     CursorBackToStart,
@@ -152,7 +153,7 @@ class Run:
 
 
 def start(
-    make_exporter: MakeExporter, server: SimulatorServer, world: World, *namespaces: str, **options: Any
+    make_exporter: MakeExporter, server: SimulatorTestServer, world: World, *namespaces: str, **options: Any
 ) -> Run:
     """An exporter for `namespaces`; its transport skips loading CA certificates (plain HTTP on loopback)."""
     transport = httpx.AsyncHTTPTransport(verify=False)
@@ -174,7 +175,7 @@ def seeded(world: World, clock: FakeClock) -> dict[str, list[str]]:
 
 @pytest.fixture
 async def run(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, seeded: dict[str, list[str]]
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, seeded: dict[str, list[str]]
 ) -> Run:
     """An exporter for prod and staging, page size 2, after its baseline poll (prod: 3 pages, staging 1)."""
     started = start(make_exporter, api, world, "prod", "staging", page_size=2)
@@ -209,7 +210,7 @@ async def assert_consistent(run: Run, *namespaces: str) -> None:
     ids=lambda v: type(v).__name__ if not isinstance(v, str) else v,
 )
 async def test_three_failed_attempts_then_success_leave_the_poll_successful(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]], fault: Fault, code: str
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]], fault: Fault, code: str
 ) -> None:
     world.set_status(seeded["prod"][2], "FAILED")  # on page 2 of the newest-first listing
     api.inject(fault, namespace="prod", requests=Requests.nth(2, 3, 4))  # page 2, attempts 1 to 3
@@ -222,7 +223,7 @@ async def test_three_failed_attempts_then_success_leave_the_poll_successful(
 
 
 async def test_a_timeout_then_success_leaves_the_poll_successful(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     run.exporter.http.timeout = httpx.Timeout(CLIENT_TIMEOUT)
     world.set_status(seeded["prod"][0], "CANCELED")
@@ -250,7 +251,7 @@ async def test_a_timeout_then_success_leaves_the_poll_successful(
 )
 async def test_exhausted_retries_fail_the_poll_and_change_no_task_state(
     run: Run,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     world: World,
     clock: FakeClock,
     seeded: dict[str, list[str]],
@@ -285,7 +286,7 @@ async def test_exhausted_retries_fail_the_poll_and_change_no_task_state(
 
 
 async def test_timeouts_exhaust_the_retries(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     """Four real client timeouts (4 x 0.15 s): the poll fails with reason timeout, then recovers."""
     run.exporter.http.timeout = httpx.Timeout(CLIENT_TIMEOUT)
@@ -301,7 +302,9 @@ async def test_timeouts_exhaust_the_retries(
     assert run.counted("prod") == {("FAILED", "thumbnail"): 1}
 
 
-async def test_backoff_without_advice_grows_exponentially_with_jitter(run: Run, api: SimulatorServer) -> None:
+async def test_backoff_without_advice_grows_exponentially_with_jitter(
+    run: Run, api: SimulatorTestServer
+) -> None:
     api.inject(HttpError(500), namespace="prod")
     await run.poll()
     low_high = [(1, 2), (2, 3), (4, 5)]  # initial 1 s doubling, plus up to 1 s of jitter
@@ -328,7 +331,7 @@ async def test_backoff_without_advice_grows_exponentially_with_jitter(run: Run, 
 )
 async def test_a_429_storm_waits_as_advised_exhausts_the_retries_and_recovers(
     run: Run,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     world: World,
     clock: FakeClock,
     seeded: dict[str, list[str]],
@@ -368,7 +371,7 @@ async def test_a_429_storm_waits_as_advised_exhausts_the_retries_and_recovers(
     ids=["429-not-retryable", "503-not-retryable", "400", "401", "403", "404", "422"],
 )
 async def test_errors_that_must_not_be_retried_fail_the_poll_at_once(
-    run: Run, api: SimulatorServer, fault: Fault, code: str, reason: str
+    run: Run, api: SimulatorTestServer, fault: Fault, code: str, reason: str
 ) -> None:
     gauges = run.gauges("prod")
     api.inject(fault, namespace="prod", requests=Requests.nth(2))  # page 2
@@ -397,7 +400,7 @@ async def test_errors_that_must_not_be_retried_fail_the_poll_at_once(
 )
 async def test_an_invalid_page_abandons_the_poll_part_way(
     run: Run,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     world: World,
     clock: FakeClock,
     seeded: dict[str, list[str]],
@@ -421,7 +424,7 @@ async def test_an_invalid_page_abandons_the_poll_part_way(
 
 
 async def test_an_undecodable_body_fails_the_poll_instead_of_crashing_it(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     """Regression: httpx.DecodingError is neither a timeout nor a transport error, and used to escape
     poll_once (in `run()` it would have ended that namespace's polling loop for good)."""
@@ -439,7 +442,7 @@ async def test_an_undecodable_body_fails_the_poll_instead_of_crashing_it(
 
 
 async def test_empty_pages_with_ever_new_cursors_end_the_poll(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     """Regression: an empty page passed both loop checks (its cursor was new, and it repeated no task), so
     a server answering empty pages with ever-new cursors was followed forever."""
@@ -458,7 +461,7 @@ async def test_empty_pages_with_ever_new_cursors_end_the_poll(
 
 
 async def test_items_duplicated_across_pages_count_once(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, clock: FakeClock
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, clock: FakeClock
 ) -> None:
     ids = []
     for _ in range(9):
@@ -483,7 +486,7 @@ async def test_items_duplicated_across_pages_count_once(
 
 
 async def test_a_page_with_missing_items_neither_double_counts_nor_goes_negative(
-    run: Run, api: SimulatorServer, world: World, clock: FakeClock, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, clock: FakeClock, seeded: dict[str, list[str]]
 ) -> None:
     """The server leaves tasks out of one listing. The exporter cannot tell a lie from an expiry: for that
     poll the missing tasks look vanished (gauges lack them, a non-terminal one is forgotten). What it can
@@ -518,7 +521,7 @@ async def test_a_page_with_missing_items_neither_double_counts_nor_goes_negative
 
 
 async def test_status_regressions_never_uncount_nor_double_count(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     task = seeded["prod"][3]
     world.set_status(task, "FAILED")
@@ -553,7 +556,7 @@ async def test_a_finished_task_that_vanishes_is_never_counted_again(
 
 
 async def test_unknown_statuses_and_task_types_are_exported_sanitised(
-    run: Run, api: SimulatorServer, world: World, clock: FakeClock
+    run: Run, api: SimulatorTestServer, world: World, clock: FakeClock
 ) -> None:
     drifted = [
         world.create_task("prod", task_type, status=status)
@@ -586,7 +589,7 @@ async def test_unknown_statuses_and_task_types_are_exported_sanitised(
 
 
 async def test_one_namespace_failing_does_not_stop_the_other(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     api.inject(RateLimited(retry_after=1), namespace="prod")
     for task_id in seeded["staging"]:
@@ -605,7 +608,7 @@ async def test_one_namespace_failing_does_not_stop_the_other(
 
 
 async def test_a_slow_namespace_does_not_delay_the_others_poll(
-    run: Run, api: SimulatorServer, world: World, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
     """poll_once gathers the namespaces: staging's poll completes while prod's first page is still held."""
     world.set_status(seeded["staging"][0], "FAILED")
@@ -629,7 +632,7 @@ async def test_a_slow_namespace_does_not_delay_the_others_poll(
 
 
 async def test_transitions_during_an_outage_are_counted_once_at_recovery(
-    run: Run, api: SimulatorServer, world: World, clock: FakeClock, seeded: dict[str, list[str]]
+    run: Run, api: SimulatorTestServer, world: World, clock: FakeClock, seeded: dict[str, list[str]]
 ) -> None:
     prod = seeded["prod"]
     world.set_status(prod[5], "FAILED")
@@ -688,7 +691,7 @@ async def test_transitions_during_an_outage_are_counted_once_at_recovery(
 
 
 async def test_an_outage_before_the_first_success_moves_the_baseline(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, clock: FakeClock
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, clock: FakeClock
 ) -> None:
     """No baseline until a poll succeeds: what finished during a start-up outage is history, not news."""
     running = world.create_task("prod", "thumbnail", status="PROCESSING")
@@ -711,7 +714,7 @@ async def test_organization_scope_recovers_from_an_outage_without_a_phantom_name
     'unknown', which later successes never updated: its mixpeek_up stayed 0 forever."""
     world.create_task("prod", "thumbnail")
     profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
-    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=profile) as org_api:
         exporter = make_exporter(org_api, organization=True, transport=httpx.AsyncHTTPTransport(verify=False))
         org_api.inject(HttpError(500))
         await exporter.poll()

@@ -15,8 +15,9 @@ from conftest import API_KEY
 from support import Exporter, Series
 
 from exporter.api import TASKS_LIST
-from exporter.simulator import ApiProfile, FakeClock, SimulatorServer, World
-from exporter.simulator.faults import HttpError, Requests
+from exporter.simulator import ApiProfile, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
+from exporter.simulator.testing.faults import HttpError, Requests
 from exporter.vocabulary import TERMINAL_STATUSES
 
 MakeExporter = Callable[..., Exporter]
@@ -36,7 +37,7 @@ def task_series(exporter: Exporter) -> Series:
     return {key: value for key, value in exporter.scrape().items() if key[0] in TASK_METRICS}
 
 
-def task_requests(api: SimulatorServer) -> int:
+def task_requests(api: SimulatorTestServer) -> int:
     return sum(1 for request in api.requests if request.path == TASKS_LIST)
 
 
@@ -57,7 +58,7 @@ async def test_incremental_polls_give_the_metrics_of_full_listings(
     world.advance(120)
     rng = random.Random(3)
     scope: dict[str, Any] = {"organization": True} if organization else {"namespaces": ("prod", "staging")}
-    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         full = make_exporter(api, page_size=50, **scope)
         incremental = make_exporter(api, page_size=50, reconcile_every=4, **scope)
         for step in range(14):
@@ -88,7 +89,7 @@ async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
     for _ in range(5000):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorTestServer(world, api_key=API_KEY) as api:
         exporter = make_exporter(api, namespaces=("prod",), page_size=100, reconcile_every=10)
         await exporter.poll()
         first = task_requests(api)
@@ -120,7 +121,7 @@ async def test_a_finished_task_that_expires_leaves_the_gauges_at_the_next_reconc
     status until the next full listing; counters are not affected."""
     ids = [world.create_task("prod", "thumbnail", "COMPLETED") for _ in range(3)]
     clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         exporter = make_exporter(api, namespaces=("prod",), reconcile_every=3)
         await exporter.poll()
         world.remove_task(ids[0])
@@ -144,7 +145,7 @@ async def test_concurrent_offset_pages_list_what_sequential_pages_list(
     for i in range(2_350):
         world.create_task("prod", "thumbnail", ("PENDING", "COMPLETED")[i % 2])
         clock.advance(0.5)
-    with SimulatorServer(world, api_key=API_KEY, cursor_pagination=False) as legacy:
+    with SimulatorTestServer(world, api_key=API_KEY, cursor_pagination=False) as legacy:
         one = make_exporter(legacy, namespaces=("prod",), page_size=100)
         await one.poll()
         sequential = task_requests(legacy)
@@ -167,7 +168,7 @@ async def test_an_incremental_poll_that_fails_part_way_changes_nothing_and_the_n
     for _ in range(30):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=ApiProfile(timestamps=True)) as api:
         exporter = make_exporter(api, namespaces=("prod",), reconcile_every=10)
         await exporter.poll()
         for task_id in running[:3]:
@@ -203,7 +204,7 @@ async def test_a_refused_filter_falls_back_in_the_same_poll_and_counts_once(
     for _ in range(30):
         world.create_task("prod", "thumbnail", "COMPLETED")
         clock.advance(1)
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorTestServer(world, api_key=API_KEY) as api:
         exporter = make_exporter(api, namespaces=("prod",), page_size=10, reconcile_every=10)
         await exporter.poll()
         for task_id in running[:3]:

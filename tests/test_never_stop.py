@@ -16,7 +16,8 @@ from support import Exporter
 from exporter import api as api_module
 from exporter import state as state_module
 from exporter.server import MetricsServer
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.statefile import StateFile
 
 MakeExporter = Callable[..., Exporter]
@@ -62,7 +63,7 @@ def seeded(world: World, clock: FakeClock) -> Iterator[None]:
 )
 async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll_goes_on(
     monkeypatch: pytest.MonkeyPatch,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
     logs: list[dict[str, Any]],
@@ -101,7 +102,7 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
 
 async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_counted(
     monkeypatch: pytest.MonkeyPatch,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
     logs: list[dict[str, Any]],
@@ -120,7 +121,7 @@ async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_cou
 
 
 async def test_a_failing_batch_listing_costs_only_the_batch_metrics(
-    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",), batches=True)
     Once(monkeypatch, exporter.client, "walk_batches", KeyError("surprise"))
@@ -139,7 +140,7 @@ async def test_a_failing_batch_listing_costs_only_the_batch_metrics(
 
 
 async def test_an_unexpected_error_in_discovery_keeps_the_poller_going(
-    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None
 ) -> None:
     exporter = make_exporter(api)  # discovers its namespaces
     Once(monkeypatch, exporter.client, "list_namespaces", RecursionError("nested error body"))
@@ -155,7 +156,7 @@ async def test_a_namespace_name_that_cannot_go_in_a_header_is_polled_by_its_id(
     world = World(clock=clock, seed=3)
     world.add_namespace("équipe-données")
     world.create_task("équipe-données", "thumbnail", "PROCESSING")
-    with SimulatorServer(world, api_key=API_KEY) as server:
+    with SimulatorTestServer(world, api_key=API_KEY) as server:
         exporter = make_exporter(server)
         await exporter.poll()
         headers = {r.headers.get("x-namespace") for r in server.requests if r.path == "/v1/tasks/list"}
@@ -171,7 +172,7 @@ class Fatal(BaseException):
 
 
 async def test_a_poll_loop_that_dies_all_the_same_fails_liveness(
-    monkeypatch: pytest.MonkeyPatch, api: SimulatorServer, make_exporter: MakeExporter, seeded: None
+    monkeypatch: pytest.MonkeyPatch, api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None
 ) -> None:
     """Nothing a poll does should end its loop; if something does all the same, alive() turns false so
     that /healthz fails and Kubernetes restarts the pod."""
@@ -199,7 +200,7 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
     monkeypatch: pytest.MonkeyPatch,
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
 ) -> None:
@@ -225,7 +226,7 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
 
 
 async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
-    api: SimulatorServer, make_exporter: MakeExporter, seeded: None, logs: list[dict[str, Any]]
+    api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None, logs: list[dict[str, Any]]
 ) -> None:
     """The server hears of a /metrics render that failed (it answers 500) and hands it to the poller's
     loop, as `exporter.cli` wires it."""
@@ -259,7 +260,7 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
 
 async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls_go_on(
     monkeypatch: pytest.MonkeyPatch,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
     tmp_path: Path,

@@ -11,7 +11,8 @@ from conftest import API_KEY
 from support import Exporter, FlakyTransport, select
 
 from exporter.api import TASKS_LIST
-from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
+from exporter.simulator import ApiProfile, NamespaceIds, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.vocabulary import TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 MakeExporter = Callable[..., Exporter]
@@ -35,7 +36,7 @@ def counted(exporter: Exporter, namespace: str) -> dict[tuple[str, str], int]:
 
 
 async def test_lists_fifty_thousand_tasks_completely(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     for i in range(50_000):
         world.create_task("prod", "thumbnail", status="PENDING" if i % 3 else "COMPLETED")
@@ -61,7 +62,7 @@ async def test_offset_only_api_is_paged_past_ten_thousand_by_created_at(
         world.create_task("prod", "thumbnail")
         clock.advance(0.01)
     timestamps = ApiProfile(timestamps=True)
-    with SimulatorServer(world, api_key=API_KEY, cursor_pagination=False, profile=timestamps) as legacy:
+    with SimulatorTestServer(world, api_key=API_KEY, cursor_pagination=False, profile=timestamps) as legacy:
         exporter = make_exporter(legacy, namespaces=("prod",))
         await exporter.poll()
         offsets = [int(r.query.get("offset", 0)) for r in legacy.requests if r.path == TASKS_LIST]
@@ -83,7 +84,7 @@ async def test_task_created_while_paging_is_not_counted_twice(
             clock.advance(1)
             inserted.append(world.create_task("prod", "thumbnail", status="COMPLETED"))
 
-    with SimulatorServer(world, api_key=API_KEY, cursor_pagination=cursor_pagination) as api:
+    with SimulatorTestServer(world, api_key=API_KEY, cursor_pagination=cursor_pagination) as api:
         exporter = make_exporter(
             api, namespaces=("prod",), event_hooks={"response": [insert_after_first_page]}
         )
@@ -100,7 +101,7 @@ async def test_task_created_while_paging_is_not_counted_twice(
 
 
 async def test_transitions_match_ground_truth_over_many_polls(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod", "staging"), page_size=50)
     for ns in ("prod", "staging"):
@@ -136,7 +137,7 @@ async def test_transitions_match_ground_truth_over_many_polls(
 
 
 async def test_every_task_lifecycle_status_is_exported_at_zero_for_a_seen_type(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     world.create_task("prod", "thumbnail", status="PENDING")
     exporter = make_exporter(api, namespaces=("prod",))
@@ -153,7 +154,7 @@ async def test_every_task_lifecycle_status_is_exported_at_zero_for_a_seen_type(
 
 
 async def test_restart_takes_a_new_baseline(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     ids = [world.create_task("prod", "thumbnail", status="PROCESSING") for _ in range(5)]
     first = make_exporter(api, namespaces=("prod",))
@@ -172,7 +173,7 @@ async def test_restart_takes_a_new_baseline(
 
 
 async def test_unknown_status_and_task_type_are_exported(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",))
     await exporter.poll()
@@ -188,7 +189,7 @@ async def test_unknown_status_and_task_type_are_exported(
 
 
 async def test_failing_namespace_does_not_break_the_others(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
 ) -> None:
     world.create_task("prod", "thumbnail")
     exporter = make_exporter(api, namespaces=("prod", "ghost"))
@@ -209,7 +210,7 @@ async def test_failing_namespace_does_not_break_the_others(
 
 
 async def test_failed_poll_keeps_the_previous_snapshot(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     ids = [world.create_task("prod", "thumbnail", status="PROCESSING") for _ in range(3)]
     flaky = FlakyTransport(fail={5, 6, 7, 8})  # the second page of the second poll, and its 3 retries
@@ -232,7 +233,7 @@ async def test_failed_poll_keeps_the_previous_snapshot(
 
 
 async def test_rejected_key_is_reported_not_raised(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
 ) -> None:
     exporter = make_exporter(api, key="sk_wrong", namespaces=("prod",))
     for _ in range(3):
@@ -252,7 +253,7 @@ async def test_rejected_key_is_reported_not_raised(
 
 
 async def test_discovers_every_namespace(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     exporter = make_exporter(api)
     assert not exporter.poller.ready()
@@ -273,7 +274,7 @@ async def test_organization_scope_labels_by_the_name_of_the_namespace_id(
     world.create_task("prod", "thumbnail")
     world.create_task("staging", "thumbnail")
     profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
-    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=profile) as org_api:
         exporter = make_exporter(org_api, organization=True)
         await exporter.poll()
         assert all("X-Namespace" not in r.headers for r in org_api.requests if r.path == TASKS_LIST)
@@ -286,7 +287,7 @@ async def test_organization_scope_labels_by_the_name_of_the_namespace_id(
 
 
 async def test_every_request_body_is_a_valid_sdk_list_tasks_request(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     models = pytest.importorskip("mixpeek.models.list_tasks_request")
     for _ in range(30):

@@ -25,8 +25,9 @@ from support import PROFILES, Exporter, Series, select, simulator
 
 from exporter.cli import main
 from exporter.config import Scope
-from exporter.simulator import ApiProfile, FakeClock, World
+from exporter.simulator import ApiProfile, World
 from exporter.simulator.enums import TERMINAL_STATUSES
+from exporter.simulator.testing import FakeClock
 
 MakeExporter = Callable[..., Exporter]
 Key = tuple[str, str, str]

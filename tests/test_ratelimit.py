@@ -8,7 +8,7 @@ import pytest
 from support import Sleeps
 
 from exporter.ratelimit import RateLimiter
-from exporter.simulator import FakeClock
+from exporter.simulator.testing import FakeClock
 
 
 async def test_requests_are_spaced_to_the_rate() -> None:

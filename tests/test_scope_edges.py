@@ -11,7 +11,8 @@ from support import Exporter, select, simulator
 
 from exporter.api import ApiError
 from exporter.config import Scope
-from exporter.simulator import FakeClock, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock
 
 MakeExporter = Callable[..., Exporter]
 KEY = "sk_test_scope_edges"

@@ -27,8 +27,6 @@ from exporter.simulator import (
     TASK_TYPES,
     TERMINAL_STATUSES,
     ApiProfile,
-    FakeClock,
-    SimulatorServer,
     World,
 )
 from exporter.simulator.enums import (
@@ -37,6 +35,7 @@ from exporter.simulator.enums import (
     FILTER_OPERATORS,
     SORT_DIRECTIONS,
 )
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.simulator.world import TASK_TYPE_MIX
 
 mixpeek = pytest.importorskip("mixpeek")
@@ -95,8 +94,8 @@ def profile() -> ApiProfile:
 
 
 @pytest.fixture
-def server(world: World, profile: ApiProfile) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, profile=profile) as running:
+def server(world: World, profile: ApiProfile) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, profile=profile) as running:
         yield running
 
 
@@ -105,7 +104,7 @@ def sdk_client(url: str, key: str) -> Any:
 
 
 @pytest.fixture
-def api(server: SimulatorServer) -> Iterator[Any]:
+def api(server: SimulatorTestServer) -> Iterator[Any]:
     with sdk_client(server.url, server.api_key) as client:
         yield client
 
@@ -129,7 +128,7 @@ def sdk_walk(api: Any, request: Any, namespace: str | None = None, limit: int = 
 # Every profile whose task answers the SDK can parse (all of them: refusals and 404s come only when asked).
 @by_profile()
 def test_sdk_pages_through_a_namespace(
-    api: Any, world: World, server: SimulatorServer, profile: ApiProfile
+    api: Any, world: World, server: SimulatorTestServer, profile: ApiProfile
 ) -> None:
     prod = world.namespace("prod")
     assert prod is not None
@@ -293,7 +292,7 @@ def test_sdk_raises_its_own_exceptions_for_batch_errors(api: Any, world: World) 
 def test_sdk_parses_the_older_batch_listing(world: World) -> None:
     """API 0.81's ListBatchesResponse: results and total_count, no pagination; clients page by offset."""
     with (
-        SimulatorServer(world, cursor_pagination=False) as older,
+        SimulatorTestServer(world, cursor_pagination=False) as older,
         sdk_client(older.url, older.api_key) as client,
     ):
         page = mixpeek.BatchesApi(client).list_all_batches(
@@ -305,7 +304,7 @@ def test_sdk_parses_the_older_batch_listing(world: World) -> None:
     ][5:15]
 
 
-def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: SimulatorServer) -> None:
+def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: SimulatorTestServer) -> None:
     with (
         sdk_client(server.url, "sk_not_the_key") as stranger,
         pytest.raises(mixpeek.exceptions.UnauthorizedException),
@@ -320,7 +319,7 @@ def test_sdk_raises_its_own_exceptions_for_api_errors(api: Any, server: Simulato
 
 
 def test_sdk_parses_the_older_api_and_the_documented_model(world: World) -> None:
-    with SimulatorServer(world, cursor_pagination=False) as older:
+    with SimulatorTestServer(world, cursor_pagination=False) as older:
         with sdk_client(older.url, older.api_key) as client:
             page = mixpeek.TasksApi(client).list_tasks(limit=10, offset=10)
         assert page.pagination.next_cursor is None
@@ -597,7 +596,7 @@ def spec() -> OpenApi:
 
 
 @pytest.fixture
-def http(server: SimulatorServer) -> Iterator[httpx.Client]:
+def http(server: SimulatorTestServer) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {server.api_key}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=10, verify=False) as client:
         yield client

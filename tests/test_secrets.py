@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,13 +11,14 @@ from typing import Any
 import pytest
 import structlog
 from conftest import API_KEY
-from support import Exporter, FlakyTransport
+from support import Exporter, FlakyTransport, serve_in_background
 
 from exporter.apikey import ApiKeySource
 from exporter.cli import build_parser, main
 from exporter.config import load_settings
 from exporter.logs import REDACTED, configure_logging
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 MakeExporter = Callable[..., Exporter]
 
@@ -33,7 +33,7 @@ def test_the_redactor_scrubs_every_key_ever_held(capsys: pytest.CaptureFixture[s
 async def test_key_absent_from_logs_metrics_and_errors_through_failures(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     logs: list[dict[str, Any]],
 ) -> None:
@@ -53,7 +53,7 @@ async def test_key_absent_from_logs_metrics_and_errors_through_failures(
 
 
 def test_key_absent_from_repr_help_and_check_output(
-    api: SimulatorServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    api: SimulatorTestServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     settings = load_settings(api_key=API_KEY)
     assert API_KEY not in repr(settings) and API_KEY not in str(settings.model_dump())
@@ -67,7 +67,7 @@ def test_key_absent_from_repr_help_and_check_output(
 
 async def test_a_rotated_key_file_is_picked_up_without_restart(
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],
@@ -121,10 +121,9 @@ class EchoingApi:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> EchoingApi:
-        self._thread.start()
+        serve_in_background(self._server)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -193,7 +192,7 @@ def test_the_redactor_reaches_nested_values_and_tracebacks(capsys: pytest.Captur
 async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     bad: str,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],

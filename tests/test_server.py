@@ -21,7 +21,8 @@ from support import Exporter, self_signed_certificate
 from exporter import server as server_module
 from exporter.config import ConfigError
 from exporter.server import INDEX, MetricsServer
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.webconfig import load_web_config
 
 MakeExporter = Callable[..., Exporter]
@@ -29,7 +30,7 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @pytest.fixture
-def exporter(api: SimulatorServer, make_exporter: MakeExporter) -> Exporter:
+def exporter(api: SimulatorTestServer, make_exporter: MakeExporter) -> Exporter:
     return make_exporter(api, namespaces=("prod",))
 
 

@@ -14,7 +14,8 @@ from support import Exporter, ExporterProcess, Series, select
 from exporter.cli import main
 from exporter.config import ConfigError, load_settings
 from exporter.sharding import NamespaceFilter, pod_ordinal, shard_of
-from exporter.simulator import ApiProfile, FakeClock, NamespaceIds, SimulatorServer, World
+from exporter.simulator import ApiProfile, NamespaceIds, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 MakeExporter = Callable[..., Exporter]
 NAMESPACES = tuple(f"team-{i:02d}" for i in range(50))
@@ -59,7 +60,7 @@ def namespaces_in(series: Series) -> set[str]:
     return {value for _, labels in series for key, value in labels if key == "mixpeek_namespace"}
 
 
-def sharded(make: MakeExporter, server: SimulatorServer, total: int, **options: Any) -> list[Exporter]:
+def sharded(make: MakeExporter, server: SimulatorTestServer, total: int, **options: Any) -> list[Exporter]:
     return [
         make(server, namespace_filter=NamespaceFilter(shard, total), batches=True, **options)
         for shard in range(total)
@@ -85,8 +86,8 @@ def world(clock: FakeClock) -> World:
 
 
 @pytest.fixture
-def api(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, api_key=API_KEY) as server:
+def api(world: World) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, api_key=API_KEY) as server:
         yield server
 
 
@@ -96,7 +97,7 @@ def api(world: World) -> Iterator[SimulatorServer]:
 @pytest.mark.slow
 @pytest.mark.parametrize("discovery", [False, True], ids=["configured", "discovered"])
 async def test_the_shards_together_export_what_one_exporter_does(
-    discovery: bool, clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    discovery: bool, clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     options: dict[str, Any] = {} if discovery else {"namespaces": NAMESPACES}
     whole = make_exporter(api, batches=True, **options)
@@ -121,7 +122,7 @@ async def test_organization_scope_keeps_only_the_owned_namespaces(
     clock: FakeClock, world: World, make_exporter: MakeExporter
 ) -> None:
     profile = ApiProfile(header_honoured=False, namespace_ids=NamespaceIds.ALL)
-    with SimulatorServer(world, api_key=API_KEY, profile=profile) as org_api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=profile) as org_api:
         whole = make_exporter(org_api, organization=True, batches=True)
         shards = sharded(make_exporter, org_api, 3, organization=True)
         advance(clock, world, 1800)
@@ -140,7 +141,7 @@ async def test_a_failing_organization_listing_marks_only_owned_namespaces_down(
 ) -> None:
     ids = tuple(ns.namespace_id for ns in world.namespaces())[:6]
     own = NamespaceFilter(1, 3)
-    with SimulatorServer(world, api_key=API_KEY, profile=ApiProfile(header_honoured=False)) as org_api:
+    with SimulatorTestServer(world, api_key=API_KEY, profile=ApiProfile(header_honoured=False)) as org_api:
         exporter = make_exporter(
             org_api, key="sk_revoked", organization=True, namespaces=ids, namespace_filter=own
         )
@@ -154,7 +155,7 @@ async def test_a_failing_organization_listing_marks_only_owned_namespaces_down(
 
 
 async def test_a_replica_owning_none_of_the_configured_namespaces_polls_nothing_and_is_ready(
-    api: SimulatorServer, make_exporter: MakeExporter
+    api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     configured = ("team-00", "team-01")
     other = next(s for s in range(5) if all(shard_of(ns, 5) != s for ns in configured))
@@ -171,7 +172,7 @@ async def test_a_replica_owning_none_of_the_configured_namespaces_polls_nothing_
 
 @pytest.mark.parametrize("discovery", [False, True], ids=["configured", "discovered"])
 async def test_allow_and_deny_patterns_must_match_the_whole_name(
-    discovery: bool, api: SimulatorServer, make_exporter: MakeExporter
+    discovery: bool, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     options: dict[str, Any] = {} if discovery else {"namespaces": NAMESPACES}
     only = NamespaceFilter(allow=r"team-0\d", deny="team-0[5-9]")
@@ -294,7 +295,7 @@ def check(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, lis
 
 
 def test_check_config_checks_only_this_replicas_namespaces(
-    api: SimulatorServer, capsys: pytest.CaptureFixture[str]
+    api: SimulatorTestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = ["--api-url", api.url, "--api-key", API_KEY]
     mine = [ns for ns in NAMESPACES[:4] if shard_of(ns, 2) == 1]

@@ -1,6 +1,8 @@
 """The simulated Mixpeek API: the world's lifecycle and ground truth, then its HTTP rules over a socket."""
 
 import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -10,18 +12,10 @@ import httpx
 import pytest
 from support import PROFILES, by_profile
 
-from exporter.simulator import (
-    DEFAULT_API_KEY,
-    DOCUMENTED,
-    TERMINAL_STATUSES,
-    ApiProfile,
-    FakeClock,
-    SimulatorServer,
-    World,
-    start_demo,
-)
+from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, TERMINAL_STATUSES, ApiProfile, World, start_demo
 from exporter.simulator.filters import FIELDS
 from exporter.simulator.render import task_json
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.simulator.timestamps import iso, parse_micros, to_micros
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
@@ -46,13 +40,13 @@ def profile() -> ApiProfile:
 
 
 @pytest.fixture
-def server(world: World, profile: ApiProfile) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, profile=profile) as running:
+def server(world: World, profile: ApiProfile) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, profile=profile) as running:
         yield running
 
 
 @pytest.fixture
-def client(server: SimulatorServer) -> Iterator[httpx.Client]:
+def client(server: SimulatorTestServer) -> Iterator[httpx.Client]:
     with connect(server.url, AUTH) as http:
         yield http
 
@@ -268,16 +262,12 @@ def test_timestamps_render_naively_and_parse_back_exactly() -> None:
 # HTTP: authentication, routing, errors
 
 
-def test_health_needs_no_key(server: SimulatorServer) -> None:
-    with connect(server.url) as http:
-        response = http.get("/v1/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
-
-
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer sk_wrong"}, {"Authorization": "sk_test_x"}]
 )
-def test_task_routes_refuse_a_missing_or_wrong_key(server: SimulatorServer, headers: dict[str, str]) -> None:
+def test_task_routes_refuse_a_missing_or_wrong_key(
+    server: SimulatorTestServer, headers: dict[str, str]
+) -> None:
     with connect(server.url, headers) as http:
         response = http.post("/v1/tasks/list", json={})
     assert response.status_code == 401
@@ -365,7 +355,7 @@ def test_malformed_json_is_422(client: httpx.Client) -> None:
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
-def test_requests_are_recorded_without_the_key(client: httpx.Client, server: SimulatorServer) -> None:
+def test_requests_are_recorded_without_the_key(client: httpx.Client, server: SimulatorTestServer) -> None:
     server.clear_requests()
     client.post(
         "/v1/tasks/list", params={"limit": 5}, json={"status": "FAILED"}, headers={"X-Namespace": "x"}
@@ -379,10 +369,10 @@ def test_requests_are_recorded_without_the_key(client: httpx.Client, server: Sim
 
 
 def test_stop_is_idempotent_and_works_without_start(world: World) -> None:
-    unstarted = SimulatorServer(world)
+    unstarted = SimulatorTestServer(world)
     unstarted.stop()
     unstarted.stop()
-    with SimulatorServer(world) as running:
+    with SimulatorTestServer(world) as running:
         running.stop()
 
 
@@ -441,7 +431,7 @@ def test_task_routes_can_ignore_x_namespace(world: World) -> None:
     world.add_namespace("dev")
     everything = [world.create_task("prod"), world.create_task("dev")]
     with (
-        SimulatorServer(world, profile=ApiProfile(header_honoured=False)) as org_wide,
+        SimulatorTestServer(world, profile=ApiProfile(header_honoured=False)) as org_wide,
         connect(org_wide.url, AUTH) as http,
     ):
         assert set(ids(list_page(http, namespace="prod")["results"])) == set(everything)
@@ -648,7 +638,7 @@ def test_offset_paging_in_the_legacy_mode(world: World, clock: FakeClock) -> Non
         world.create_task("prod")
         clock.advance(1)
     with (
-        SimulatorServer(world, cursor_pagination=False) as legacy,
+        SimulatorTestServer(world, cursor_pagination=False) as legacy,
         connect(legacy.url, AUTH) as http,
     ):
         first = list_page(http, limit=10, offset=0)
@@ -726,3 +716,16 @@ def test_demo_serves_three_namespaces_with_history() -> None:
     finally:
         demo.stop()
         demo.stop()
+
+
+def test_the_demo_loads_no_test_machinery() -> None:
+    """The CLI and a running demo never import exporter.simulator.testing (faults, recording, fake clock)."""
+    code = (
+        "import sys, exporter.cli\n"
+        "from exporter.simulator import start_demo\n"
+        "start_demo().stop()\n"
+        "print(' '.join(sorted(name for name in sys.modules if name.startswith('exporter.simulator'))))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "exporter.simulator.server" in loaded.split()
+    assert "testing" not in loaded

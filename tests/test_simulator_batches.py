@@ -13,14 +13,13 @@ from exporter.simulator import (
     DEFAULT_API_KEY,
     FAILURE_CATEGORIES,
     TERMINAL_STATUSES,
-    FakeClock,
     SimBatch,
-    SimulatorServer,
     World,
     start_demo,
 )
 from exporter.simulator.batches import FAILURE_REASONS, HEARTBEAT_S
 from exporter.simulator.render import batch_json
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.simulator.timestamps import iso
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
@@ -44,13 +43,13 @@ def world(clock: FakeClock) -> World:
 
 
 @pytest.fixture
-def server(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world) as running:
+def server(world: World) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world) as running:
         yield running
 
 
 @pytest.fixture
-def client(server: SimulatorServer) -> Iterator[httpx.Client]:
+def client(server: SimulatorTestServer) -> Iterator[httpx.Client]:
     with connect(server.url) as http:
         yield http
 
@@ -397,7 +396,7 @@ def test_batch_json_in_each_state(world: World, clock: FakeClock) -> None:
 @pytest.mark.parametrize("path", ["/v1/batches/list", "/v1/buckets/list", "/v1/buckets/bkt_x/batches/list"])
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk_wrong"}])
 def test_batch_and_bucket_routes_need_the_key(
-    server: SimulatorServer, path: str, headers: dict[str, str]
+    server: SimulatorTestServer, path: str, headers: dict[str, str]
 ) -> None:
     response = httpx.post(f"{server.url}{path}", json={}, headers=headers | {"X-Namespace": "prod"})
     assert response.status_code == 401
@@ -546,7 +545,7 @@ def test_cursor_paging_past_10000_batches_reads_each_once(
 def test_offset_only_mode_serves_api_081_pages(world: World) -> None:
     for i in range(10_050):
         world.create_batch("prod", objects=1, created_at=1_760_000_000.0 - i)
-    with SimulatorServer(world, cursor_pagination=False) as older, connect(older.url) as http:
+    with SimulatorTestServer(world, cursor_pagination=False) as older, connect(older.url) as http:
         first = page_of(http, "/v1/batches/list", {"limit": 1000, "cursor": "ignored"}, "prod")
         assert set(first) == {"results", "total_count"} and first["total_count"] == 10_050
         seen = ids(first["results"])

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator import DEFAULT_API_KEY, FakeClock, SimulatorServer, World
-from exporter.simulator.faults import (
+from exporter.simulator import DEFAULT_API_KEY, World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
+from exporter.simulator.testing.faults import (
     UNSEEN_STATUSES,
     UNSEEN_TASK_TYPES,
     CursorBackToStart,
@@ -59,18 +60,18 @@ def world(clock: FakeClock) -> World:
 
 
 @pytest.fixture
-def server(world: World) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world) as running:
+def server(world: World) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world) as running:
         yield running
 
 
 @pytest.fixture
-def client(server: SimulatorServer) -> Iterator[httpx.Client]:
+def client(server: SimulatorTestServer) -> Iterator[httpx.Client]:
     with connect(server) as http:
         yield http
 
 
-def connect(server: SimulatorServer, timeout: float = 10.0) -> httpx.Client:
+def connect(server: SimulatorTestServer, timeout: float = 10.0) -> httpx.Client:
     headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
     return httpx.Client(base_url=server.url, headers=headers, timeout=timeout, verify=False)
 
@@ -104,7 +105,7 @@ def newest_first(world: World, namespace: str = "prod") -> list[str]:
 
 
 def test_requests_are_numbered_per_rule_path_and_namespace(
-    server: SimulatorServer, client: httpx.Client
+    server: SimulatorTestServer, client: httpx.Client
 ) -> None:
     rule = server.inject(HttpError(503), namespace="prod", requests=Requests.nth(2, 3))
     codes = []
@@ -124,7 +125,7 @@ def test_requests_are_numbered_per_rule_path_and_namespace(
 
 
 def test_from_the_nth_on_only_n_times_first_rule_wins_and_clear(
-    server: SimulatorServer, client: httpx.Client
+    server: SimulatorTestServer, client: httpx.Client
 ) -> None:
     server.inject(HttpError(500), requests=Requests.starting(2), times=2)
     server.inject(HttpError(502))  # any namespace, every request: fires when the first rule does not
@@ -133,9 +134,9 @@ def test_from_the_nth_on_only_n_times_first_rule_wins_and_clear(
     assert post(client).status_code == 200
     any_path = server.inject(HttpError(503), path=None, requests=Requests.every())
     assert client.post("/v1/namespaces/list", json={}).status_code == 503
-    assert client.get("/v1/health").status_code == 503
+    assert client.get("/v1/tasks/tsk_none").status_code == 503
     server.faults.remove(any_path)
-    assert client.get("/v1/health").status_code == 200
+    assert client.get("/v1/tasks/tsk_none").status_code == 404
     with pytest.raises(ValueError, match="start at 1"):
         Requests.nth(0)
     assert 7 in Requests.starting(3) and 2 not in Requests.starting(3) and 4 in Requests.every()
@@ -144,7 +145,7 @@ def test_from_the_nth_on_only_n_times_first_rule_wins_and_clear(
 # Time and sockets
 
 
-def test_latency_delays_one_answer_while_others_are_served(server: SimulatorServer) -> None:
+def test_latency_delays_one_answer_while_others_are_served(server: SimulatorTestServer) -> None:
     server.inject(Latency(0.4), namespace="prod")
     slow: dict[str, Any] = {}
 
@@ -165,7 +166,7 @@ def test_latency_delays_one_answer_while_others_are_served(server: SimulatorServ
     assert slow["status"] == 200 and slow["seconds"] >= 0.4
 
 
-def test_hang_holds_the_connection_until_the_client_times_out(server: SimulatorServer) -> None:
+def test_hang_holds_the_connection_until_the_client_times_out(server: SimulatorTestServer) -> None:
     server.inject(Hang(5.0), requests=Requests.nth(1))
     with connect(server, timeout=0.2) as impatient:
         started = time.monotonic()
@@ -178,7 +179,7 @@ def test_hang_holds_the_connection_until_the_client_times_out(server: SimulatorS
     assert time.monotonic() - started < 1.0
 
 
-def test_reset_closes_the_socket_with_an_rst(server: SimulatorServer, client: httpx.Client) -> None:
+def test_reset_closes_the_socket_with_an_rst(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(Reset(), requests=Requests.nth(1))
     with pytest.raises(httpx.ReadError, match="reset"):
         post(client)
@@ -189,7 +190,9 @@ def test_reset_closes_the_socket_with_an_rst(server: SimulatorServer, client: ht
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_http_error_uses_the_api_envelope(server: SimulatorServer, client: httpx.Client, status: int) -> None:
+def test_http_error_uses_the_api_envelope(
+    server: SimulatorTestServer, client: httpx.Client, status: int
+) -> None:
     server.inject(HttpError(status, "upstream on fire"))
     response = post(client)
     assert response.status_code == status
@@ -198,7 +201,7 @@ def test_http_error_uses_the_api_envelope(server: SimulatorServer, client: httpx
     assert body["error"]["message"] == "upstream on fire" and body["error"]["details"] == {}
 
 
-def test_http_error_can_say_not_retryable(server: SimulatorServer, client: httpx.Client) -> None:
+def test_http_error_can_say_not_retryable(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(HttpError(503, retryable=False, headers={"Retry-After": "4"}))
     response = post(client)
     assert response.headers["Retry-After"] == "4"
@@ -206,7 +209,7 @@ def test_http_error_can_say_not_retryable(server: SimulatorServer, client: httpx
 
 
 def test_rate_limited_gives_retry_after_in_seconds_or_as_a_date_and_a_body_hint(
-    server: SimulatorServer, client: httpx.Client, clock: FakeClock
+    server: SimulatorTestServer, client: httpx.Client, clock: FakeClock
 ) -> None:
     server.inject(RateLimited(retry_after=7), requests=Requests.nth(1))
     server.inject(RateLimited(retry_after=http_date(clock() + 20)), requests=Requests.nth(2))
@@ -227,7 +230,7 @@ def test_rate_limited_gives_retry_after_in_seconds_or_as_a_date_and_a_body_hint(
 # Malformed bodies
 
 
-def test_html_page_with_status_200(server: SimulatorServer, client: httpx.Client) -> None:
+def test_html_page_with_status_200(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(HtmlPage())
     server.inject(HtmlPage(502), namespace="staging")  # the first rule wins; this one never fires
     response = post(client)
@@ -239,7 +242,9 @@ def test_html_page_with_status_200(server: SimulatorServer, client: httpx.Client
     assert post(client, "staging").status_code == 502
 
 
-def test_truncated_json_has_a_matching_content_length(server: SimulatorServer, client: httpx.Client) -> None:
+def test_truncated_json_has_a_matching_content_length(
+    server: SimulatorTestServer, client: httpx.Client
+) -> None:
     full = post(client).content
     server.inject(TruncatedJson())
     response = post(client)
@@ -250,20 +255,20 @@ def test_truncated_json_has_a_matching_content_length(server: SimulatorServer, c
         response.json()
 
 
-def test_garbled_encoding_cannot_be_decoded(server: SimulatorServer, client: httpx.Client) -> None:
+def test_garbled_encoding_cannot_be_decoded(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(GarbledEncoding())
     with pytest.raises(httpx.DecodingError):
         post(client)
 
 
-def test_results_not_a_list(server: SimulatorServer, client: httpx.Client, world: World) -> None:
+def test_results_not_a_list(server: SimulatorTestServer, client: httpx.Client, world: World) -> None:
     server.inject(ResultsNotList())
     body = post(client, limit=100).json()
     assert isinstance(body["results"], dict)
     assert set(body["results"]) == {t.task_id for t in world.tasks("prod")}
 
 
-def test_task_without_id(server: SimulatorServer, client: httpx.Client, world: World) -> None:
+def test_task_without_id(server: SimulatorTestServer, client: httpx.Client, world: World) -> None:
     server.inject(TaskWithoutId(index=1))
     results = post(client, limit=3).json()["results"]
     assert ["task_id" in task for task in results] == [True, False, True]
@@ -272,7 +277,7 @@ def test_task_without_id(server: SimulatorServer, client: httpx.Client, world: W
     assert len(results) == 1 and "task_id" not in results[0]
 
 
-def test_oversized_page(server: SimulatorServer, client: httpx.Client) -> None:
+def test_oversized_page(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(OversizedPage(extra=2))
     page = post(client, limit=3).json()
     assert len(page["results"]) == 5 and page["pagination"]["page_size"] == 3
@@ -285,7 +290,7 @@ def test_oversized_page(server: SimulatorServer, client: httpx.Client) -> None:
 
 
 def test_duplicate_items_repeat_the_previous_page_and_skip_nothing(
-    server: SimulatorServer, client: httpx.Client, world: World
+    server: SimulatorTestServer, client: httpx.Client, world: World
 ) -> None:
     server.inject(DuplicateItems(count=2))
     ids = walk(client, limit=3)
@@ -298,7 +303,7 @@ def test_duplicate_items_repeat_the_previous_page_and_skip_nothing(
 
 
 def test_omit_items_hides_tasks_and_keeps_the_rest(
-    server: SimulatorServer, client: httpx.Client, world: World
+    server: SimulatorTestServer, client: httpx.Client, world: World
 ) -> None:
     truth = newest_first(world)
     server.inject(OmitItems(task_ids=frozenset({truth[1], truth[5]})))
@@ -308,7 +313,9 @@ def test_omit_items_hides_tasks_and_keeps_the_rest(
     assert walk(client, limit=3) == truth[3:]
 
 
-def test_repeat_cursor_serves_the_same_page_forever(server: SimulatorServer, client: httpx.Client) -> None:
+def test_repeat_cursor_serves_the_same_page_forever(
+    server: SimulatorTestServer, client: httpx.Client
+) -> None:
     server.inject(RepeatCursor())
     first = post(client, limit=3).json()
     cursor = first["pagination"]["next_cursor"]
@@ -320,7 +327,7 @@ def test_repeat_cursor_serves_the_same_page_forever(server: SimulatorServer, cli
 
 
 def test_cursor_back_to_start_gives_fresh_cursors_to_the_first_page(
-    server: SimulatorServer, client: httpx.Client, world: World
+    server: SimulatorTestServer, client: httpx.Client, world: World
 ) -> None:
     server.inject(CursorBackToStart(), requests=Requests.starting(2))
     first = post(client, limit=3).json()
@@ -338,7 +345,7 @@ def test_cursor_back_to_start_gives_fresh_cursors_to_the_first_page(
 
 
 def test_cursor_back_to_start_on_an_empty_listing_gives_empty_pages_while_it_fires(
-    server: SimulatorServer, client: httpx.Client, world: World
+    server: SimulatorTestServer, client: httpx.Client, world: World
 ) -> None:
     world.add_namespace("empty")
     server.inject(CursorBackToStart(), namespace="empty", times=3)
@@ -359,7 +366,7 @@ def test_cursor_back_to_start_on_an_empty_listing_gives_empty_pages_while_it_fir
 
 
 def test_unknown_enum_values_are_served_as_they_are(
-    server: SimulatorServer, client: httpx.Client, world: World
+    server: SimulatorTestServer, client: httpx.Client, world: World
 ) -> None:
     world.add_namespace("drift")
     for status, task_type in zip(UNSEEN_STATUSES, UNSEEN_TASK_TYPES, strict=True):
@@ -369,7 +376,7 @@ def test_unknown_enum_values_are_served_as_they_are(
 
 
 def test_faults_leave_the_ground_truth_alone(
-    server: SimulatorServer, client: httpx.Client, world: World, clock: FakeClock
+    server: SimulatorTestServer, client: httpx.Client, world: World, clock: FakeClock
 ) -> None:
     before, statuses = world.transitions, world.status_counts()
     for fault in (

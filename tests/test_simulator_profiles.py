@@ -13,13 +13,12 @@ from exporter.simulator import (
     DOCUMENTED,
     TERMINAL_STATUSES,
     ApiProfile,
-    FakeClock,
     NamespaceIds,
-    SimulatorServer,
     World,
     start_demo,
 )
 from exporter.simulator.enums import FILTER_OPERATORS
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 # TaskResponse's fields, as the 0.81 spec and SDK 1.3.783 declare them: nothing else is documented.
@@ -67,13 +66,13 @@ def profile() -> ApiProfile:
 
 
 @pytest.fixture
-def server(world: World, profile: ApiProfile) -> Iterator[SimulatorServer]:
-    with SimulatorServer(world, profile=profile) as running:
+def server(world: World, profile: ApiProfile) -> Iterator[SimulatorTestServer]:
+    with SimulatorTestServer(world, profile=profile) as running:
         yield running
 
 
 @pytest.fixture
-def client(server: SimulatorServer) -> Iterator[httpx.Client]:
+def client(server: SimulatorTestServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10, verify=False) as http:
         yield http
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from support import PROFILES, by_profile
 
-from exporter.simulator import TERMINAL_STATUSES, ApiProfile, FakeClock, World
+from exporter.simulator import TERMINAL_STATUSES, ApiProfile, World
 from exporter.simulator import filters as filters_module
 from exporter.simulator.filters import compile_filters, pinned_ids, sort_bounds
 from exporter.simulator.task_listing import TaskListings, list_tasks
+from exporter.simulator.testing import FakeClock
 from exporter.simulator.timestamps import iso
 
 NEWEST_FIRST = {"field": "created_at", "direction": "desc"}

@@ -14,7 +14,8 @@ from support import Exporter, completion
 
 from exporter.config import DEFAULT_BUCKETS
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.statefile import CHUNK, FORMAT, StateFile, identity
 
 MakeExporter = Callable[..., Exporter]
@@ -25,7 +26,7 @@ TRANSITIONS = "mixpeek_task_terminal_transitions_total"
 
 
 async def test_transitions_while_down_are_counted_once_and_counters_carry_on(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter, tmp_path: Path
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter, tmp_path: Path
 ) -> None:
     path = tmp_path / "state.json"
     early, late = (world.create_task("prod", "thumbnail", status="PROCESSING") for _ in range(2))
@@ -56,7 +57,7 @@ async def test_transitions_while_down_are_counted_once_and_counters_carry_on(
 
 
 async def test_without_state_file_a_restart_is_a_baseline(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: MakeExporter
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: MakeExporter
 ) -> None:
     task_id = world.create_task("prod", "thumbnail", status="PROCESSING")
     await make_exporter(api, namespaces=("prod",)).poll()
@@ -68,7 +69,7 @@ async def test_without_state_file_a_restart_is_a_baseline(
 
 async def test_damaged_or_foreign_files_are_reported_and_ignored(
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],
@@ -108,7 +109,7 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
 
 
 async def test_save_is_atomic_and_a_failed_save_is_counted_not_fatal(
-    world: World, api: SimulatorServer, make_exporter: MakeExporter, tmp_path: Path
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, tmp_path: Path
 ) -> None:
     directory = tmp_path / "state"
     directory.mkdir()
@@ -226,7 +227,7 @@ async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored
     ours = World(clock=clock, seed=1)
     ours.add_namespace("prod")
     watched = ours.create_task("prod", "thumbnail", status="PROCESSING")
-    with SimulatorServer(ours, api_key=KEY_A) as api:
+    with SimulatorTestServer(ours, api_key=KEY_A) as api:
         port = int(api.url.rsplit(":", 1)[1])
         first = make_exporter(api, key=KEY_A, namespaces=("prod",), state_file=path)
         await first.poll()
@@ -250,7 +251,7 @@ async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored
         theirs.create_task("prod", "thumbnail", status="FAILED")
     path.write_bytes(saved)
     logs.clear()
-    with SimulatorServer(theirs, api_key=KEY_B, port=port) as api:
+    with SimulatorTestServer(theirs, api_key=KEY_B, port=port) as api:
         other = make_exporter(api, key=KEY_B, namespaces=("prod",), state_file=path)
         assert terminal_total(other) == 0  # nothing of the file is served
         await other.poll()
@@ -266,7 +267,7 @@ async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored
 async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
     logs: list[dict[str, Any]],

@@ -39,7 +39,8 @@ from exporter.api import (
 )
 from exporter.cli import Target, _api_client, _http_client
 from exporter.config import load_settings
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 KEY = "sk_live_transport_k3y"
 MiB = 1024 * 1024
@@ -350,7 +351,7 @@ def test_impossible_counts_are_reported_and_absent(
 async def test_a_negative_failed_count_never_lowers_the_object_counter(
     clock: FakeClock,
     world: World,
-    api: SimulatorServer,
+    api: SimulatorTestServer,
     make_exporter: Callable[..., Exporter],
     logs: list[dict[str, Any]],
 ) -> None:

@@ -25,7 +25,7 @@ from exporter import basicauth
 from exporter.basicauth import BasicAuth
 from exporter.config import ConfigError
 from exporter.server import MetricsServer
-from exporter.simulator import FakeClock
+from exporter.simulator.testing import FakeClock
 from exporter.webconfig import load_web_config
 from exporter.webreload import LiveWebConfig
 

@@ -3,17 +3,16 @@ test double.
 
 `World` holds the truth (namespaces, tasks, buckets, batches, what really happened), `SimulatorServer` serves
 it over HTTP with the real API's rules and, where the documentation leaves a behaviour open, an `ApiProfile`'s
-answer (the documented API by default), `start_demo` runs a lively one on real time, and `FakeClock` lets
-tests move time.
+answer (the documented API by default), and `start_demo` runs a lively one on real time. What only tests use
+(a fake clock, recorded requests, faults) is in the `testing` subpackage, which the demo never imports.
 """
 
 from .batches import SimBatch, SimTier
 from .buckets import SimBucket
-from .clock import FakeClock
 from .demo import DemoSimulator, start_demo
 from .enums import FAILURE_CATEGORIES, TASK_STATUSES, TASK_TYPES, TERMINAL_STATUSES
 from .profile import DOCUMENTED, ApiProfile, NamespaceIds
-from .server import DEFAULT_API_KEY, RecordedRequest, SimulatorServer
+from .server import DEFAULT_API_KEY, SimulatorServer
 from .world import SimNamespace, SimTask, World
 
 __all__ = [
@@ -25,9 +24,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "ApiProfile",
     "DemoSimulator",
-    "FakeClock",
     "NamespaceIds",
-    "RecordedRequest",
     "SimBatch",
     "SimBucket",
     "SimNamespace",

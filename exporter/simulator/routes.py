@@ -62,22 +62,17 @@ class Routes:
         self._cursor_pagination = cursor_pagination
         self.profile = profile
         self.task_listings = TaskListings(world)
-        # (method, path pattern, handler, needs the API key); first full match wins, as in FastAPI.
-        self._table: tuple[tuple[str, re.Pattern[str], _Handler, bool], ...] = (
-            ("GET", re.compile(r"/v1/health(?:/liveness)?"), self._health, False),
-            ("POST", re.compile(r"/v1/tasks/list"), self._list_tasks, True),
-            ("GET", re.compile(r"/v1/tasks/(?P<task_id>[^/]+)"), self._get_task, True),
-            ("POST", re.compile(r"/v1/namespaces/list"), self._list_namespaces, True),
-            ("POST", re.compile(r"/v1/buckets/list"), self._list_buckets, True),
-            (
-                "POST",
-                re.compile(r"/v1/buckets/(?P<bucket>[^/]+)/batches/list"),
-                self._list_bucket_batches,
-                True,
-            ),
+        # The routes the exporter calls (exporter/api.py), each behind the API key; (method, path pattern,
+        # handler), the first full match wins, as in FastAPI.
+        self._table: tuple[tuple[str, re.Pattern[str], _Handler], ...] = (
+            ("POST", re.compile(r"/v1/tasks/list"), self._list_tasks),
+            ("GET", re.compile(r"/v1/tasks/(?P<task_id>[^/]+)"), self._get_task),
+            ("POST", re.compile(r"/v1/namespaces/list"), self._list_namespaces),
+            ("POST", re.compile(r"/v1/buckets/list"), self._list_buckets),
+            ("POST", re.compile(r"/v1/buckets/(?P<bucket>[^/]+)/batches/list"), self._list_bucket_batches),
         )
         if profile.batches_list:  # else a 404 like any unknown path, as in the 0.81 spec
-            self._table += (("POST", re.compile(r"/v1/batches/list"), self._list_batches, True),)
+            self._table += (("POST", re.compile(r"/v1/batches/list"), self._list_batches),)
 
     def handle(self, request: Request) -> Response:
         """Answer one request, errors included, in the real API's shapes."""
@@ -90,15 +85,14 @@ class Routes:
 
     def _dispatch(self, request: Request) -> Response:
         allowed: list[str] = []
-        for method, pattern, handler, needs_key in self._table:
+        for method, pattern, handler in self._table:
             match = pattern.fullmatch(request.path)
             if match is None:
                 continue
             if method != request.method:
                 allowed.append(method)
                 continue
-            if needs_key:
-                self._authenticate(request.headers)
+            self._authenticate(request.headers)
             return handler(request, match)
         if allowed:
             raise ApiError(
@@ -151,9 +145,6 @@ class Routes:
             msg = f"X-Namespace and namespace_id name different namespaces ('{header}', '{from_body}')"
             raise ApiError(400, "BadRequestError", msg, {"header": header, "namespace_id": body_ref})
         return header or from_body
-
-    def _health(self, _request: Request, _match: re.Match[str]) -> Response:
-        return Response(200, {"status": "ok"})
 
     def _list_tasks(self, request: Request, _match: re.Match[str]) -> Response:
         body = _json_body(request)

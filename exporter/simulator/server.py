@@ -1,42 +1,41 @@
-"""The fake Mixpeek API as a real HTTP server on a loopback port, for the demo mode and for tests.
+"""The fake Mixpeek API as a real HTTP server on a loopback port, for the demo mode and, extended, for tests.
 
 Stdlib `ThreadingHTTPServer` with daemon threads and keep-alive: a client exercises its real HTTP stack
-(connection reuse, headers, status codes) while the test thread drives the World.
+(connection reuse, headers, status codes) while the test thread drives the World. This server answers with
+the routes and nothing else; the tests' server (`testing.SimulatorTestServer`) overrides `answer` to record
+requests and inject faults, so none of that machinery runs in the demo.
 """
 
 import json
-import socket
-import struct
 import threading
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError
-from .faults import TASKS_PATH, Drop, Fault, FaultPlan, Reply, Requests, Rule
 from .profile import DOCUMENTED, ApiProfile
 from .routes import Request, Response, Routes
 from .world import World
 
 DEFAULT_API_KEY: Final = "sk_test_simulator"
-# The demo serves for hours: keep the latest requests only, far more than any test makes.
-MAX_RECORDED: Final = 10_000
-_REDACTED: Final = "<redacted>"
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """What a client sent, for assertions: header names lower-cased, the Authorization value redacted."""
+class Reply:
+    """Bytes to send as the response."""
 
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: object
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, response: Response) -> "Reply":
+        payload = json.dumps(response.payload, separators=(",", ":")).encode()
+        return cls(response.status, payload, response.headers)
 
 
 class SimulatorServer:
@@ -58,13 +57,10 @@ class SimulatorServer:
         answers the questions the documentation leaves open (see profile.py), by default as documented:
         task payloads without timestamps, namespace ids on batch tasks only.
         """
-        routes = Routes(world, api_key, cursor_pagination=cursor_pagination, profile=profile)
+        self.routes = Routes(world, api_key, cursor_pagination=cursor_pagination, profile=profile)
         self.api_key = api_key
         self.profile = profile
-        self._faults = FaultPlan()
-        self._httpd = _HTTPServer((host, port), routes, self._record, self._faults)
-        self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)
-        self._requests_lock = threading.Lock()
+        self._httpd = _HTTPServer((host, port), self)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -74,37 +70,9 @@ class SimulatorServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A copy of the requests received so far (the latest MAX_RECORDED), oldest first."""
-        with self._requests_lock:
-            return list(self._requests)
-
-    def clear_requests(self) -> None:
-        """Forget the recorded requests, to assert on the next ones only."""
-        with self._requests_lock:
-            self._requests.clear()
-
-    @property
-    def faults(self) -> FaultPlan:
-        """The faults in force (see `faults.py`); empty unless a test injects some."""
-        return self._faults
-
-    def inject(
-        self,
-        fault: Fault,
-        *,
-        path: str | None = TASKS_PATH,
-        namespace: str | None = None,
-        requests: Requests | None = None,
-        times: int | None = None,
-    ) -> Rule:
-        """Switch a fault on for the matching requests (by default every `/v1/tasks/list` request)."""
-        return self._faults.add(fault, path=path, namespace=namespace, requests=requests, times=times)
-
-    def clear_faults(self) -> None:
-        """Switch every fault off: from the next request on, the server answers normally."""
-        self._faults.clear()
+    def answer(self, request: Request, handler: "RequestHandler") -> None:
+        """Send the routes' answer to one request (called from the request's thread)."""
+        handler.send(Reply.json(self.routes.handle(request)))
 
     def start(self) -> None:
         """Serve in a background daemon thread."""
@@ -124,7 +92,6 @@ class SimulatorServer:
         if self._stopped:
             return
         self._stopped = True
-        self._faults.close()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
@@ -139,36 +106,18 @@ class SimulatorServer:
     ) -> None:
         self.stop()
 
-    def _record(self, request: Request) -> None:
-        headers = dict(request.headers)
-        if "authorization" in headers:
-            headers["authorization"] = _REDACTED
-        try:
-            body = json.loads(request.raw_body) if request.raw_body.strip() else None
-        except ValueError:
-            body = None
-        recorded = RecordedRequest(request.method, request.path, dict(request.query), headers, body)
-        with self._requests_lock:
-            self._requests.append(recorded)
-
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        routes: Routes,
-        record: Callable[[Request], None],
-        faults: FaultPlan,
-    ) -> None:
-        super().__init__(address, _Handler)
-        self.routes = routes
-        self.record = record
-        self.faults = faults
+    def __init__(self, address: tuple[str, int], simulator: SimulatorServer) -> None:
+        super().__init__(address, RequestHandler)
+        self.simulator = simulator
 
 
-class _Handler(BaseHTTPRequestHandler):
+class RequestHandler(BaseHTTPRequestHandler):
+    """One connection's requests: each is read into a `Request` and answered by `SimulatorServer.answer`."""
+
     server: _HTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive, as clients expect from the real API
     timeout = 60  # idle keep-alive connections end instead of holding a thread forever
@@ -181,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve()
 
+    # No route takes PUT, PATCH or DELETE: they are read so that a wrong method gets the API's 405 (with
+    # Allow), not http.server's 501.
     def do_PUT(self) -> None:
         self._serve()
 
@@ -204,21 +155,16 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in self.headers.items()},
             raw_body=raw_body,
         )
-        self.server.record(request)
         try:
-            outcome = self.server.faults.respond(request, self.server.routes.handle)
+            self.server.simulator.answer(request, self)
         except Exception:
             # A simulator bug: answer like the API's 500, then let socketserver print the traceback.
-            self._send(
+            self.send(
                 Reply.json(Response(500, ApiError(500, "InternalServerError", "simulator error").body()))
             )
             raise
-        if isinstance(outcome, Drop):
-            self._drop(outcome)
-        else:
-            self._send(outcome)
 
-    def _send(self, reply: Reply) -> None:
+    def send(self, reply: Reply) -> None:
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -226,15 +172,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
-
-    def _drop(self, drop: Drop) -> None:
-        """Answer nothing: hold the connection, then close it; a reset closes at once with an RST."""
-        self.close_connection = True
-        if drop.hold:
-            self.server.faults.wait(drop.hold)
-        if drop.reset:
-            # Linger 0: closing discards the connection with an RST instead of a FIN. rfile (a makefile)
-            # holds a reference to the socket, so it must close too or the descriptor stays open.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.connection.close()

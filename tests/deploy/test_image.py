@@ -237,6 +237,9 @@ def test_build_steps_install_the_exporter_without_pip(runtime_tree: tuple[Path, 
     assert (copied_venv / "bin" / "mixpeek-exporter").exists()
     assert not list(copied_venv.glob("lib/python*/site-packages/pip"))
     assert not list(copied_venv.glob("lib/python*/site-packages/setuptools"))
+    # The wheel ships the demo's simulator, not its test-only package (faults, recording, the fake clock).
+    assert list(copied_venv.glob("lib/python*/site-packages/exporter/simulator/demo.py"))
+    assert not list(copied_venv.glob("lib/python*/site-packages/exporter/simulator/testing"))
     assert not (root / "bin" / "sh").exists() and not (root / "usr" / "bin" / "sh").exists()
     assert (root / "etc" / "passwd").read_text().count(f":{RUNTIME_UID}:") == 1
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,11 +30,13 @@ from support import (
     free_port,
     prometheus_query,
     require_binary,
+    serve_in_background,
     start_prometheus,
     wait_until,
 )
 
-from exporter.simulator import SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import SimulatorTestServer
 
 pytest.importorskip("helm_python")
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -66,8 +67,7 @@ class Webhook:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        serve_in_background(self._server)
 
     def alerts(self, status: str) -> list[dict[str, Any]]:
         """Alerts of ALERT delivered with this status (firing or resolved)."""
@@ -142,7 +142,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     rules.write_text(deploy_module("deploy/prometheus/build.py").render_rules({"failedSpike": SHORT_SPIKE}))
     started: list[Any] = []
     try:
-        api = SimulatorServer(world, api_key=API_KEY)
+        api = SimulatorTestServer(world, api_key=API_KEY)
         api.start()
         started.append(api)
         webhook = Webhook()

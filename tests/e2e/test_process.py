@@ -10,7 +10,8 @@ import pytest
 from conftest import API_KEY
 from support import ExporterProcess, parse_exposition, select
 
-from exporter.simulator import SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import SimulatorTestServer
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def test_demo_mode_serves_live_metrics_and_stops_on_sigterm(processes: list[Expo
 
 def test_real_key_never_leaves_the_process(world: World, processes: list[ExporterProcess]) -> None:
     world.create_task("prod", "thumbnail", status="PROCESSING")
-    with SimulatorServer(world, api_key=API_KEY) as api:
+    with SimulatorTestServer(world, api_key=API_KEY) as api:
         exporter = ExporterProcess(
             "--namespaces",
             "prod,ghost",

@@ -8,13 +8,14 @@ from collections.abc import Callable
 import pytest
 from support import Exporter, promtool
 
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_promtool_check_metrics_accepts_the_exposition(
-    clock: FakeClock, world: World, api: SimulatorServer, make_exporter: Callable[..., Exporter]
+    clock: FakeClock, world: World, api: SimulatorTestServer, make_exporter: Callable[..., Exporter]
 ) -> None:
     ids = [
         world.create_task("prod", kind, status="PROCESSING") for kind in ("thumbnail", "engine_cluster_build")

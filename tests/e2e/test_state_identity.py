@@ -9,7 +9,8 @@ import httpx
 import pytest
 from support import ExporterProcess, parse_exposition, select, wait_until
 
-from exporter.simulator import FakeClock, SimulatorServer, World
+from exporter.simulator import World
+from exporter.simulator.testing import FakeClock, SimulatorTestServer
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def test_a_restart_under_another_key_counts_no_spike(
     ours = World(clock=clock, seed=1)
     ours.add_namespace("prod")
     ours.create_task("prod", "thumbnail", status="COMPLETED")
-    with SimulatorServer(ours, api_key=KEY_A) as api:
+    with SimulatorTestServer(ours, api_key=KEY_A) as api:
         port = int(api.url.rsplit(":", 1)[1])
         first = start(processes, KEY_A, api.url, path)
         wait_until(
@@ -66,7 +67,7 @@ def test_a_restart_under_another_key_counts_no_spike(
     theirs.add_namespace("prod")
     for _ in range(200):
         theirs.create_task("prod", "thumbnail", status="FAILED")
-    with SimulatorServer(theirs, api_key=KEY_B, port=port) as api:
+    with SimulatorTestServer(theirs, api_key=KEY_B, port=port) as api:
         second = start(processes, KEY_B, api.url, path)
         assert metric(second, "mixpeek_tasks", status="FAILED") == 200
         assert metric(second, "mixpeek_task_terminal_transitions_total") == 0

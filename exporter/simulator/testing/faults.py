@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import Final
 
-from .errors import ApiError
-from .params import CURSOR_PARAMS, DEFAULT_LIMIT, MAX_LIMIT
-from .routes import Request, Response
+from ..errors import ApiError
+from ..params import CURSOR_PARAMS, DEFAULT_LIMIT, MAX_LIMIT
+from ..routes import Request, Response
+from ..server import Reply
 
 TASKS_PATH: Final = "/v1/tasks/list"
 
@@ -273,22 +274,7 @@ class Fired:
     number: int
 
 
-# What the server does with a request.
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Bytes to send as the response."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
-    @classmethod
-    def json(cls, response: Response) -> "Reply":
-        payload = json.dumps(response.payload, separators=(",", ":")).encode()
-        return cls(response.status, payload, response.headers)
+# What the server does with a request: a `Reply`, or this.
 
 
 @dataclass(frozen=True, slots=True)
