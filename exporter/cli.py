@@ -184,7 +184,8 @@ def build_poller(
 
 
 def build_exposition(settings: Settings, poller: Poller) -> Exposition:
-    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change."""
+    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change (in
+    the background once the exposition is started)."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
     task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
     if settings.max_task_types_per_namespace:
@@ -198,7 +199,9 @@ def build_exposition(settings: Settings, poller: Poller) -> Exposition:
         max_series=settings.max_series_per_metric,
         demo=settings.demo,
     )
-    return Exposition(collector)
+    exposition = Exposition(collector)
+    poller.on_publish(exposition.changed)
+    return exposition
 
 
 async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | None = None) -> int:
@@ -221,15 +224,21 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
         loop = asyncio.get_running_loop()
+        exposition = build_exposition(settings, poller)
+
+        def render_failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(poller.internal_error, "render", exc)
+
+        exposition.start(render_failed)
         server = MetricsServer(
             host,
             port,
-            build_exposition(settings, poller),
+            exposition,
             poller.ready,
             web,
             max_connections=settings.max_connections,
             live=poller.alive,
-            on_error=lambda exc: loop.call_soon_threadsafe(poller.internal_error, "render", exc),
+            on_error=render_failed,
         )
         server.start()
         log.info(
@@ -253,6 +262,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: WebConfig | 
             await asyncio.wait([runner], timeout=SHUTDOWN_GRACE_SECONDS)
             await asyncio.wait([asyncio.create_task(poller.flush())], timeout=SHUTDOWN_GRACE_SECONDS)
             server.stop()
+            exposition.stop()
     return 0
 
 
