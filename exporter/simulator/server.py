@@ -4,6 +4,7 @@ Stdlib `ThreadingHTTPServer` with daemon threads and keep-alive: a client exerci
 (connection reuse, headers, status codes) while the test thread drives the World.
 """
 
+import gzip
 import json
 import socket
 import struct
@@ -26,6 +27,10 @@ DEFAULT_API_KEY: Final = "sk_test_simulator"
 # The demo serves for hours: keep the latest requests only, far more than any test makes.
 MAX_RECORDED: Final = 10_000
 _REDACTED: Final = "<redacted>"
+# Bodies from this size on are gzipped for a client that accepts it, as a real API's edge does. Level 1:
+# the level changes what the simulator spends (on the exporter's cores), hardly what the client inflates.
+GZIP_FROM_BYTES: Final = 1024
+GZIP_LEVEL: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +224,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(outcome)
 
     def _send(self, reply: Reply) -> None:
+        body, headers = reply.body, reply.headers
+        if len(body) >= GZIP_FROM_BYTES and "Content-Encoding" not in headers and self._accepts_gzip():
+            body, headers = gzip.compress(body, GZIP_LEVEL), {**headers, "Content-Encoding": "gzip"}
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+        self.wfile.write(body)
+
+    def _accepts_gzip(self) -> bool:
+        """Accept-Encoding names gzip with a weight above 0 (RFC 9110 12.5.3)."""
+        for coding in self.headers.get("Accept-Encoding", "").split(","):
+            name, _, weight = coding.partition(";")
+            if name.strip().lower() == "gzip":
+                return weight.strip().replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        return False
 
     def _drop(self, drop: Drop) -> None:
         """Answer nothing: hold the connection, then close it; a reset closes at once with an RST."""
