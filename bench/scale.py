@@ -683,7 +683,9 @@ def _poll_groups(polls: Sequence[Poll]) -> Iterator[tuple[str, list[Poll]]]:
         yield "steady (all)", steady
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[str], Options, bool]:
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[list[Scenario], list[str], Options, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -724,10 +726,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[
     )
     parser.add_argument("--scrape-concurrency", type=int, default=20, help="scrapers at once (20)")
     parser.add_argument(
-        "--naive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the naive exporter (bench/naive.py) beside ours, on the same simulated API (default)",
+        "--exporters",
+        default=f"{OURS},{NAIVE}",
+        help="comma-separated: ours, and the naive exporter (bench/naive.py) on the same simulated API "
+        f"(default: {OURS},{NAIVE})",
     )
     parser.add_argument(
         "--switch-interval-ms", type=float, help="sys.setswitchinterval in the exporter's process, in ms"
@@ -767,17 +769,20 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[
         profile=args.profile,
         refuse_lookup=args.refuse_lookup,
     )
-    return scenarios, apis, options, args.naive
+    exporters = [name.strip() for name in args.exporters.split(",") if name.strip()]
+    if not exporters or set(exporters) - {OURS, NAIVE}:
+        parser.error(f"--exporters: {OURS} and/or {NAIVE}")
+    return scenarios, apis, options, exporters
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    scenarios, apis, options, naive = parse_args(argv)
+    scenarios, apis, options, exporters = parse_args(argv)
     started = time.perf_counter()
     results = []
     context = multiprocessing.get_context("spawn")
     for scenario in scenarios:
         for api in apis:
-            for exporter in (OURS, NAIVE) if naive else (OURS,):
+            for exporter in exporters:
                 _progress(
                     f"{scenario.name} [{api}, {exporter}]: {scenario.namespaces} namespace(s) "
                     f"x {scenario.tasks_per_namespace:,} tasks"
