@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import importlib.util
 import multiprocessing
 import resource
 import time
@@ -109,7 +110,8 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     print(f"| transport | page | bytes | client CPU ms / page (best of 3 x {args.pages}) | RSS MB |")
     print("|---|---|---:|---:|---:|")
-    for transport in ("httpx", "aiohttp"):
+    aiohttp = importlib.util.find_spec("httpx_aiohttp") is not None
+    for transport in ("httpx", "aiohttp") if aiohttp else ("httpx",):
         for gzipped in (False, True):
             ready_recv, ready_send = context.Pipe(duplex=False)
             server = context.Process(target=serve, args=(body, gzipped, ready_send), daemon=True)

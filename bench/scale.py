@@ -12,13 +12,21 @@ finished, a small active set.
 Between polls the API's process applies the churn (by default 1 % of the tasks change: active tasks finish,
 some FAILED; pending tasks start; as many new tasks are born as the oldest finished ones expire), through a
 control pipe, so no change lands while a poll runs. The exporter is built from its real pieces, as
-`exporter.cli` builds it, and each poll is triggered with `await poller.poll_once()`.
+`exporter.cli` builds it (its /metrics rendered in the background), and each poll is triggered with
+`await poller.poll_once()`. Beside it, in its own fresh process against the same simulated API, runs the
+naive exporter of bench/naive.py (`--exporters` picks), and every figure is also given as ours / naive.
+
+While each steady poll runs, 20 scrapers in a process of their own hit /metrics at once, round after round
+(bench/scrape.py's Hammer): new connections without gzip during some polls, kept-alive ones with gzip during
+the others; after each steady poll one scrape times what a scraper sees first. Their CPU counts as the
+exporter's: `--no-hammer` for CPU figures. The load average at the start and the end of each run is printed:
+the machine's two cores are shared.
 
 Printed, as markdown: per run (scenario and API profile) and kind of poll (the first, a full listing; then
 incremental polls and full ones, as the exporter itself reports them: a full listing sets its namespace's
 `last_full`), the API requests of every endpoint (the exporter's own count), wall time, the exporter's CPU
 (and the simulated API's, to show where the wall time went); then per run the peak RSS, the RSS grown over
-the polls per tracked task, /metrics latency under concurrent scrapes, the exposition's size, how the exporter
+the polls per tracked task, /metrics latency while polls run, the exposition's size, how the exporter
 polls at the end (its poll-mode gauge) and the API checks it saw fail, so that a fallback shows, and a check:
 the exporter counted exactly the terminal transitions the world made after the first poll.
 """
@@ -448,8 +456,8 @@ async def _drive(
     subject: Subject, metrics: str, options: Options, control: Connection, result: Result
 ) -> None:
     """The polls, with the world's churn between them. With `hammer`, 20 scrapers hit /metrics at once,
-    round after round, while each steady poll runs: new connections without gzip during odd polls,
-    kept-alive ones with gzip during even ones; after each steady poll one scrape times what a scraper
+    round after round, while each steady poll runs: kept-alive connections with gzip during odd polls,
+    new connections without gzip during even ones; after each steady poll one scrape times what a scraper
     sees first."""
     hammers = (
         (Hammer(metrics, options.scrape_concurrency, keep_alive=False), Hammer(metrics, keep_alive=True))
