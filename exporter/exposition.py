@@ -48,6 +48,7 @@ RENDERED_AHEAD = ("", "application/openmetrics-text;version=1.0.0")
 # Magic, deflate, no flags, no modification time, no extra flags, unknown OS (RFC 1952).
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 VARY = "Accept, Accept-Encoding"
+STOP_WAIT_SECONDS = 1.0
 
 Encoder = Callable[[Collector], bytes]
 ChunkKey = tuple[str, str, int, int | None]
@@ -108,11 +109,12 @@ class Exposition:
         self._changed.set()
 
     def stop(self) -> None:
-        """End the background thread (after the render under way, if any)."""
+        """End the background thread: at once, or after the render under way, waiting for it at most
+        STOP_WAIT_SECONDS (a daemon thread: a render of many namespaces does not hold up a shutdown)."""
         self._stopped.set()
         self._changed.set()
         if self._renderer is not None:
-            self._renderer.join()
+            self._renderer.join(STOP_WAIT_SECONDS)
 
     def _render_loop(
         self, collector: SnapshotCollector, on_error: Callable[[BaseException], object] | None
