@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Final, TypeVar
+from typing import Final, TypedDict, TypeVar
 
 import httpx
 import pytest
@@ -47,7 +47,6 @@ from exporter.metrics import (
     TRACKED_TASKS,
     UNTRACKED_TASKS,
     UP,
-    Fold,
     SnapshotCollector,
     keep_all,
 )
@@ -57,6 +56,7 @@ from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, Namespac
 from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.state import Key, NamespaceState
 from exporter.statefile import StateFile, identity
+from exporter.views import Fold
 from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -463,7 +463,14 @@ class ServiceProcess:
         self._log.close()
 
 
-def prometheus_query(base_url: str, expr: str) -> list[dict[str, object]]:
+class Sample(TypedDict):
+    """One element of an instant query's result vector."""
+
+    metric: dict[str, str]
+    value: list[float | str]  # [unix time, the value as a string]
+
+
+def prometheus_query(base_url: str, expr: str) -> list[Sample]:
     """An instant query's result vector; a PromQL syntax error fails with Prometheus's own message."""
     answer = httpx.get(f"{base_url}/api/v1/query", params={"query": expr}, timeout=10)
     body = answer.json()

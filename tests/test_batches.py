@@ -15,7 +15,9 @@ from exporter.views import OTHER, capped
 MakeExporter = Callable[..., Exporter]
 
 
-def since(now: Counter[tuple[str, str, str]], baseline: Counter[tuple[str, str, str]], ns_id: str) -> dict:
+def since(
+    now: Counter[tuple[str, str, str]], baseline: Counter[tuple[str, str, str]], ns_id: str
+) -> dict[tuple[str, str], int]:
     """Ground truth accumulated since the baseline, for one namespace: {(bucket, third key): n}."""
     return {
         (b, k): n - baseline[(i, b, k)]
@@ -24,7 +26,7 @@ def since(now: Counter[tuple[str, str, str]], baseline: Counter[tuple[str, str, 
     }
 
 
-def scraped(exporter: Exporter, name: str, third: str) -> dict:
+def scraped(exporter: Exporter, name: str, third: str) -> dict[tuple[str, str], int]:
     found = select(exporter.scrape(), name, mixpeek_namespace="prod")
     return {(dict(k)["bucket_id"], dict(k)[third]): int(v) for k, v in found.items() if v}
 

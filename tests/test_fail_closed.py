@@ -11,9 +11,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import API_KEY
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import SecretStr
 from support import parse_exposition, select
 
 from exporter.api import MixpeekClient
@@ -111,7 +113,7 @@ def test_the_demo_runs_only_when_asked(
 @pytest.mark.parametrize(("overrides", "demo"), [({"demo": "true"}, "true"), ({"api_key": API_KEY}, "false")])
 def test_build_info_says_whether_the_data_is_the_demos(overrides: dict[str, str], demo: str) -> None:
     settings = load_settings(**overrides)
-    client = MixpeekClient(None, lambda: None)  # type: ignore[arg-type]  # never asked: no poll runs
+    client = MixpeekClient(httpx.AsyncClient(), lambda: SecretStr(API_KEY))  # never used: no poll runs
     registry = CollectorRegistry()
     registry.register(build_exposition(settings, build_poller(settings, client, 30.0)))
     (labels,) = select(parse_exposition(generate_latest(registry).decode()), "mixpeek_exporter_build_info")

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_KEY
+from structlog.typing import EventDict
 from support import Exporter
 
 from exporter import api as api_module
@@ -66,7 +67,7 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
     world: World,
     stage: str,
     owner: Any,
@@ -105,7 +106,7 @@ async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_cou
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",))
 
@@ -226,7 +227,7 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
 
 
 async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
-    api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None, logs: list[dict[str, Any]]
+    api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None, logs: list[EventDict]
 ) -> None:
     """The server hears of a /metrics render that failed (it answers 500) and hands it to the poller's
     loop, as `exporter.cli` wires it."""
@@ -264,7 +265,7 @@ async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls
     make_exporter: MakeExporter,
     seeded: None,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",), state_file=tmp_path / "state")
     Once(monkeypatch, StateFile, "save", KeyError("a bug in the encoder"))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import structlog
 from conftest import API_KEY
+from structlog.typing import EventDict
 from support import Exporter, FlakyTransport, serve_in_background
 
 from exporter.apikey import ApiKeySource
@@ -35,7 +36,7 @@ async def test_key_absent_from_logs_metrics_and_errors_through_failures(
     world: World,
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     world.create_task("prod", "thumbnail", status="PROCESSING")
     good = make_exporter(api, namespaces=("prod", "ghost"), transport=FlakyTransport(fail={2, 3, 4, 5}))
@@ -70,7 +71,7 @@ async def test_a_rotated_key_file_is_picked_up_without_restart(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text("sk_expired\n")
@@ -87,7 +88,7 @@ async def test_a_rotated_key_file_is_picked_up_without_restart(
 
 
 def test_an_unreadable_key_file_keeps_the_last_key_and_says_so_once(
-    tmp_path: Path, logs: list[dict[str, Any]]
+    tmp_path: Path, logs: list[EventDict]
 ) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text(API_KEY)
@@ -195,7 +196,7 @@ async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     """The rotation is bad at run time: the poll goes on with the last good key, one error says why without
     the content, and nothing is raised into the poll loop."""

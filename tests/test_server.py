@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from structlog.typing import EventDict
 from support import Exporter, self_signed_certificate
 
 from exporter import server as server_module
@@ -73,7 +74,8 @@ async def test_openmetrics_buckets_carry_task_exemplars(
     async with httpx.AsyncClient(base_url=base_url) as http:
         response = await http.get("/metrics", headers={"Accept": OPENMETRICS})
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-    families = {f.name: f for f in parse_openmetrics(response.text)}
+    # prometheus_client's OpenMetrics parser has no type annotations.
+    families = {f.name: f for f in parse_openmetrics(response.text)}  # type: ignore[no-untyped-call]
     samples = [
         s
         for s in families["mixpeek_task_completion_seconds"].samples
@@ -288,7 +290,7 @@ def test_bad_web_config_is_one_clear_line(tmp_path: Path, content: str, problem:
     assert "\n" not in str(caught.value) and "MIXPEEK_WEB_CONFIG_FILE" in str(caught.value)
 
 
-def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[dict[str, object]]) -> None:
+def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[EventDict]) -> None:
     """A bug in rendering is the exporter's: the scraper gets a plain 500, the log one line, no traceback."""
 
     class Broken:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.typing import EventDict
 
 from exporter.config import ConfigError, load_settings
 from exporter.server import BACKOFF_MAX_SECONDS, MetricsServer
@@ -86,7 +87,7 @@ def slowloris(port: int, count: int) -> list[socket.socket]:
 
 
 def test_healthz_answers_under_a_slowloris_flood_and_the_longest_waiting_are_closed(
-    logs: list[dict[str, object]],
+    logs: list[EventDict],
 ) -> None:
     cap = 8
     with running(max_connections=cap) as server:
@@ -160,9 +161,7 @@ class FlakyAccept:
 
 
 @pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
-def test_accept_backs_off_when_out_of_resources_then_serves_again(
-    error: int, logs: list[dict[str, object]]
-) -> None:
+def test_accept_backs_off_when_out_of_resources_then_serves_again(error: int, logs: list[EventDict]) -> None:
     pauses: list[float] = []
     accept = FlakyAccept(error, failures=9)
     with running(accept=accept, pause=pauses.append) as server:

@@ -81,13 +81,14 @@ def answers(
     profile: ApiProfile = TIMESTAMPED,
 ) -> tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, Any]]]:
     """(cached, reference) answers to one request, as the server would give them."""
-    options = {"scope": scope, "cursor_pagination": cursor, "profile": profile}
 
     def cached(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
-        return listings.page(body, query, **options)
+        return listings.page(body, query, scope=scope, cursor_pagination=cursor, profile=profile)
 
     def reference(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
-        return list_tasks(world.tasks(scope), body, query, **options)
+        return list_tasks(
+            world.tasks(scope), body, query, scope=scope, cursor_pagination=cursor, profile=profile
+        )
 
     return cached, reference
 
@@ -289,13 +290,14 @@ def test_the_cache_keeps_a_bounded_number_of_tasks(world: World) -> None:
 # Filters: the direct predicates, and the shapes that need no scan
 
 
+EQUALITY_VALUES: dict[str, list[object]] = {
+    "status": ["FAILED", "failed", ["completed", "FAILED", 7, None], []],
+    "task_type": ["thumbnail", ["THUMBNAIL", "engine_cluster_build"]],
+    "task_id": ["nope", ["nope"]],
+}
 CONDITIONS: list[dict[str, Any]] = [
     {"field": field, "operator": op, "value": value}
-    for field, values in {
-        "status": ["FAILED", "failed", ["completed", "FAILED", 7, None], []],
-        "task_type": ["thumbnail", ["THUMBNAIL", "engine_cluster_build"]],
-        "task_id": ["nope", ["nope"]],
-    }.items()
+    for field, values in EQUALITY_VALUES.items()
     for value in values
     for op in (("in", "nin") if isinstance(value, list) else ("eq", "ne"))
 ] + [
@@ -321,9 +323,9 @@ def test_direct_predicates_match_the_generic_ones(
 
 def test_pinned_ids_come_from_the_conjuncts_only() -> None:
     cond = {"field": "task_id", "operator": "in", "value": ["A-1", "b-2", 3]}
-    assert pinned_ids({"AND": [cond]}) == {"A-1", "a-1", "b-2"}
-    assert pinned_ids({"task_id": "x"}) == {"x"}
-    assert pinned_ids({"AND": [{"AND": [cond]}, {"field": "task_id", "value": "b-2"}]}) == {"b-2"}
+    assert pinned_ids({"AND": [cond]}) == frozenset({"A-1", "a-1", "b-2"})
+    assert pinned_ids({"task_id": "x"}) == frozenset({"x"})
+    assert pinned_ids({"AND": [{"AND": [cond]}, {"field": "task_id", "value": "b-2"}]}) == frozenset({"b-2"})
     assert pinned_ids({"OR": [cond]}) is None
     assert pinned_ids({"NOT": [cond]}) is None
     assert pinned_ids({"AND": [{"field": "status", "value": "FAILED"}]}) is None

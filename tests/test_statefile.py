@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from support import Exporter, completion
 
 from exporter.config import DEFAULT_BUCKETS
@@ -72,7 +73,7 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     task_id = world.create_task("prod", "thumbnail", status="COMPLETED")
     path = tmp_path / "state.json"
@@ -185,7 +186,7 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
         assert after.completions.keys() == before.completions.keys()
 
 
-def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[EventDict]) -> None:
     """Bound to "url|scope" only, they may be another key's: a baseline is the safe side."""
     prod = {"polled_at": 30.0, "tasks": [["a", "PENDING", "t", 0.0, 5.0, False]], "gone": []}
     version_1 = {"format": "mixpeek-exporter-state/1", "identity": "https://api.example|namespace"}
@@ -211,7 +212,7 @@ KEY_A = "sk_org_a_0123456789abcdef"
 KEY_B = "sk_org_b_fedcba9876543210"
 
 
-def foreign(logs: list[dict[str, Any]]) -> list[str]:
+def foreign(logs: list[EventDict]) -> list[str]:
     """The parts named by each "state file is for another setup" line."""
     return [e["differs"] for e in logs if e["event"] == "state file is for another setup; starting afresh"]
 
@@ -221,7 +222,7 @@ def terminal_total(exporter: Exporter) -> float:
 
 
 async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored(
-    clock: FakeClock, make_exporter: MakeExporter, tmp_path: Path, logs: list[dict[str, Any]]
+    clock: FakeClock, make_exporter: MakeExporter, tmp_path: Path, logs: list[EventDict]
 ) -> None:
     path = tmp_path / "state.json"
     ours = World(clock=clock, seed=1)
@@ -270,7 +271,7 @@ async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     path = tmp_path / "state.json"
     watched = world.create_task("prod", "thumbnail", status="PROCESSING")
@@ -287,7 +288,7 @@ async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored
     same = make_exporter(api, namespaces=("staging", "prod"), state_file=path)
     assert same.value(TRANSITIONS, **FAILED) == 1 and foreign(logs) == []
 
-    others = {
+    others: dict[str, dict[str, object]] = {
         "namespaces": {"namespaces": ("prod",)},
         "namespace_filter": {
             "namespaces": ("prod", "staging"),
@@ -323,9 +324,7 @@ def test_the_key_is_never_in_the_file_nor_its_bare_hash(tmp_path: Path) -> None:
     assert StateFile(path, setup, DEFAULT_BUCKETS).load()[0]["prod"].counts == {("FAILED", "t"): 1}
 
 
-def test_each_part_of_the_identity_is_told_apart_and_named(
-    tmp_path: Path, logs: list[dict[str, Any]]
-) -> None:
+def test_each_part_of_the_identity_is_told_apart_and_named(tmp_path: Path, logs: list[EventDict]) -> None:
     def setup(key: str = KEY_A, **changes: Any) -> dict[str, str]:
         parts: dict[str, Any] = {
             "url": "https://api.example",

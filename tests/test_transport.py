@@ -20,6 +20,7 @@ from hostile import HostileServer, RewriteJson, chunked_page, gzip_page, head, t
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from support import Exporter, Sleeps
 
 from exporter.api import (
@@ -353,7 +354,7 @@ async def test_a_negative_failed_count_never_lowers_the_object_counter(
     world: World,
     api: SimulatorTestServer,
     make_exporter: Callable[..., Exporter],
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     """End to end over HTTP: the API says -5 objects failed, twice; the counter stays where it was."""
     first = world.create_batch("prod", status="PROCESSING", objects=10)

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import httpx
@@ -19,9 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from test_fail_closed import refused
 
-from exporter import basicauth
 from exporter.basicauth import BasicAuth
 from exporter.config import ConfigError
 from exporter.server import MetricsServer
@@ -193,7 +192,9 @@ def test_versions_and_cipher_suites_take_go_names(pki: Path, tmp_path: Path) -> 
         socket.create_connection(("127.0.0.1", server.port)) as raw,
         client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
-        assert (tls.version(), tls.cipher()[0]) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
+        cipher = tls.cipher()
+        assert cipher is not None
+        assert (tls.version(), cipher[0]) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
 
 
 def test_the_toolkit_headers_are_on_every_response(tmp_path: Path) -> None:
@@ -218,8 +219,8 @@ def test_the_toolkit_headers_are_on_every_response(tmp_path: Path) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
         connection.putrequest("GET", "/" + "x" * 70_000)  # http.server's own 414
         connection.endheaders()
-        response = connection.getresponse()
-        assert response.status == 414 and response.getheader("X-Frame-Options") == "deny"
+        too_long = connection.getresponse()
+        assert too_long.status == 414 and too_long.getheader("X-Frame-Options") == "deny"
         connection.close()
 
 
@@ -326,7 +327,7 @@ def test_changed_users_take_effect_after_the_check_interval(files: Files) -> Non
 
 
 def test_a_broken_file_keeps_the_last_good_config_and_is_counted_once(
-    files: Files, logs: list[dict[str, Any]]
+    files: Files, logs: list[EventDict]
 ) -> None:
     assert files.reloads() == {"ok": 0.0, "error": 0.0}
     files.path.write_text("basic_auth_users:\n  prometheus: [\n")
@@ -342,7 +343,7 @@ def test_a_broken_file_keeps_the_last_good_config_and_is_counted_once(
     assert files.reloads() == {"ok": 1.0, "error": 1.0}
 
 
-def test_tls_cannot_be_turned_off_by_a_reload(files: Files, logs: list[dict[str, Any]]) -> None:
+def test_tls_cannot_be_turned_off_by_a_reload(files: Files, logs: list[EventDict]) -> None:
     files.path.write_text(f"basic_auth_users:\n  prometheus: {hashed('old')}\n")
     files.clock.advance(5)
     files.web.refusal(None)
@@ -378,7 +379,7 @@ def test_an_unknown_user_costs_a_bcrypt_of_the_same_cost(monkeypatch: pytest.Mon
         return real(password, hashed_password)
 
     auth = BasicAuth({"prometheus": SecretStr(hashed("s3cret", rounds=6))})
-    monkeypatch.setattr(basicauth.bcrypt, "checkpw", spy)
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
     assert not auth.allows(basic("mallory", "s3cret"))
     assert len(checked) == 1 and checked[0].startswith(b"$2b$06$")
     assert not auth.allows(basic("prometheus", "wrong"))

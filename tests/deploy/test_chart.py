@@ -142,7 +142,7 @@ def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[di
     """`helm template`: every manifest the chart renders, parsed."""
     helm_python.disable_logging()
     rendered = helm_python.Chart.load(str(chart)).render(values or {}, name="mx", namespace="monitoring")
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".txt"):
             continue
@@ -161,7 +161,8 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exporter_in(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The exporter's container of a pod spec (extraContainers may run beside it)."""
-    (exporter,) = [c for c in pod_spec["containers"] if c["name"] == "mixpeek-exporter"]
+    exporters: list[dict[str, Any]] = [c for c in pod_spec["containers"] if c["name"] == "mixpeek-exporter"]
+    (exporter,) = exporters
     return exporter
 
 
@@ -174,7 +175,8 @@ def crd_schema(plural: str) -> dict[str, Any]:
         pytest.skip(f"prometheus-operator CRDs not found in {CRDS}")
     crd = yaml.safe_load((CRDS / f"monitoring.coreos.com_{plural}.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return strict(version["schema"]["openAPIV3Schema"])
+    schema: dict[str, Any] = strict(version["schema"]["openAPIV3Schema"])
+    return schema
 
 
 def strict(schema: Any) -> Any:
@@ -514,7 +516,11 @@ def test_the_exporter_serves_the_chart_web_config_and_the_probes_and_helm_test_p
                 get = container(docs)[probe]["httpGet"]
                 assert get.get("scheme", "HTTP") == scheme.upper()
                 path = get["path"]
-                wait_until(lambda path=path: kubelet.get(path).status_code == 200, 30, f"{probe} {path}")
+
+                def answers(path: str = path) -> bool:
+                    return kubelet.get(path).status_code == 200
+
+                wait_until(answers, 30, f"{probe} {path}")
             refused = kubelet.get("/metrics")
             assert refused.status_code == (401 if values else 200)
             assert refused.headers.get("X-Frame-Options") == ("deny" if values else None)

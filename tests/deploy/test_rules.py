@@ -151,7 +151,7 @@ def test_recorded_series_are_recorded_before_they_are_read() -> None:
 
 def test_recording_rule_names_follow_the_convention() -> None:
     """level (the labels kept) : metric (no _total once rated) : operations (the window in each)."""
-    levels = {}
+    levels: dict[str, str] = {}
     for rule in records():
         level, metric, operations = rule["record"].split(":")
         expr = rule["expr"]
