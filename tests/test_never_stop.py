@@ -47,11 +47,10 @@ def internal_errors(exporter: Exporter, stage: str) -> float:
 
 
 @pytest.fixture
-def seeded(world: World, clock: FakeClock) -> Iterator[None]:
+def seeded(world: World, clock: FakeClock) -> None:
     for status in ("PROCESSING", "COMPLETED", "FAILED"):
         world.create_task("prod", "thumbnail", status)
         clock.advance(1)
-    yield
 
 
 @pytest.mark.parametrize(
@@ -92,7 +91,8 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
         == before
     )
     logged = [event for event in logs if event["event"].startswith("unexpected error")]
-    assert logged[0]["exc_info"] is not None and logged[0]["stage"] == stage
+    assert logged[0]["exc_info"] is not None
+    assert logged[0]["stage"] == stage
     await exporter.poll()
     assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     assert (
@@ -256,7 +256,8 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
     await asyncio.sleep(0)  # the loop runs what the server thread handed it
     assert internal_errors(exporter, "render") == 2
     tracebacks = [e for e in logs if e["event"] == "unexpected error; the poll loop goes on"]
-    assert len(tracebacks) == 1 and tracebacks[0]["stage"] == "render"
+    assert len(tracebacks) == 1
+    assert tracebacks[0]["stage"] == "render"
 
 
 async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls_go_on(

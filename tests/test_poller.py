@@ -205,7 +205,9 @@ async def test_failing_namespace_does_not_break_the_others(
         exporter.scrape(), "mixpeek_exporter_last_success_timestamp_seconds", mixpeek_namespace="ghost"
     )
     warning = [e for e in logs if e["event"] == "poll failed"]
-    assert warning and warning[0]["namespace"] == "ghost" and warning[0]["reason"] == "not_found"
+    assert warning
+    assert warning[0]["namespace"] == "ghost"
+    assert warning[0]["reason"] == "not_found"
     assert not exporter.poller.ready()
 
 

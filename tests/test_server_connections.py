@@ -105,7 +105,8 @@ def test_healthz_answers_under_a_slowloris_flood_and_the_longest_waiting_are_clo
             sock.close()
         newest.close()
     limits = [e for e in logs if str(e["event"]).startswith("connection limit reached")]
-    assert len(limits) == 1 and limits[0]["max_connections"] == cap
+    assert len(limits) == 1
+    assert limits[0]["max_connections"] == cap
 
 
 def test_at_the_cap_with_every_connection_answering_a_new_one_is_closed_at_once() -> None:
@@ -121,7 +122,8 @@ def test_at_the_cap_with_every_connection_answering_a_new_one_is_closed_at_once(
         busy = [threading.Thread(target=lambda: answers.append(healthz(server.port))) for _ in range(2)]
         for thread in busy:
             thread.start()
-        assert entered.acquire(timeout=TIMEOUT) and entered.acquire(timeout=TIMEOUT)
+        assert entered.acquire(timeout=TIMEOUT)
+        assert entered.acquire(timeout=TIMEOUT)
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as refused:
             assert closed_by_server(refused)  # not queued behind the two slow answers
         release.set()
@@ -231,7 +233,10 @@ def test_healthz_fails_while_not_live() -> None:
         assert healthz(server.port) == (200, b"ok\n")
         alive[0] = False
         status, body = healthz(server.port)
-        assert status == 503 and body.endswith(b"\n") and body.count(b"\n") == 1 and b"not live" in body
+        assert status == 503
+        assert body.endswith(b"\n")
+        assert body.count(b"\n") == 1
+        assert b"not live" in body
         assert healthz(server.port, "HEAD") == (503, b"")
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
         connection.request("GET", "/metrics")

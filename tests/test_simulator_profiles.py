@@ -186,7 +186,8 @@ def test_header_ignored_lists_and_gets_organisation_wide(world: World, client: h
         assert set(ids(listing(client, None, namespace))) == everything
     dev_task = world.tasks("dev")[0].task_id
     answer = client.get(f"/v1/tasks/{dev_task}", headers={"X-Namespace": "prod"})
-    assert answer.status_code == 200 and answer.json()["task_id"] == dev_task
+    assert answer.status_code == 200
+    assert answer.json()["task_id"] == dev_task
 
 
 def test_header_honoured_scopes_gets_too(world: World, client: httpx.Client) -> None:
@@ -239,8 +240,11 @@ def test_a_refused_operator_is_fastapis_422_naming_it(
         accepted = http.post("/v1/tasks/list", json={"filters": other, "sort": NEWEST_FIRST})
     assert refused.status_code == 422
     [error] = refused.json()["detail"]
-    assert set(error) >= {"loc", "msg", "type"} and error["loc"] == loc
-    assert f"'{operator}'" in error["msg"] and error["type"] == "value_error" and error["input"] == operator
+    assert set(error) >= {"loc", "msg", "type"}
+    assert error["loc"] == loc
+    assert f"'{operator}'" in error["msg"]
+    assert error["type"] == "value_error"
+    assert error["input"] == operator
     assert accepted.status_code == 200
 
 
@@ -297,9 +301,13 @@ def test_without_the_org_batch_listing_buckets_and_their_batches_still_list_ever
                 offset += len(page["results"])
                 if len(page["results"]) < 4:
                     break
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
-    assert buckets["total_count"] == 3 and len(buckets["results"]) == 2 and len(rest["results"]) == 1
-    assert sorted(seen) == sorted(b.batch_id for b in world.batches("prod")) and len(seen) == 25
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "NotFoundError"
+    assert buckets["total_count"] == 3
+    assert len(buckets["results"]) == 2
+    assert len(rest["results"]) == 1
+    assert sorted(seen) == sorted(b.batch_id for b in world.batches("prod"))
+    assert len(seen) == 25
 
 
 def test_the_bucket_batch_listing_follows_its_cursor_in_the_body(world: World, clock: FakeClock) -> None:
@@ -359,8 +367,10 @@ def test_parse_reads_every_setting_and_round_trips() -> None:
         sort_honoured=False,
         batches_list=False,
     )
-    assert str(profile) == text and ApiProfile.parse(str(profile)) == profile
-    assert ApiProfile.parse("") == ApiProfile.parse("default") == DOCUMENTED and str(DOCUMENTED) == "default"
+    assert str(profile) == text
+    assert ApiProfile.parse(str(profile)) == profile
+    assert ApiProfile.parse("") == ApiProfile.parse("default") == DOCUMENTED
+    assert str(DOCUMENTED) == "default"
     assert ApiProfile.parse(" timestamps=absent , header=honoured,namespace_ids=batch ") == DOCUMENTED
     assert ApiProfile.parse("timestamps=present") == ApiProfile(timestamps=True)
     for name, named in PROFILES.items():

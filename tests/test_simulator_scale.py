@@ -200,7 +200,8 @@ def test_each_listing_sorts_once_per_version(world: World) -> None:
     listings = TaskListings(world)
     cached, _ = answers(world, listings, world.namespace("prod").namespace_id)  # type: ignore[union-attr]
     everything = list(pages(cached, {"sort": NEWEST_FIRST}, limit=10))
-    assert len(everything) == 45 and listings.builds == 1
+    assert len(everything) == 45
+    assert listings.builds == 1
 
 
 def test_lookups_by_id_and_windows_of_the_sort_field_never_sort_the_namespace(world: World) -> None:
@@ -269,7 +270,8 @@ def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> Non
     before = (world.version(prod), world.version(staging), world.version())
     world.create_task("staging")
     assert world.version(prod) == before[0]
-    assert world.version(staging) > before[1] and world.version() > before[2]
+    assert world.version(staging) > before[1]
+    assert world.version() > before[2]
     builds = listings.builds
     listings.page({}, query, scope=prod, cursor_pagination=True, profile=TIMESTAMPED)
     assert listings.builds == builds
@@ -284,7 +286,8 @@ def test_the_cache_keeps_a_bounded_number_of_tasks(world: World) -> None:
         for scope in (None, world.namespace("prod").namespace_id):  # type: ignore[union-attr]
             listings.page({"status": status}, {}, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     cached = listings._listings  # the bound is the point of this test
-    assert len(cached) <= 3 and sum(len(tasks) for _, tasks in cached.values()) <= 1000
+    assert len(cached) <= 3
+    assert sum(len(tasks) for _, tasks in cached.values()) <= 1000
 
 
 # Filters: the direct predicates, and the shapes that need no scan
