@@ -52,7 +52,7 @@ from exporter.metrics import (
 )
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, World
+from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, SimNamespace, World
 from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.state import Key, NamespaceState
 from exporter.statefile import StateFile, identity
@@ -104,6 +104,13 @@ def by_profile(*names: str, argname: str = "profile") -> pytest.MarkDecorator:
     """Parametrise a test over the named profiles (all of PROFILES when none are named), ids the names."""
     chosen = names or tuple(PROFILES)
     return pytest.mark.parametrize(argname, [pytest.param(PROFILES[name], id=name) for name in chosen])
+
+
+def known_namespace(world: World, ref: str) -> SimNamespace:
+    """A namespace the test created, by name or id (World.namespace's None means the setup is wrong)."""
+    found = world.namespace(ref)
+    assert found is not None, f"no namespace {ref!r} in the world"
+    return found
 
 
 def simulator(
@@ -192,7 +199,7 @@ def build_exporter(
     organization: bool = False,
     page_size: int = 1000,
     transport: httpx.AsyncBaseTransport | None = None,
-    event_hooks: Mapping[str, list[object]] | None = None,
+    event_hooks: Mapping[str, list[Callable[..., object]]] | None = None,
     state_file: Path | None = None,
     max_tracked: int | None = None,
     batches: bool = False,
@@ -208,7 +215,7 @@ def build_exporter(
     concurrency: int = 4,
     poll_timeout: float | None = None,
 ) -> Exporter:
-    http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
+    http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)
     sleeps = Sleeps()
     keys = key if callable(key) else (lambda: SecretStr(key))
     client = MixpeekClient(

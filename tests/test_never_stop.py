@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_KEY
+from prometheus_client.metrics_core import Metric
 from structlog.typing import EventDict
 from support import Exporter
 
@@ -235,14 +236,14 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
     await exporter.poll()
 
     class Broken:
-        def collect(self) -> Iterator[object]:
+        def collect(self) -> Iterator[Metric]:
             raise RuntimeError("a render bug")
 
     loop = asyncio.get_running_loop()
     server = MetricsServer(
         "127.0.0.1",
         0,
-        Broken(),  # type: ignore[arg-type]
+        Broken(),
         lambda: True,
         on_error=lambda exc: loop.call_soon_threadsafe(exporter.poller.internal_error, "render", exc),
     )

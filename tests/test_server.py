@@ -15,6 +15,7 @@ import bcrypt
 import httpx
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from structlog.typing import EventDict
 from support import Exporter, self_signed_certificate
@@ -303,10 +304,10 @@ def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[EventDict])
     """A bug in rendering is the exporter's: the scraper gets a plain 500, the log one line, no traceback."""
 
     class Broken:
-        def collect(self) -> Iterator[object]:
+        def collect(self) -> Iterator[Metric]:
             raise RuntimeError("boom")
 
-    server = MetricsServer("127.0.0.1", 0, Broken(), lambda: True)  # type: ignore[arg-type]
+    server = MetricsServer("127.0.0.1", 0, Broken(), lambda: True)
     server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:

@@ -398,11 +398,14 @@ def test_batch_json_in_each_state(world: World, clock: FakeClock) -> None:
         "extracting",
         0,
     )
-    tier = live["tier_tasks"][0]  # type: ignore[index]
+    live_tiers, live_progress = live["tier_tasks"], live["progress"]
+    assert isinstance(live_tiers, list)
+    assert isinstance(live_progress, dict)
+    tier = live_tiers[0]
     assert (tier["source_type"], tier["status"], tier["completed_at"]) == ("bucket", "IN_PROGRESS", None)
     assert tier["started_at"] == iso(running.created_at)
     assert tier["parent_task_id"] is None
-    assert live["progress"]["total"] == 40  # type: ignore[index]
+    assert live_progress["total"] == 40
     clock.advance(5)
     world.set_batch_status(running_id, "FAILED", failure_category="infrastructure")
     failed = world.get_batch(running_id)
@@ -416,8 +419,11 @@ def test_batch_json_in_each_state(world: World, clock: FakeClock) -> None:
         == FAILURE_REASONS["infrastructure"][1]
     )
     assert gone["failed_object_count"] == 40
-    assert gone["progress"]["objects_failed"] == 40  # type: ignore[index]
-    assert gone["tier_tasks"][0]["duration_ms"] == 6000  # type: ignore[index]
+    gone_tiers, gone_progress = gone["tier_tasks"], gone["progress"]
+    assert isinstance(gone_tiers, list)
+    assert isinstance(gone_progress, dict)
+    assert gone_progress["objects_failed"] == 40
+    assert gone_tiers[0]["duration_ms"] == 6000
 
 
 # HTTP: the rules

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import PROFILES, by_profile, profile_named, simulator
+from support import PROFILES, by_profile, known_namespace, profile_named, simulator
 
 from exporter.simulator import (
     DEFAULT_API_KEY,
@@ -282,7 +282,7 @@ def test_without_the_org_batch_listing_buckets_and_their_batches_still_list_ever
     world: World, clock: FakeClock, cursor_pagination: bool
 ) -> None:
     for i in range(25):
-        world.create_batch("prod", bucket_id=world.namespace("prod").bucket_ids[i % 3])  # type: ignore[union-attr]
+        world.create_batch("prod", bucket_id=known_namespace(world, "prod").bucket_ids[i % 3])
         clock.advance(1)
     with (
         simulator(world, "batches_list=absent", cursor_pagination=cursor_pagination) as api,
@@ -311,7 +311,7 @@ def test_without_the_org_batch_listing_buckets_and_their_batches_still_list_ever
 
 
 def test_the_bucket_batch_listing_follows_its_cursor_in_the_body(world: World, clock: FakeClock) -> None:
-    bucket_id = world.namespace("prod").bucket_ids[0]  # type: ignore[union-attr]
+    bucket_id = known_namespace(world, "prod").bucket_ids[0]
     made = []
     for _ in range(7):
         made.append(world.create_batch("prod", bucket_id=bucket_id))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support import PROFILES, by_profile
+from support import PROFILES, by_profile, known_namespace
 
 from exporter.simulator import TERMINAL_STATUSES, ApiProfile, World
 from exporter.simulator import filters as filters_module
@@ -171,7 +171,7 @@ def assert_same_pages(
 def test_cached_pages_are_the_pages_of_the_uncached_listing(
     world: World, scope: str | None, cursor: bool, profile: ApiProfile
 ) -> None:
-    namespace = world.namespace(scope).namespace_id if scope else None  # type: ignore[union-attr]
+    namespace = known_namespace(world, scope).namespace_id if scope else None
     listings = TaskListings(world)
     assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)
     assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)  # again, from the cache
@@ -198,7 +198,7 @@ def test_what_a_profile_ignores_shares_the_plain_listing(world: World, profile: 
 
 def test_each_listing_sorts_once_per_version(world: World) -> None:
     listings = TaskListings(world)
-    cached, _ = answers(world, listings, world.namespace("prod").namespace_id)  # type: ignore[union-attr]
+    cached, _ = answers(world, listings, known_namespace(world, "prod").namespace_id)
     everything = list(pages(cached, {"sort": NEWEST_FIRST}, limit=10))
     assert len(everything) == 45
     assert listings.builds == 1
@@ -245,7 +245,7 @@ def mutations(world: World, clock: FakeClock) -> Iterator[str]:
 
 def test_every_change_makes_the_cached_listing_fresh(world: World, clock: FakeClock) -> None:
     listings = TaskListings(world)
-    prod = world.namespace("prod").namespace_id  # type: ignore[union-attr]
+    prod = known_namespace(world, "prod").namespace_id
     cached, reference = answers(world, listings, prod)
     body = {
         "sort": NEWEST_FIRST,
@@ -263,7 +263,7 @@ def test_every_change_makes_the_cached_listing_fresh(world: World, clock: FakeCl
 
 def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> None:
     listings = TaskListings(world)
-    prod, staging = (world.namespace(n).namespace_id for n in ("prod", "staging"))  # type: ignore[union-attr]
+    prod, staging = (known_namespace(world, n).namespace_id for n in ("prod", "staging"))
     query = {"limit": "5"}
     for scope in (prod, staging, None):
         listings.page({}, query, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
@@ -283,7 +283,7 @@ def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> Non
 def test_the_cache_keeps_a_bounded_number_of_tasks(world: World) -> None:
     listings = TaskListings(world, max_listings=3, max_tasks=1000)
     for status in TERMINAL:
-        for scope in (None, world.namespace("prod").namespace_id):  # type: ignore[union-attr]
+        for scope in (None, known_namespace(world, "prod").namespace_id):
             listings.page({"status": status}, {}, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     cached = listings._listings  # the bound is the point of this test
     assert len(cached) <= 3
