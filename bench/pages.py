@@ -6,7 +6,8 @@
 A loopback server in another process answers every request with the same 1000-task page of the simulated
 API (the documented TaskResponse, about 470 KB; gzipped about 42 KB). The client, built as `exporter.cli`
 builds it, reads it `--pages` times, one request at a time over one kept-alive connection; printed is the
-client process's CPU per page (user + system), best of three rounds.
+client process's CPU per page (user + system), best of three rounds, with httpx's own transport and with
+aiohttp's under httpx (PyPI httpx-aiohttp, when installed), and the client's RSS after importing each.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import importlib.util
 import multiprocessing
+import resource
 import time
 from multiprocessing.connection import Connection
 
+import httpx
 from pydantic import SecretStr
 
-from exporter.api import TASKS_LIST, _TaskPage, _validated
+from exporter.api import TASKS_LIST
 from exporter.cli import Target, _api_client, _http_client
 from exporter.config import load_settings
 from exporter.simulator import SimulatorServer, World
@@ -37,8 +41,6 @@ def a_page() -> bytes:
     for _ in range(1000):
         world.create_task("prod")
     with SimulatorServer(world, api_key=KEY) as api:
-        import httpx  # noqa: PLC0415 - only to fetch the page once
-
         headers = {"Authorization": f"Bearer {KEY}", "X-Namespace": "prod"}
         return httpx.post(api.url + TASKS_LIST, params={"limit": 1000}, json={}, headers=headers).content
 
@@ -77,13 +79,17 @@ def serve(body: bytes, gzipped: bool, ready: Connection) -> None:
     asyncio.run(main())
 
 
-async def cpu_per_page(url: str, pages: int) -> float:
+async def cpu_per_page(url: str, pages: int, transport: str) -> float:
     settings = load_settings(api_key=KEY, api_url=url, max_retries=0)
     async with _http_client(settings, url) as http:
+        if transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 - optional: this comparison only
+
+            http._transport = AiohttpTransport(limits=httpx.Limits(max_connections=8))
         client = _api_client(settings, http, Target(url, lambda: SecretStr(KEY), demo=False))
 
         async def page() -> None:  # one request and its page decoded, as every listing reads them
-            _validated(_TaskPage, await client._post(TASKS_LIST, "prod", PAGE, {}), TASKS_LIST, 1000)
+            await client._task_page("prod", PAGE, {})
 
         await page()  # warm up: the connection, lazy imports
         best = float("inf")
@@ -103,17 +109,29 @@ def main() -> None:
     args = parser.parse_args()
     body = a_page()
     context = multiprocessing.get_context("spawn")
-    print(f"| page | bytes | client CPU ms / page (best of 3 x {args.pages}) |")
-    print("|---|---:|---:|")
-    for gzipped in (False, True):
-        ready_recv, ready_send = context.Pipe(duplex=False)
-        server = context.Process(target=serve, args=(body, gzipped, ready_send), daemon=True)
-        server.start()
-        port = ready_recv.recv()
-        per_page = asyncio.run(cpu_per_page(f"http://127.0.0.1:{port}", args.pages))
-        server.kill()
-        wire = len(gzip.compress(body)) if gzipped else len(body)
-        print(f"| {'gzip' if gzipped else 'plain'} | {wire:,} | {per_page * 1000:.2f} |")
+    print(f"| transport | page | bytes | client CPU ms / page (best of 3 x {args.pages}) | RSS MB |")
+    print("|---|---|---:|---:|---:|")
+    aiohttp = importlib.util.find_spec("httpx_aiohttp") is not None
+    for transport in ("httpx", "aiohttp") if aiohttp else ("httpx",):
+        for gzipped in (False, True):
+            ready_recv, ready_send = context.Pipe(duplex=False)
+            server = context.Process(target=serve, args=(body, gzipped, ready_send), daemon=True)
+            server.start()
+            port = ready_recv.recv()
+            with context.Pool(1) as pool:  # a fresh client process: its RSS is this transport's
+                per_page, rss = pool.apply(measure, (f"http://127.0.0.1:{port}", args.pages, transport))
+            server.kill()
+            wire = len(gzip.compress(body)) if gzipped else len(body)
+            print(
+                f"| {transport} | {'gzip' if gzipped else 'plain'} | {wire:,} | {per_page * 1000:.2f} "
+                f"| {rss:.0f} |"
+            )
+
+
+def measure(url: str, pages: int, transport: str) -> tuple[float, float]:
+    """CPU seconds per page, and the process's peak RSS in MB."""
+    per_page = asyncio.run(cpu_per_page(url, pages, transport))
+    return per_page, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

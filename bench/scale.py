@@ -12,13 +12,21 @@ finished, a small active set.
 Between polls the API's process applies the churn (by default 1 % of the tasks change: active tasks finish,
 some FAILED; pending tasks start; as many new tasks are born as the oldest finished ones expire), through a
 control pipe, so no change lands while a poll runs. The exporter is built from its real pieces, as
-`exporter.cli` builds it, and each poll is triggered with `await poller.poll_once()`.
+`exporter.cli` builds it (its /metrics rendered in the background), and each poll is triggered with
+`await poller.poll_once()`. Beside it, in its own fresh process against the same simulated API, runs the
+naive exporter of bench/naive.py (`--exporters` picks), and every figure is also given as ours / naive.
+
+While each steady poll runs, 20 scrapers in a process of their own hit /metrics at once, round after round
+(bench/scrape.py's Hammer): new connections without gzip during some polls, kept-alive ones with gzip during
+the others; after each steady poll one scrape times what a scraper sees first. Their CPU counts as the
+exporter's: `--no-hammer` for CPU figures. The load average at the start and the end of each run is printed:
+the machine's two cores are shared.
 
 Printed, as markdown: per run (scenario and API profile) and kind of poll (the first, a full listing; then
 incremental polls and full ones, as the exporter itself reports them: a full listing sets its namespace's
 `last_full`), the API requests of every endpoint (the exporter's own count), wall time, the exporter's CPU
 (and the simulated API's, to show where the wall time went); then per run the peak RSS, the RSS grown over
-the polls per tracked task, /metrics latency under concurrent scrapes, the exposition's size, how the exporter
+the polls per tracked task, /metrics latency while polls run, the exposition's size, how the exporter
 polls at the end (its poll-mode gauge) and the API checks it saw fail, so that a fallback shows, and a check:
 the exporter counted exactly the terminal transitions the world made after the first poll.
 """
@@ -40,17 +48,19 @@ import resource
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from statistics import mean
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+from naive import PAGE_SIZE, NaiveExporter  # bench/naive.py: run as `python bench/scale.py`
 from pydantic import SecretStr
-from scrape import ScrapeTimes, measure_scrapes  # bench/scrape.py: run as `python bench/scale.py`
+from scrape import Hammer, ScrapeTimes, percentile
 
 from exporter.api import MixpeekClient
+from exporter.cli import _http_client as http_client
 from exporter.cli import build_exposition, build_poller
 from exporter.config import load_settings
 from exporter.logs import configure_logging
@@ -81,6 +91,7 @@ class Scenario:
 
 DEFAULT_SCENARIOS = ("10k", "100k", "1M", "200x5k")
 DEFAULT_APIS = ("default", "timestamps")
+OURS, NAIVE = "ours", "naive"
 """The documented API, then the one that adds task timestamps (what the simulator served before issue 12)."""
 _SCENARIO = re.compile(r"(?:(\d+)x)?(\d+)([kM]?)")
 
@@ -102,12 +113,15 @@ class Options:
     cursor: bool
     churn: float
     active: float
-    scrapes: int
+    hammer: bool
+    """Scrapers hit /metrics while the steady polls run."""
     scrape_concurrency: int
     interval: float
     seed: int
     profile: int = 0
     """Print this many of the costliest functions of the first poll (cProfile), to see where CPU goes."""
+    switch_interval_ms: float | None = None
+    """sys.setswitchinterval of the exporter's process, in ms (None: as the exporter sets it)."""
     refuse_lookup: bool = False
     """The first incremental poll's `task_id in` lookup is answered 422, so the exporter looks tasks up by
     GET from then on: no API profile refuses the lookup alone (its `in` is the active filter's too)."""
@@ -135,9 +149,16 @@ class Result:
     peak_rss: int = 0
     rss_before: int = 0
     rss_after: int = 0
-    scrape: ScrapeTimes | None = None
-    render: float = 0.0
-    """Seconds of the first scrape after the last poll, which renders the exposition."""
+    exporter: str = "ours"
+    """ours, or naive (bench/naive.py)"""
+    load: str = ""
+    """The 1-minute load average at the start and at the end of the run."""
+    scrape_new: ScrapeTimes | None = None
+    """While steady polls run: 20 at once, a new connection each, no gzip."""
+    scrape_kept: ScrapeTimes | None = None
+    """While steady polls run: 20 at once, kept-alive connections, gzip (as Prometheus)."""
+    after_poll: list[float] = field(default_factory=list)
+    """Seconds of the first scrape after each steady poll (a new connection, Prometheus' headers)."""
     check: str = ""
     error: str | None = None
     settings: str = ""
@@ -288,17 +309,20 @@ def serve_world(scenario: Scenario, api: str, options: Options, control: Connect
 # The exporter's process
 
 
-def run_scenario(scenario: Scenario, api_profile: str, options: Options) -> Result:
+def run_scenario(scenario: Scenario, api_profile: str, options: Options, exporter: str = OURS) -> Result:
     """One scenario against one API profile, in this (fresh) process: the API in a child, the exporter
-    here."""
+    (ours, or the naive one of bench/naive.py) here."""
     context = multiprocessing.get_context("spawn")
     control, child_end = context.Pipe()
     api = context.Process(target=serve_world, args=(scenario, api_profile, options, child_end), daemon=True)
     api.start()
-    result = Result(scenario, api_profile)
+    result = Result(scenario, api_profile, exporter=exporter, load=_load())
+    if options.switch_interval_ms is not None:
+        sys.setswitchinterval(options.switch_interval_ms / 1000)
     try:
         url, names, result.build_s = control.recv()
-        asyncio.run(_exporter(url, names, options, control, result))
+        run = _exporter if exporter == OURS else _naive
+        asyncio.run(run(url, names, options, control, result))
     except Exception as exc:  # report it in the table, go on with the next scenario
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -306,7 +330,19 @@ def run_scenario(scenario: Scenario, api_profile: str, options: Options) -> Resu
             control.send("stop")
         api.join(30)
     result.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.load += f" to {_load()}"
     return result
+
+
+class Subject(Protocol):
+    """An exporter as the benchmark drives it."""
+
+    async def poll_once(self) -> None: ...
+    def requests(self) -> Counter[str]:
+        """Requests so far, by endpoint."""
+
+    def kind(self, first: bool) -> str:
+        """first, full or incremental: the poll just made."""
 
 
 async def _exporter(
@@ -332,48 +368,22 @@ async def _exporter(
     )
     configure_logging("json", settings.log_level, lambda: [KEY])
     key = SecretStr(KEY)
-    # One pooled client as exporter.cli opens it; the poller and /metrics from its own builders.
-    async with httpx.AsyncClient(
-        base_url=url,
-        timeout=settings.request_timeout,
-        limits=httpx.Limits(
-            max_connections=settings.concurrency * 2, max_keepalive_connections=settings.concurrency
-        ),
-    ) as http:
+    # The pooled client, the poller and /metrics as exporter.cli builds them, rendered in the background.
+    async with http_client(settings, url) as http:
         client = MixpeekClient(
             http, lambda: key, page_size=settings.page_size, page_concurrency=settings.page_concurrency
         )
         poller = build_poller(settings, client, settings.poll_interval)
         host, port = settings.listen_address
-        server = MetricsServer(host, port, build_exposition(settings, poller), poller.ready)
+        exposition = build_exposition(settings, poller)
+        exposition.start()
+        server = MetricsServer(host, port, exposition, poller.ready)
         server.start()
         try:
             control.send("truth")
             truth_before = control.recv()
-            result.rss_before = _rss()
-            for i in range(1 + options.steady_polls):
-                if i:
-                    control.send("churn")
-                    control.recv()
-                if i == 1 and options.refuse_lookup:
-                    control.send(("refuse lookup", settings.page_size))
-                    control.recv()
-                profiler = cProfile.Profile() if options.profile and not i else None
-                if profiler is not None:
-                    profiler.enable()
-                result.polls.append(await _poll(poller, client, control, first=not i))
-                if profiler is not None:
-                    profiler.disable()
-                    pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(
-                        options.profile
-                    )
-                poll = result.polls[-1]
-                _progress(
-                    f"{result.scenario.name} [{result.api}]: poll {i} ({poll.kind}): "
-                    f"{poll.requests} requests, {poll.wall:.2f} s, exporter CPU {poll.cpu:.2f} s, "
-                    f"API CPU {poll.api_cpu:.2f} s; {_endpoints([poll])}"
-                )
-            result.rss_after = _rss()
+            subject = _Ours(poller, client)
+            await _drive(subject, f"http://127.0.0.1:{server.port}/metrics", options, control, result)
             result.tracked = sum(len(state.tasks) for state in poller.snapshot.namespaces.values())
             control.send("truth")
             truth = control.recv() - truth_before
@@ -387,43 +397,124 @@ async def _exporter(
             )
             result.check = _compare(counted, truth)
             result.modes, result.check_failures = _fallbacks(poller)
-            with concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn")
-            ) as pool:
-                scrape_url = f"http://127.0.0.1:{server.port}/metrics"
-                result.render, result.scrape = await asyncio.get_running_loop().run_in_executor(
-                    pool, _scrape, scrape_url, options.scrapes, options.scrape_concurrency
-                )
         finally:
             server.stop()
+            exposition.stop()
 
 
-async def _poll(poller: Poller, client: MixpeekClient, control: Connection, *, first: bool) -> Poll:
-    before = _by_endpoint(client)
-    wall, cpu = time.perf_counter(), time.process_time()
-    await poller.poll_once()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    failed = [ns for ns, health in poller.snapshot.health.items() if not health.up]
-    if failed:
-        raise RuntimeError(
-            f"poll failed in {len(failed)} namespaces ({poller.snapshot.health[failed[0]].failing})"
+class _Ours:
+    def __init__(self, poller: Poller, client: MixpeekClient) -> None:
+        self._poller, self._client = poller, client
+
+    async def poll_once(self) -> None:
+        await self._poller.poll_once()
+        failed = [ns for ns, health in self._poller.snapshot.health.items() if not health.up]
+        if failed:
+            raise RuntimeError(
+                f"poll failed in {len(failed)} namespaces ({self._poller.snapshot.health[failed[0]].failing})"
+            )
+
+    def requests(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for (endpoint, _), n in self._client.requests.items():
+            counts[endpoint] += n
+        return counts
+
+    def kind(self, first: bool) -> str:
+        # A full listing sets last_full to the time the poll succeeded: the exporter's own word for it.
+        full = any(
+            h.last_full is not None and h.last_full == h.last_success
+            for h in self._poller.snapshot.health.values()
         )
+        return "first" if first else "full" if full else "incremental"
+
+
+async def _naive(url: str, names: list[str], options: Options, control: Connection, result: Result) -> None:
+    result.settings = f"page size {PAGE_SIZE}, a full listing every poll"
+    async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
+        naive = NaiveExporter(http, KEY, names)
+        port = naive.serve()
+        await _drive(_Naive(naive), f"http://127.0.0.1:{port}/metrics", options, control, result)
+        result.tracked = sum(len(seen) for seen in naive.seen.values())
+        result.check = "not checked"
+
+
+class _Naive:
+    def __init__(self, naive: NaiveExporter) -> None:
+        self._naive = naive
+
+    async def poll_once(self) -> None:
+        await self._naive.poll_once()
+
+    def requests(self) -> Counter[str]:
+        return Counter(self._naive.requests)
+
+    def kind(self, first: bool) -> str:
+        return "first" if first else "full"
+
+
+async def _drive(
+    subject: Subject, metrics: str, options: Options, control: Connection, result: Result
+) -> None:
+    """The polls, with the world's churn between them. With `hammer`, 20 scrapers hit /metrics at once,
+    round after round, while each steady poll runs: kept-alive connections with gzip during odd polls,
+    new connections without gzip during even ones; after each steady poll one scrape times what a scraper
+    sees first."""
+    hammers = (
+        (Hammer(metrics, options.scrape_concurrency, keep_alive=False), Hammer(metrics, keep_alive=True))
+        if options.hammer
+        else ()
+    )
+    try:
+        result.rss_before = _rss()
+        for i in range(1 + options.steady_polls):
+            if i:
+                control.send("churn")
+                control.recv()
+            if i == 1 and options.refuse_lookup:
+                control.send(("refuse lookup", PAGE_SIZE))
+                control.recv()
+            hammer = hammers[i % 2] if i and hammers else None
+            if hammer is not None:
+                hammer.on()
+            profiler = cProfile.Profile() if options.profile and not i else None
+            if profiler is not None:
+                profiler.enable()
+            result.polls.append(await _poll(subject, control, first=not i))
+            if profiler is not None:
+                profiler.disable()
+                pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(options.profile)
+            if hammer is not None:
+                hammer.off()
+                result.after_poll.append(hammers[0].once())
+            poll = result.polls[-1]
+            _progress(
+                f"{result.scenario.name} [{result.api}, {result.exporter}]: poll {i} ({poll.kind}): "
+                f"{poll.requests} requests, {poll.wall:.2f} s, exporter CPU {poll.cpu:.2f} s, "
+                f"API CPU {poll.api_cpu:.2f} s; {_endpoints([poll])}"
+            )
+        result.rss_after = _rss()
+    finally:
+        if hammers:
+            result.scrape_new, result.scrape_kept = (_times(*hammer.close()) for hammer in hammers)
+
+
+async def _poll(subject: Subject, control: Connection, *, first: bool) -> Poll:
+    before = subject.requests()
+    wall, cpu = time.perf_counter(), time.process_time()
+    await subject.poll_once()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     control.send("polled")
     api_cpu = control.recv()
-    # A full listing sets last_full to the time the poll succeeded: the exporter's own word for its kind.
-    full = any(
-        h.last_full is not None and h.last_full == h.last_success for h in poller.snapshot.health.values()
-    )
-    kind = "first" if first else "full" if full else "incremental"
-    endpoints = _by_endpoint(client) - before
-    return Poll(kind, endpoints.total(), wall, cpu, api_cpu, endpoints)
+    endpoints = subject.requests() - before
+    return Poll(subject.kind(first), endpoints.total(), wall, cpu, api_cpu, endpoints)
 
 
-def _by_endpoint(client: MixpeekClient) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for (endpoint, _), n in client.requests.items():
-        counts[endpoint] += n
-    return counts
+def _times(times: list[float], size: int) -> ScrapeTimes | None:
+    if not times:
+        return None
+    ordered = sorted(times)
+    return ScrapeTimes(percentile(ordered, 50), percentile(ordered, 99), size, len(ordered))
 
 
 def _fallbacks(poller: Poller) -> tuple[str, str]:
@@ -447,13 +538,9 @@ def _compare(counted: Counter[tuple[str, str, str]], truth: Counter[tuple[str, s
     return f"MISMATCH: counted {sum(counted.values()):,} of {total:,}; first {wrong[0]}"
 
 
-def _scrape(url: str, scrapes: int, concurrency: int) -> tuple[float, ScrapeTimes]:
-    """In a process of its own, so the scrapers' CPU is neither the exporter's nor competing for its GIL.
-
-    The first scrape after a poll renders what changed (once, whoever asks); it is timed on its own, then
-    `scrapes` more are served from the cache."""
-    render = measure_scrapes(url, scrapes=1, concurrency=1).p50
-    return render, measure_scrapes(url, scrapes=scrapes, concurrency=concurrency)
+def _load() -> str:
+    """The 1-minute load average: the two cores are shared, and latency follows it."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _rss() -> int:
@@ -469,49 +556,120 @@ def _progress(line: str) -> None:
 
 
 def report(results: Sequence[Result], options: Options, elapsed: float) -> str:
-    settings = next((r.settings for r in results if r.settings), "")
+    settings = next((r.settings for r in results if r.settings and r.exporter == OURS), "")
     lines = [
         f"Churn {options.churn:.0%} of the tasks per poll, {options.active:.1%} of them active; "
         f"steady polls: {options.steady_polls}; cursors {'on' if options.cursor else 'off'}; {settings}. "
         f"Whole run {elapsed:.0f} s.",
         "",
-        "| scenario | API | poll | polls | API requests | wall s | exporter CPU s | CPU s / 1k tasks "
-        "| API CPU s | requests by endpoint |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | API | exporter | poll | polls | API requests | wall s | exporter CPU s "
+        "| µs / task | API CPU s | requests by endpoint |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         for label, polls in _poll_groups(result.polls):
             full = label in ("first", "full")
-            per_k = f"{mean(p.cpu for p in polls) / result.scenario.tasks * 1000:.3f}" if full else ""
+            per_task = f"{mean(p.cpu for p in polls) / result.scenario.tasks * 1e6:.2f}" if full else ""
             lines.append(
-                f"| {result.scenario.name} | {result.api} | {label} | {len(polls)} "
+                f"| {result.scenario.name} | {result.api} | {result.exporter} | {label} | {len(polls)} "
                 f"| {mean(p.requests for p in polls):,.0f} "
-                f"| {mean(p.wall for p in polls):.2f} | {mean(p.cpu for p in polls):.2f} | {per_k} "
+                f"| {mean(p.wall for p in polls):.2f} | {mean(p.cpu for p in polls):.2f} | {per_task} "
                 f"| {mean(p.api_cpu for p in polls):.2f} | {_endpoints(polls)} |"
             )
     lines += [
         "",
-        "| scenario | API | tasks | tracked | peak RSS MB | RSS growth MB | bytes / tracked task "
-        "| first scrape ms | /metrics p50 ms | p99 ms | exposition KB | world built s | transitions check |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | API | exporter | tracked | peak RSS MB | RSS growth MB | bytes / tracked task "
+        "| /metrics while polling, new connection, no gzip: p50 / p99 ms (n) "
+        "| kept alive, gzip: p50 / p99 ms (n) | first scrape after a poll: p99 ms (n) "
+        "| body KB plain / gzip | load | transitions check |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for result in results:
         grown = result.rss_after - result.rss_before
         per_task = f"{grown / result.tracked:,.0f}" if result.tracked else ""
-        p50, p99, size = _scrape_figures(result.scrape)
-        lines.append(
-            f"| {result.scenario.name} | {result.api} | {result.scenario.tasks:,} | {result.tracked:,} "
-            f"| {result.peak_rss / 2**20:,.0f} | {grown / 2**20:,.0f} | {per_task} "
-            f"| {result.render * 1000:,.0f} | {p50} | {p99} | {size} "
-            f"| {result.build_s:.1f} | {result.error or result.check} |"
+        after = sorted(result.after_poll)
+        first = f"{percentile(after, 99) * 1000:,.1f} ({len(after)})" if after else ""
+        sizes = " / ".join(
+            f"{t.bytes / 1024:,.0f}" if t else "" for t in (result.scrape_new, result.scrape_kept)
         )
+        lines.append(
+            f"| {result.scenario.name} | {result.api} | {result.exporter} | {result.tracked:,} "
+            f"| {result.peak_rss / 2**20:,.0f} | {grown / 2**20:,.0f} | {per_task} "
+            f"| {_latency(result.scrape_new)} | {_latency(result.scrape_kept)} | {first} | {sizes} "
+            f"| {result.load} | {result.error or result.check} |"
+        )
+    lines += ["", *_ratios(results)]
     lines += [
         "",
         "| scenario | API | poll mode at the end (reason) | API check failures |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r.scenario.name} | {r.api} | {r.modes} | {r.check_failures} |" for r in results]
+    lines += [
+        f"| {r.scenario.name} | {r.api} | {r.modes} | {r.check_failures} |"
+        for r in results
+        if r.exporter == OURS
+    ]
     return "\n".join(lines)
+
+
+def _latency(times: ScrapeTimes | None) -> str:
+    return "" if times is None else f"{times.p50 * 1000:.1f} / {times.p99 * 1000:.1f} ({times.count:,})"
+
+
+def _ratios(results: Sequence[Result]) -> list[str]:
+    """Each figure of ours beside the naive exporter's in the same run: ours / naive (below 1: better)."""
+    lines = [
+        "| scenario | API | figure | ours | naive | ours / naive |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    naive = {(r.scenario.name, r.api): r for r in results if r.exporter == NAIVE}
+    for ours in results:
+        other = naive.get((ours.scenario.name, ours.api))
+        if ours.exporter != OURS or other is None:
+            continue
+        for figure, unit, value in _FIGURES:
+            mine, theirs = value(ours), value(other)
+            if mine is None or theirs is None:
+                continue
+            ratio = f"{mine / theirs:.3f}" if theirs else ""
+            lines.append(
+                f"| {ours.scenario.name} | {ours.api} | {figure} | {mine:,.2f} {unit} | {theirs:,.2f} {unit} "
+                f"| {ratio} |"
+            )
+    return lines
+
+
+def _full_cpu_per_task(result: Result) -> float | None:
+    """µs of exporter CPU per task in its steady full listings (the first poll when there are none)."""
+    polls = [p for p in result.polls if p.kind == "full"] or [p for p in result.polls if p.kind == "first"]
+    return mean(p.cpu for p in polls) / result.scenario.tasks * 1e6 if polls else None
+
+
+def _p99(times: ScrapeTimes | None) -> float | None:
+    return None if times is None else times.p99 * 1000
+
+
+_FIGURES: tuple[tuple[str, str, Callable[[Result], float | None]], ...] = (
+    ("/metrics p99 while polling, new connections, no gzip", "ms", lambda r: _p99(r.scrape_new)),
+    ("/metrics p99 while polling, kept alive, gzip", "ms", lambda r: _p99(r.scrape_kept)),
+    (
+        "first scrape after a poll, p99",
+        "ms",
+        lambda r: percentile(sorted(r.after_poll), 99) * 1000 if r.after_poll else None,
+    ),
+    ("exporter CPU per task, full listing", "µs", _full_cpu_per_task),
+    (
+        "exporter CPU per steady poll",
+        "s",
+        lambda r: mean(p.cpu for p in r.polls[1:]) if r.polls[1:] else None,
+    ),
+    (
+        "API requests per steady poll",
+        "",
+        lambda r: mean(p.requests for p in r.polls[1:]) if r.polls[1:] else None,
+    ),
+    ("peak RSS", "MB", lambda r: r.peak_rss / 2**20),
+)
 
 
 def _endpoints(polls: Sequence[Poll]) -> str:
@@ -534,13 +692,9 @@ def _poll_groups(polls: Sequence[Poll]) -> Iterator[tuple[str, list[Poll]]]:
         yield "steady (all)", steady
 
 
-def _scrape_figures(scrape: ScrapeTimes | None) -> tuple[str, str, str]:
-    if scrape is None:
-        return "", "", ""
-    return f"{scrape.p50 * 1000:.1f}", f"{scrape.p99 * 1000:.1f}", f"{scrape.bytes / 1024:,.0f}"
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[str], Options]:
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[list[Scenario], list[str], Options, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -572,8 +726,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[
     )
     parser.add_argument("--churn", type=float, default=0.01, help="share of tasks changing per poll (0.01)")
     parser.add_argument("--active", type=float, default=0.025, help="share of tasks not finished (0.025)")
-    parser.add_argument("--scrapes", type=int, default=200, help="/metrics requests to time (200)")
-    parser.add_argument("--scrape-concurrency", type=int, default=20, help="of them at once (20)")
+    parser.add_argument(
+        "--hammer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scrapers hit /metrics while the steady polls run (default; their CPU then counts as the "
+        "exporter's: --no-hammer for CPU figures)",
+    )
+    parser.add_argument("--scrape-concurrency", type=int, default=20, help="scrapers at once (20)")
+    parser.add_argument(
+        "--exporters",
+        default=f"{OURS},{NAIVE}",
+        help="comma-separated: ours, and the naive exporter (bench/naive.py) on the same simulated API "
+        f"(default: {OURS},{NAIVE})",
+    )
+    parser.add_argument(
+        "--switch-interval-ms", type=float, help="sys.setswitchinterval in the exporter's process, in ms"
+    )
     parser.add_argument(
         "--refuse-lookup",
         action="store_true",
@@ -601,30 +770,35 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[list[Scenario], list[
         cursor=args.cursor,
         churn=args.churn,
         active=args.active,
-        scrapes=args.scrapes,
+        hammer=args.hammer,
         scrape_concurrency=args.scrape_concurrency,
+        switch_interval_ms=args.switch_interval_ms,
         interval=30.0,
         seed=args.seed,
         profile=args.profile,
         refuse_lookup=args.refuse_lookup,
     )
-    return scenarios, apis, options
+    exporters = [name.strip() for name in args.exporters.split(",") if name.strip()]
+    if not exporters or set(exporters) - {OURS, NAIVE}:
+        parser.error(f"--exporters: {OURS} and/or {NAIVE}")
+    return scenarios, apis, options, exporters
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    scenarios, apis, options = parse_args(argv)
+    scenarios, apis, options, exporters = parse_args(argv)
     started = time.perf_counter()
     results = []
     context = multiprocessing.get_context("spawn")
     for scenario in scenarios:
         for api in apis:
-            _progress(
-                f"{scenario.name} [{api}]: {scenario.namespaces} namespace(s) "
-                f"x {scenario.tasks_per_namespace:,} tasks"
-            )
-            # A fresh process per run: its peak RSS is this exporter's, not an earlier run's.
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-                results.append(pool.submit(run_scenario, scenario, api, options).result())
+            for exporter in exporters:
+                _progress(
+                    f"{scenario.name} [{api}, {exporter}]: {scenario.namespaces} namespace(s) "
+                    f"x {scenario.tasks_per_namespace:,} tasks"
+                )
+                # A fresh process per run: its peak RSS is this exporter's, not an earlier run's.
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                    results.append(pool.submit(run_scenario, scenario, api, options, exporter).result())
     print(report(results, options, time.perf_counter() - started))
 
 

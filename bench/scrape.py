@@ -11,7 +11,8 @@ after one namespace's poll replaced its state (the first scrape after each poll 
 Each scraper keeps its connection open between its scrapes, as Prometheus does; `--new-connections` opens
 one per scrape instead.
 
-`measure_scrapes(url)` is the measuring part, for other benchmarks (bench/scale.py).
+`measure_scrapes(url)` is the measuring part, for other benchmarks (bench/scale.py); `Hammer` scrapes in
+rounds from a process of its own while something else (polls) runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dataclasses
 import http.client
 import math
 import multiprocessing
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import NamedTuple
@@ -54,6 +56,8 @@ class ScrapeTimes(NamedTuple):
     """seconds"""
     bytes: int
     """of the body as sent (compressed when gzip was asked for)"""
+    count: int = 0
+    """scrapes timed"""
 
 
 def measure_scrapes(
@@ -107,6 +111,95 @@ def measure_scrapes(
         results = [result for share in pool.map(scraper, shares) for result in share]
     times = sorted(seconds for seconds, _ in results)
     return ScrapeTimes(percentile(times, 50), percentile(times, 99), results[-1][1])
+
+
+# Between two rounds of a Hammer: the scrapers' own CPU is on the same two cores as the exporter's.
+ROUND_GAP_S = 0.02
+NO_GZIP = {"Accept-Encoding": "identity"}
+
+
+class Hammer:
+    """`concurrency` scrapers in a process of their own, hitting `url` at once, round after round while
+    switched on: the latency of scrapes made while the exporter polls.
+
+    `keep_alive=False`: a new connection per scrape, no gzip, the text format (curl, or a second
+    Prometheus without keep-alive); `keep_alive=True`: Prometheus' headers (OpenMetrics, gzip) on one
+    kept-alive connection per scraper. `once()` times one scrape on a new connection with Prometheus'
+    headers, e.g. the first after a poll."""
+
+    def __init__(self, url: str, concurrency: int = 20, *, keep_alive: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._control, child = context.Pipe()
+        self._process = context.Process(
+            target=_hammer, args=(url, concurrency, keep_alive, child), daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._control.recv()  # ready
+
+    def on(self) -> None:
+        self._control.send("on")
+
+    def off(self) -> None:
+        self._control.send("off")
+        self._control.recv()  # the round under way has ended
+
+    def once(self) -> float:
+        self._control.send("once")
+        seconds: float = self._control.recv()
+        return seconds
+
+    def close(self) -> tuple[list[float], int]:
+        """The times of every scrape made while on (seconds), and the size of the last body."""
+        self._control.send("stop")
+        times, size = self._control.recv()
+        self._process.join(10)
+        return times, size
+
+
+def _hammer(url: str, concurrency: int, keep_alive: bool, control: Connection) -> None:
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+    headers = PROMETHEUS_HEADERS if keep_alive else NO_GZIP
+    kept = threading.local()
+    times: list[float] = []
+    size = 0
+
+    def scrape(sent: dict[str, str], reuse: bool) -> tuple[float, int]:
+        started = time.perf_counter()
+        connection = getattr(kept, "connection", None) if reuse else None
+        if connection is None:
+            connection = http.client.HTTPConnection(host, port, timeout=60)
+        connection.request("GET", path, headers=sent)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+        seconds = time.perf_counter() - started
+        if reuse:
+            kept.connection = connection
+        else:
+            connection.close()
+        return seconds, len(body)
+
+    control.send("ready")
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        while True:
+            command = control.recv()
+            if command == "once":
+                control.send(scrape(PROMETHEUS_HEADERS, False)[0])
+            elif command == "on":
+                while not control.poll():
+                    round_ = [pool.submit(scrape, headers, keep_alive) for _ in range(concurrency)]
+                    for future in round_:
+                        seconds, size = future.result()
+                        times.append(seconds)
+                    time.sleep(ROUND_GAP_S)
+                control.recv()  # off
+                control.send(None)
+            else:
+                control.send((times, size))
+                return
 
 
 def percentile(ordered: list[float], p: float) -> float:

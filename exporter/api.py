@@ -12,7 +12,6 @@ import asyncio
 import math
 import re
 import time
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import msgspec
 import structlog
 import tenacity
 from pydantic import SecretStr
+from zlib_ng import zlib_ng as zlib  # zlib's format, inflated 2.7 times faster (see bench/decode.py)
 
 from exporter.ratelimit import RateLimiter
 from exporter.tallies import FailureKey, ObjectsKey, Tally
@@ -830,7 +830,7 @@ def _inflate(inflater: zlib._Decompress, data: bytes, request: httpx.Request) ->
     while data:
         try:
             yield inflater.decompress(data, INFLATE_STEP)
-        except zlib.error as exc:
+        except zlib.error as exc:  # type: ignore[misc]  # zlib-ng's stub types `error` as an instance
             raise httpx.DecodingError(f"the body does not inflate: {exc}", request=request) from None
         data = inflater.unconsumed_tail
 

@@ -25,7 +25,7 @@ from exporter.api import ACCEPT_ENCODING, ApiError, MixpeekClient, Namespace, Re
 from exporter.apikey import ApiKeySource
 from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
-from exporter.exposition import Exposition
+from exporter.exposition import STOP_WAIT_SECONDS, Exposition
 from exporter.logs import configure_logging, redact
 from exporter.metrics import SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
@@ -42,10 +42,11 @@ PROG = "mixpeek-exporter"
 DEMO_POLL_INTERVAL = 5.0
 # From SIGTERM to exit, as docs/deploy.md and the Helm chart promise (their terminationGracePeriodSeconds, 10,
 # leaves room): the poll loops' cancellation and the state file's last save share it, and the HTTP server's
-# stop (serve_forever notices within 0.5 s) comes out of it too. A save cut short leaves the previous file:
-# saves are atomic (exporter/statefile.py).
+# stop (serve_forever notices within 0.5 s) and the background renderer's (a render under way, at most
+# exposition.STOP_WAIT_SECONDS) come out of it too. A save cut short leaves the previous file: saves are
+# atomic (exporter/statefile.py).
 SHUTDOWN_SECONDS = 5.0
-_SERVER_STOP_SECONDS = 0.5
+_STOPS_SECONDS = 0.5 + STOP_WAIT_SECONDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +191,9 @@ def build_poller(
 
 
 def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | None = None) -> Exposition:
-    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change; and read
-    at each scrape, the process's own resources (memory is this exporter's scaling limit) and the web config's
-    reload counts."""
+    """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change (in the
+    background once the exposition is started); and read at each scrape, the process's own resources (memory
+    is this exporter's scaling limit) and the web config's reload counts."""
     fold = capped(settings.max_buckets_per_namespace) if settings.batch_bucket_label else drop_group
     task_types = task_type_filter(settings.task_type_allow, settings.task_type_deny)
     if settings.max_task_types_per_namespace:
@@ -211,7 +212,9 @@ def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | No
     PlatformCollector(registry=fresh)
     if web is not None:
         fresh.register(web)
-    return Exposition(collector, fresh=fresh)
+    exposition = Exposition(collector, fresh=fresh)
+    poller.on_publish(exposition.changed)
+    return exposition
 
 
 async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfig | None = None) -> int:
@@ -234,15 +237,21 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfi
         poller = build_poller(settings, client, interval, state_file)
         host, port = settings.listen_address
         loop = asyncio.get_running_loop()
+        exposition = build_exposition(settings, poller, web)
+
+        def render_failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(poller.internal_error, "render", exc)
+
+        exposition.start(render_failed)
         server = MetricsServer(
             host,
             port,
-            build_exposition(settings, poller, web),
+            exposition,
             poller.ready,
             web,
             max_connections=settings.max_connections,
             live=poller.alive,
-            on_error=lambda exc: loop.call_soon_threadsafe(poller.internal_error, "render", exc),
+            on_error=render_failed,
         )
         server.start()
         log.info(
@@ -262,12 +271,13 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfi
             await stop.wait()
             log.info("stopping")
         finally:
-            deadline = loop.time() + SHUTDOWN_SECONDS - _SERVER_STOP_SECONDS
+            deadline = loop.time() + SHUTDOWN_SECONDS - _STOPS_SECONDS
             runner.cancel()
             await asyncio.wait([runner], timeout=deadline - loop.time())
             flush = asyncio.create_task(poller.flush())
             await asyncio.wait([flush], timeout=max(0.0, deadline - loop.time()))
             server.stop()
+            exposition.stop()
     return 0
 
 

@@ -3,8 +3,14 @@
 The poller publishes a new immutable Snapshot after each poll of a namespace and keeps the objects of
 the namespaces it did not poll. The collector describes each family as parts, one per such object
 (`Part` in metrics.py). This keeps the text of each part, in each format asked for, while the current
-snapshot holds its object: the first scrape after a poll renders what that poll changed, under a lock so
-that concurrent scrapes render it once, and the scrapes after it render nothing.
+snapshot holds its object, so a render after a poll renders only what that poll changed.
+
+Who renders: once `start()`ed (as the exporter runs it), a background thread, woken by `changed()` after
+each publish, renders every format kept (the text format and OpenMetrics from the start, plain and gzip)
+and then swaps the finished bytes in; a scrape serves the last finished bytes at once and never waits for
+a render, so it may be one poll (and the render after it) behind. Without `start()` (tests, a bare
+collector), the first scrape after a change renders it, under a lock so that concurrent scrapes render it
+once, and the scrapes after it render nothing.
 
 Every value of the snapshot is a function of it alone (metrics.py values the ages at the last poll, not
 at the scrape), so its text is kept whole. Rendered at every scrape, and last: the `fresh` collectors
@@ -21,6 +27,7 @@ from __future__ import annotations
 import gzip
 import struct
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,9 +42,13 @@ from exporter.metrics import Family, Layout, Part, Row, Snapshot, SnapshotCollec
 
 # Formats (content types) kept per part; clients asking for yet another one get an uncached render.
 MAX_FORMATS = 4
+# What is rendered ahead from the start: the text format (no Accept header) and OpenMetrics 1.0, as
+# Prometheus asks for it.
+RENDERED_AHEAD = ("", "application/openmetrics-text;version=1.0.0")
 # Magic, deflate, no flags, no modification time, no extra flags, unknown OS (RFC 1952).
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 VARY = "Accept, Accept-Encoding"
+STOP_WAIT_SECONDS = 1.0
 
 Encoder = Callable[[Collector], bytes]
 ChunkKey = tuple[str, str, int, int | None]
@@ -72,6 +83,59 @@ class Exposition:
         self._formats: dict[str, _Format] = {}
         self._chunks: dict[ChunkKey, _Chunk] = {}
         self._render: _Render | None = None
+        self._renderer: threading.Thread | None = None
+        """The background thread, once started: scrapes then serve the last render, whatever its age."""
+        self._changed = threading.Event()
+        self._stopped = threading.Event()
+        """Set by stop(): ends the thread, and the rest between two renders at once."""
+
+    def start(self, on_error: Callable[[BaseException], object] | None = None) -> None:
+        """Render in a background thread from now on: at once, then after each `changed()`. A render that
+        fails is handed to `on_error` and the last good bytes stay served."""
+        if self._collector is None or self._renderer is not None:
+            return
+        for accept in RENDERED_AHEAD:
+            encoder, content_type = choose_encoder(accept)
+            self._format(content_type, encoder)
+        self._renderer = threading.Thread(
+            target=self._render_loop, args=(self._collector, on_error), name="metrics-render", daemon=True
+        )
+        self._changed.set()
+        self._renderer.start()
+
+    def changed(self) -> None:
+        """A new snapshot is out (the poller calls this after each publish): render it in the background.
+        Cheap and thread-safe; publishes that come during a render are rendered once, after it."""
+        self._changed.set()
+
+    def stop(self) -> None:
+        """End the background thread: at once, or after the render under way, waiting for it at most
+        STOP_WAIT_SECONDS (a daemon thread: a render of many namespaces does not hold up a shutdown)."""
+        self._stopped.set()
+        self._changed.set()
+        if self._renderer is not None:
+            self._renderer.join(STOP_WAIT_SECONDS)
+
+    def _render_loop(
+        self, collector: SnapshotCollector, on_error: Callable[[BaseException], object] | None
+    ) -> None:
+        """Render after each change, then rest as long as that render took: while many namespaces publish
+        one after another (200 in a poll), the renders take at most about half of the interpreter's time
+        from the polls and the scrapes, and each renders every publish since the one before."""
+        while True:
+            self._changed.wait()
+            if self._stopped.is_set():
+                return
+            self._changed.clear()
+            started = time.monotonic()
+            try:
+                with self._lock:
+                    self._render_all(collector)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+            self._stopped.wait(time.monotonic() - started)
 
     def collect(self) -> Iterator[Metric]:
         """Everything, rendered now: what a cached response must equal."""
@@ -97,6 +161,7 @@ class Exposition:
         return Response(headers, body)
 
     def _format(self, content_type: str, encoder: Encoder) -> _Format | None:
+        """The format kept for this content type (made on first use), None past MAX_FORMATS."""
         fmt = self._formats.get(content_type)
         if fmt is None:
             with self._lock:
@@ -106,11 +171,8 @@ class Exposition:
         return fmt
 
     def _cached(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> list[bytes]:
-        render = self._render
-        text = None
-        if render is not None and render.snapshot() is collector.snapshot():
-            text = render.texts.get(fmt.content_type)
-        if text is None or (zipped and text.zipped is None):
+        text = self._served(collector, fmt, zipped)
+        if text is None:
             with self._lock:
                 text = self._prepare(collector, fmt, zipped)
         # One bytes object each: written in one go, never a small segment after a large one.
@@ -124,8 +186,28 @@ class Exposition:
         assert text.deflated is not None  # made by _prepare
         return [text.deflated + _gzip_end(tail, text.crc, text.size, self._level)]
 
+    def _served(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> _Text | None:
+        """The text kept for this scrape; None when it must be rendered first. Rendering in the
+        background, that is the last render whatever its snapshot (None only before the first one, or in
+        a format not yet kept); else only the current snapshot's."""
+        render = self._render
+        if render is None or (self._renderer is None and render.snapshot() is not collector.snapshot()):
+            return None
+        text = render.texts.get(fmt.content_type)
+        if text is None or (zipped and text.zipped is None):
+            return None
+        return text
+
     def _prepare(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> _Text:
-        """Under the lock: lay out the newest snapshot if not done yet, render its text in `fmt`."""
+        """Under the lock: the text to serve in `fmt`, rendered now if no other scrape (or the background
+        thread) did while this one waited for the lock."""
+        text = self._served(collector, fmt, zipped)
+        if text is not None:
+            return text
+        if self._renderer is not None:  # the first render, or a new format: every format from now on
+            self._render_all(collector)
+            assert self._render is not None  # made by _render_all
+            return self._render.texts[fmt.content_type]
         snapshot = collector.snapshot()
         render = self._render
         if render is None or render.snapshot() is not snapshot:
@@ -138,6 +220,22 @@ class Exposition:
         if zipped and text.zipped is None:
             text.deflate(self._level)
         return text
+
+    def _render_all(self, collector: SnapshotCollector) -> None:
+        """Under the lock: the current snapshot in every format kept, plain and gzipped, then served as a
+        whole (a scrape meanwhile serves the render before)."""
+        snapshot = collector.snapshot()
+        current = self._render
+        formats = list(self._formats.values())
+        if current is not None and current.snapshot() is snapshot and current.complete(formats):
+            return
+        render = _Render(snapshot)
+        self._lay_out(collector, snapshot, render)
+        for fmt in formats:
+            text = render.texts[fmt.content_type] = self._text(render, fmt)
+            text.deflate(self._level)
+        render.let_go()
+        self._render = render
 
     def _lay_out(self, collector: SnapshotCollector, snapshot: Snapshot, render: _Render) -> None:
         """The snapshot's layout into `render`; the parts' text kept from before when their source is
@@ -279,6 +377,13 @@ class _Render:
         self.chunks: list[list[_Chunk]] = []
         self.texts: dict[str, _Text] = {}
         self._rows: dict[int, Sequence[Row]] = {}
+
+    def complete(self, formats: Iterable[_Format]) -> bool:
+        """Rendered in each of these formats, plain and gzipped."""
+        return all(
+            (text := self.texts.get(fmt.content_type)) is not None and text.zipped is not None
+            for fmt in formats
+        )
 
     def let_go(self) -> None:
         """Drop the layout once its text is made: its parts reach the namespaces' states."""

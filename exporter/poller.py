@@ -228,6 +228,11 @@ class Poller:
         self._saved: tuple[Mapping[str, NamespaceState], Mapping[str, NamespaceState]] = (tasks, batches)
         """The states the state file holds: with one, what is published."""
         self.snapshot = Snapshot(namespaces=tasks, batches=batches)
+        self._listeners: list[Callable[[], object]] = []
+
+    def on_publish(self, listener: Callable[[], object]) -> None:
+        """Call `listener` after each new snapshot (e.g. to render /metrics ahead of the scrapes)."""
+        self._listeners.append(listener)
 
     @property
     def organization(self) -> bool:
@@ -890,6 +895,8 @@ class Poller:
             scope=("organization" if self._organization else "namespace", self._scope_reason),
             modes=self._modes(self._health, self._tasks, self._batches if self._plan.batches else ()),
         )
+        for listener in self._listeners:
+            listener()
 
 
 def _listing_pages(states: Mapping[str, NamespaceState], page_size: int) -> int:

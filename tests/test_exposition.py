@@ -3,6 +3,7 @@ format and encoding; the fresh collectors, the `name[]` filter and the HTTP head
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import gzip
 import threading
@@ -256,3 +257,83 @@ def test_over_http_head_and_headers(lively: Exporter) -> None:
     assert got.headers["Content-Encoding"] == "gzip" and got.headers["Vary"] == "Accept, Accept-Encoding"
     assert head.status_code == 200 and head.content == b""
     assert head.headers["Content-Length"] == got.headers["Content-Length"]
+
+
+class Gated(SnapshotCollector):
+    """Holds layouts while the gate is shut, so that a test can scrape while a render is under way."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        super().__init__(snapshot, "test")
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+    def layout(self, snapshot: Snapshot, size: Callable[[Family, Part], int]) -> Layout:
+        self.entered.release()
+        assert self.gate.wait(timeout=10)
+        return super().layout(snapshot, size)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """A background render finishes soon after its layout is let through; 10 s bounds a stuck one."""
+    for _ in range(1000):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the background render did not finish")
+
+
+async def test_started_it_renders_after_each_publish_and_a_scrape_never_waits(
+    clock: FakeClock, world: World, lively: Exporter
+) -> None:
+    collector = Gated(lambda: lively.poller.snapshot)
+    served = Exposition(collector)
+    lively.poller.on_publish(served.changed)
+    served.start()
+    try:
+        assert collector.entered.acquire(timeout=10)  # the first render, of the snapshot at start
+        collector.gate.set()
+        before = generate_latest(lively.registry)
+        wait_for(lambda: body(served) == before)
+        before_openmetrics = body(served, OPENMETRICS, "gzip")
+        collector.gate.clear()
+        world.create_task("staging", "thumbnail", status="QUEUED")
+        clock.advance(30)
+        await lively.poller.poll_namespace("staging")
+        assert collector.entered.acquire(timeout=10)  # the publish woke the renderer; it is held
+        # Scrapes meanwhile get the last complete bytes at once, in both formats and encodings.
+        assert body(served) == body(served, None, "gzip") == before
+        assert body(served, OPENMETRICS, "gzip") == before_openmetrics
+        collector.gate.set()
+        after = generate_latest(lively.registry)
+        assert after != before
+        wait_for(lambda: body(served) == after)
+        assert body(served, None, "gzip") == after
+        assert b'mixpeek_tasks{namespace="staging",status="QUEUED",task_type="thumbnail"} 1.0' in after
+    finally:
+        collector.gate.set()
+        served.stop()
+
+
+def test_a_failed_background_render_is_reported_and_the_last_bytes_stay(lively: Exporter) -> None:
+    broken = threading.Event()
+
+    class Failing(SnapshotCollector):
+        def layout(self, snapshot: Snapshot, size: Callable[[Family, Part], int]) -> Layout:
+            if broken.is_set():
+                raise RuntimeError("render bug")
+            return super().layout(snapshot, size)
+
+    served = Exposition(Failing(lambda: lively.poller.snapshot, "test"))
+    errors: list[BaseException] = []
+    served.start(errors.append)
+    try:
+        expected = generate_latest(lively.registry)
+        wait_for(lambda: body(served) == expected)
+        broken.set()
+        lively.poller.snapshot = dataclasses.replace(lively.poller.snapshot)
+        served.changed()
+        wait_for(lambda: bool(errors))
+        assert [str(e) for e in errors] == ["render bug"]
+        assert body(served) == expected
+    finally:
+        served.stop()

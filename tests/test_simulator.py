@@ -1,5 +1,7 @@
 """The simulated Mixpeek API: the world's lifecycle and ground truth, then its HTTP rules over a socket."""
 
+import gzip
+import json
 import re
 import subprocess
 import sys
@@ -729,3 +731,27 @@ def test_the_demo_loads_no_test_machinery() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "exporter.simulator.server" in loaded.split()
     assert "testing" not in loaded
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [("gzip, deflate", True), ("deflate, gzip;q=0.5", True), ("identity", False), ("gzip;q=0", False)],
+)
+def test_large_bodies_are_gzipped_when_the_client_accepts_it(
+    world: World, server: SimulatorTestServer, accept_encoding: str, gzipped: bool
+) -> None:
+    """As a real API's edge: the exporter's CPU per task is measured on compressed pages."""
+    world.add_namespace("prod")
+    for _ in range(20):
+        world.create_task("prod", "thumbnail")
+    with connect(server.url, {**AUTH, "Accept-Encoding": accept_encoding}) as http:
+        listing = http.stream(
+            "POST", "/v1/tasks/list", params={"limit": 100}, json={}, headers={"X-Namespace": "prod"}
+        )
+        with listing as response:
+            raw = b"".join(response.iter_raw())
+    assert response.status_code == 200
+    assert response.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+    assert int(response.headers["Content-Length"]) == len(raw)
+    body = gzip.decompress(raw) if gzipped else raw
+    assert len(json.loads(body)["results"]) == 20
