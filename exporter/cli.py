@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import httpx
 import structlog
@@ -27,7 +27,7 @@ from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.exposition import STOP_WAIT_SECONDS, Exposition
 from exporter.logs import configure_logging, redact
-from exporter.metrics import SnapshotCollector, drop_group
+from exporter.metrics import Snapshot, SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.probe import probe
 from exporter.ratelimit import RateLimiter
@@ -190,7 +190,15 @@ def build_poller(
     return Poller(client, plan, state_file=state_file)
 
 
-def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | None = None) -> Exposition:
+class Publisher(Protocol):
+    """What /metrics reads of the poller (bench/cardinality.py stands in a fixed snapshot)."""
+
+    snapshot: Snapshot
+
+    def on_publish(self, listener: Callable[[], object]) -> None: ...
+
+
+def build_exposition(settings: Settings, poller: Publisher, web: LiveWebConfig | None = None) -> Exposition:
     """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change (in the
     background once the exposition is started); and read at each scrape, the process's own resources (memory
     is this exporter's scaling limit) and the web config's reload counts."""
