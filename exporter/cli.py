@@ -255,7 +255,7 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfi
             host,
             port,
             exposition,
-            poller.ready,
+            _latched(lambda: poller.ready() and exposition.serves(poller.snapshot)),
             web,
             max_connections=settings.max_connections,
             live=poller.alive,
@@ -287,6 +287,19 @@ async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfi
             server.stop()
             exposition.stop()
     return 0
+
+
+def _latched(condition: Callable[[], bool]) -> Callable[[], bool]:
+    """/readyz: true from the first time `condition` holds on. Ready means a scrape shows every namespace's
+    first poll (the render runs after the poll), and stays so while later renders trail later polls."""
+    held = False
+
+    def ready() -> bool:
+        nonlocal held
+        held = held or condition()
+        return held
+
+    return ready
 
 
 async def check_config(settings: Settings, keys: ApiKeySource | None, out: TextIO) -> int:

@@ -103,6 +103,12 @@ class Exposition:
         self._changed.set()
         self._renderer.start()
 
+    def serves(self, snapshot: Snapshot) -> bool:
+        """The bytes a scrape gets now are those of `snapshot` (rendered in the background, they may be a
+        poll behind it)."""
+        render = self._render
+        return render is not None and render.snapshot() is snapshot
+
     def changed(self) -> None:
         """A new snapshot is out (the poller calls this after each publish): render it in the background.
         Cheap and thread-safe; publishes that come during a render are rendered once, after it."""

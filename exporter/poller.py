@@ -467,12 +467,18 @@ class Poller:
             active_only(tasks)
             return listing.sink(tasks)
 
+        born: set[str] = set()
+
         def births(tasks: list[Task]) -> int:
+            """Returns the births this walk had not read yet: those the active set listed already are
+            progress too, and a burst of them must not look like a cursor loop (MAX_BARREN_PAGES)."""
             newest_first(tasks)
-            new = listing.sink(tasks)
+            listing.sink(tasks)
             if any(listing.known(task.item_id) for task in tasks):
                 raise EndOfListing
-            return new
+            unread = {task.item_id for task in tasks} - born
+            born.update(unread)
+            return len(unread)
 
         try:
             pages = await self._client.walk_tasks(header, active, ACTIVE_TASKS)

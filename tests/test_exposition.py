@@ -324,12 +324,16 @@ async def test_started_it_renders_after_each_publish_and_a_scrape_never_waits(
         # Scrapes meanwhile get the last complete bytes at once, in both formats and encodings.
         assert body(served) == body(served, None, "gzip") == before
         assert body(served, OPENMETRICS, "gzip") == before_openmetrics
+        assert not served.serves(lively.poller.snapshot)  # /readyz waits for this (cli._latched)
         collector.gate.set()
         after = generate_latest(lively.registry)
         assert after != before
         wait_for(lambda: body(served) == after)
+        assert served.serves(lively.poller.snapshot)
         assert body(served, None, "gzip") == after
-        assert b'mixpeek_tasks{namespace="staging",status="QUEUED",task_type="thumbnail"} 1.0' in after
+        assert (
+            b'mixpeek_tasks{mixpeek_namespace="staging",status="QUEUED",task_type="thumbnail"} 1.0' in after
+        )
     finally:
         collector.gate.set()
         served.stop()

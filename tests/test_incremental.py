@@ -14,7 +14,7 @@ import pytest
 from conftest import API_KEY
 from support import Exporter, Series
 
-from exporter.api import TASKS_LIST
+from exporter.api import MAX_BARREN_PAGES, TASKS_LIST
 from exporter.simulator import ApiProfile, World
 from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.simulator.testing.faults import HttpError, Requests
@@ -112,6 +112,31 @@ async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
         exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail")
         == 10
     )
+
+
+async def test_births_the_active_set_listed_already_are_progress_not_a_loop(
+    clock: FakeClock, world: World, make_exporter: MakeExporter
+) -> None:
+    """Regression (1M tasks, 1 % churn): more active births than MAX_BARREN_PAGES pages. The active set lists
+    them first, so the births listing finds every one already listed in this poll; that is the walk making
+    progress, not a cursor loop, and the poll must go on to the first task known before it."""
+    for _ in range(500):
+        world.create_task("prod", "thumbnail", "COMPLETED")
+        clock.advance(1)
+    with SimulatorTestServer(world, api_key=API_KEY) as api:
+        exporter = make_exporter(api, namespaces=("prod",), page_size=10, reconcile_every=10)
+        await exporter.poll()
+        born = [
+            world.create_task("prod", "thumbnail", "PROCESSING") for _ in range(10 * (MAX_BARREN_PAGES + 2))
+        ]
+        clock.advance(30)
+        await exporter.poll()
+    assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
+    assert exporter.value(
+        "mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail"
+    ) == len(born)
+    full = exporter.value("mixpeek_exporter_last_full_listing_timestamp_seconds", mixpeek_namespace="prod")
+    assert full < clock()  # the second poll was incremental
 
 
 async def test_a_finished_task_that_expires_leaves_the_gauges_at_the_next_reconcile(
