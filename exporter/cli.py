@@ -31,7 +31,7 @@ from exporter.metrics import Snapshot, SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.probe import probe
 from exporter.ratelimit import RateLimiter
-from exporter.server import MetricsServer
+from exporter.server import STOP_SECONDS, MetricsServer
 from exporter.sharding import NamespaceFilter
 from exporter.statefile import StateFile, identity
 from exporter.views import capped, task_type_filter
@@ -42,11 +42,11 @@ PROG = "mixpeek-exporter"
 DEMO_POLL_INTERVAL = 5.0
 # From SIGTERM to exit, as docs/deploy.md and the Helm chart promise (their terminationGracePeriodSeconds, 10,
 # leaves room): the poll loops' cancellation and the state file's last save share it, and the HTTP server's
-# stop (serve_forever notices within 0.5 s) and the background renderer's (a render under way, at most
+# stop (at most server.STOP_SECONDS) and the background renderer's (a render under way, at most
 # exposition.STOP_WAIT_SECONDS) come out of it too. A save cut short leaves the previous file: saves are
 # atomic (exporter/statefile.py).
 SHUTDOWN_SECONDS = 5.0
-_STOPS_SECONDS = 0.5 + STOP_WAIT_SECONDS
+_STOPS_SECONDS = STOP_SECONDS + STOP_WAIT_SECONDS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -626,20 +625,19 @@ async def test_one_namespace_failing_does_not_stop_the_other(
 async def test_a_slow_namespace_does_not_delay_the_others_poll(
     run: Run, api: SimulatorTestServer, world: World, seeded: dict[str, list[str]]
 ) -> None:
-    """poll_once gathers the namespaces: staging's poll completes while prod's first page is still held."""
+    """poll_once gathers the namespaces: staging's poll completes while prod's first page is still held.
+    The order of events proves it (staging counted, prod not, the poll not done), not a stopwatch."""
     world.set_status(seeded["staging"][0], "FAILED")
     world.set_status(seeded["prod"][0], "FAILED")
     api.inject(Latency(0.5), namespace="prod", requests=Requests.nth(1))
-    started = time.monotonic()
     polling = asyncio.create_task(run.poll())
     while not run.counted("staging"):
         assert not polling.done()
         await asyncio.sleep(0.01)  # waits for staging's poll to land, not for a schedule
-    assert time.monotonic() - started < 0.5
     assert run.counted("staging") == {("FAILED", "thumbnail"): 1}
     assert run.counted("prod") == {}  # prod's listing is still in flight
+    assert not polling.done()
     await polling
-    assert time.monotonic() - started >= 0.5
     await assert_consistent(run, "prod", "staging")
     assert run.counted("prod") == {("FAILED", "thumbnail"): 1}
 
