@@ -460,7 +460,7 @@ async def _drive(
     round after round, while each steady poll runs: kept-alive connections with gzip during odd polls,
     new connections without gzip during even ones; after each steady poll one scrape times what a scraper
     sees first."""
-    hammers = (
+    hammers: tuple[Hammer, ...] = (
         (Hammer(metrics, options.scrape_concurrency, keep_alive=False), Hammer(metrics, keep_alive=True))
         if options.hammer
         else ()
@@ -613,7 +613,7 @@ def report(results: Sequence[Result], options: Options, elapsed: float) -> str:
 
 
 def _latency(times: ScrapeTimes | None) -> str:
-    return "" if times is None else f"{times.p50 * 1000:.1f} / {times.p99 * 1000:.1f} ({times.count:,})"
+    return "" if times is None else f"{times.p50 * 1000:.1f} / {times.p99 * 1000:.1f} ({times.scrapes:,})"
 
 
 def _ratios(results: Sequence[Result]) -> list[str]:

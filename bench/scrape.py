@@ -56,8 +56,8 @@ class ScrapeTimes(NamedTuple):
     """seconds"""
     bytes: int
     """of the body as sent (compressed when gzip was asked for)"""
-    count: int = 0
-    """scrapes timed"""
+    scrapes: int = 0
+    """how many were timed"""
 
 
 def measure_scrapes(

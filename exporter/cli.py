@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import httpx
 import structlog
@@ -27,11 +27,11 @@ from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
 from exporter.exposition import STOP_WAIT_SECONDS, Exposition
 from exporter.logs import configure_logging, redact
-from exporter.metrics import SnapshotCollector, drop_group
+from exporter.metrics import Snapshot, SnapshotCollector, drop_group
 from exporter.poller import Poller, PollPlan
 from exporter.probe import probe
 from exporter.ratelimit import RateLimiter
-from exporter.server import MetricsServer
+from exporter.server import STOP_SECONDS, MetricsServer
 from exporter.sharding import NamespaceFilter
 from exporter.statefile import StateFile, identity
 from exporter.views import capped, task_type_filter
@@ -42,11 +42,11 @@ PROG = "mixpeek-exporter"
 DEMO_POLL_INTERVAL = 5.0
 # From SIGTERM to exit, as docs/deploy.md and the Helm chart promise (their terminationGracePeriodSeconds, 10,
 # leaves room): the poll loops' cancellation and the state file's last save share it, and the HTTP server's
-# stop (serve_forever notices within 0.5 s) and the background renderer's (a render under way, at most
+# stop (at most server.STOP_SECONDS) and the background renderer's (a render under way, at most
 # exposition.STOP_WAIT_SECONDS) come out of it too. A save cut short leaves the previous file: saves are
 # atomic (exporter/statefile.py).
 SHUTDOWN_SECONDS = 5.0
-_STOPS_SECONDS = 0.5 + STOP_WAIT_SECONDS
+_STOPS_SECONDS = STOP_SECONDS + STOP_WAIT_SECONDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +190,15 @@ def build_poller(
     return Poller(client, plan, state_file=state_file)
 
 
-def build_exposition(settings: Settings, poller: Poller, web: LiveWebConfig | None = None) -> Exposition:
+class Publisher(Protocol):
+    """What /metrics reads of the poller (bench/cardinality.py stands in a fixed snapshot)."""
+
+    snapshot: Snapshot
+
+    def on_publish(self, listener: Callable[[], object]) -> None: ...
+
+
+def build_exposition(settings: Settings, poller: Publisher, web: LiveWebConfig | None = None) -> Exposition:
     """/metrics: the poller's snapshots, folded and capped as configured, rendered once per change (in the
     background once the exposition is started); and read at each scrape, the process's own resources (memory
     is this exporter's scaling limit) and the web config's reload counts."""

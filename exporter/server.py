@@ -42,6 +42,9 @@ INDEX = b"""<!doctype html>
 # serve_forever checks for a stop request this often: stop() returns within 50 ms instead of socketserver's
 # default 0.5 s, and 20 idle wake-ups a second cost nothing measurable.
 SHUTDOWN_POLL_S = 0.05
+# stop() returns within this (serve_forever's next check, then closing the open connections): the HTTP
+# server's share of cli.SHUTDOWN_SECONDS.
+STOP_SECONDS = 0.5
 
 
 class Reply(NamedTuple):

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.typing import EventDict
 from support import Exporter, build_exporter
 
 from exporter.simulator import World
@@ -48,7 +49,7 @@ async def make_exporter(clock: FakeClock) -> AsyncIterator[Callable[..., Exporte
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[EventDict]]:
     """Every structlog event emitted during the test."""
     with structlog.testing.capture_logs() as captured:
         yield captured

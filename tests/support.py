@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Final, TypeVar
+from typing import Final, TypedDict, TypeVar
 
 import httpx
 import pytest
@@ -47,16 +47,16 @@ from exporter.metrics import (
     TRACKED_TASKS,
     UNTRACKED_TASKS,
     UP,
-    Fold,
     SnapshotCollector,
     keep_all,
 )
 from exporter.poller import Poller, PollPlan
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
-from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, World
+from exporter.simulator import DEFAULT_API_KEY, DOCUMENTED, ApiProfile, NamespaceIds, SimNamespace, World
 from exporter.simulator.testing import FakeClock, SimulatorTestServer
 from exporter.state import Key, NamespaceState
 from exporter.statefile import StateFile, identity
+from exporter.views import Fold
 from exporter.vocabulary import FAILURE_CATEGORIES, TERMINAL_STATUSES, ZERO_FILLED_STATUSES
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -104,6 +104,13 @@ def by_profile(*names: str, argname: str = "profile") -> pytest.MarkDecorator:
     """Parametrise a test over the named profiles (all of PROFILES when none are named), ids the names."""
     chosen = names or tuple(PROFILES)
     return pytest.mark.parametrize(argname, [pytest.param(PROFILES[name], id=name) for name in chosen])
+
+
+def known_namespace(world: World, ref: str) -> SimNamespace:
+    """A namespace the test created, by name or id (World.namespace's None means the setup is wrong)."""
+    found = world.namespace(ref)
+    assert found is not None, f"no namespace {ref!r} in the world"
+    return found
 
 
 def simulator(
@@ -192,7 +199,7 @@ def build_exporter(
     organization: bool = False,
     page_size: int = 1000,
     transport: httpx.AsyncBaseTransport | None = None,
-    event_hooks: Mapping[str, list[object]] | None = None,
+    event_hooks: Mapping[str, list[Callable[..., object]]] | None = None,
     state_file: Path | None = None,
     max_tracked: int | None = None,
     batches: bool = False,
@@ -208,7 +215,7 @@ def build_exporter(
     concurrency: int = 4,
     poll_timeout: float | None = None,
 ) -> Exporter:
-    http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)  # type: ignore[arg-type]
+    http = httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport, event_hooks=event_hooks)
     sleeps = Sleeps()
     keys = key if callable(key) else (lambda: SecretStr(key))
     client = MixpeekClient(
@@ -374,7 +381,8 @@ def deploy_module(relative: str) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -463,7 +471,14 @@ class ServiceProcess:
         self._log.close()
 
 
-def prometheus_query(base_url: str, expr: str) -> list[dict[str, object]]:
+class Sample(TypedDict):
+    """One element of an instant query's result vector."""
+
+    metric: dict[str, str]
+    value: list[float | str]  # [unix time, the value as a string]
+
+
+def prometheus_query(base_url: str, expr: str) -> list[Sample]:
     """An instant query's result vector; a PromQL syntax error fails with Prometheus's own message."""
     answer = httpx.get(f"{base_url}/api/v1/query", params={"query": expr}, timeout=10)
     body = answer.json()

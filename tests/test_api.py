@@ -81,7 +81,8 @@ async def test_follows_cursor_and_sends_only_declared_keys() -> None:
 
     client = client_for(handler)
     items, pages = await list_tasks(client, "prod")
-    assert sorted(items) == ["a", "b", "c"] and pages == 2
+    assert sorted(items) == ["a", "b", "c"]
+    assert pages == 2
     assert seen[1].url.params["cursor"] == "c1"
     for request in seen:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -114,7 +115,8 @@ async def test_organization_listing_sends_no_namespace_header() -> None:
 )
 async def test_malformed_pages_are_invalid_responses(response: httpx.Response) -> None:
     error = await failure(lambda request: response)
-    assert isinstance(error, InvalidResponse) and error.reason == "invalid_response"
+    assert isinstance(error, InvalidResponse)
+    assert error.reason == "invalid_response"
 
 
 async def test_cursor_loop_is_detected() -> None:
@@ -170,7 +172,9 @@ async def test_http_errors_carry_bounded_reason_and_message(
     content = json.dumps(body) if not isinstance(body, str) else body
     error = await failure(lambda request: httpx.Response(status, text=content))
     assert isinstance(error, ApiHTTPError)
-    assert error.reason == reason and message in str(error) and str(status) in str(error)
+    assert error.reason == reason
+    assert message in str(error)
+    assert str(status) in str(error)
 
 
 async def test_transport_failures() -> None:
@@ -182,7 +186,8 @@ async def test_transport_failures() -> None:
 
     assert isinstance(await failure(timeout), ApiTimeout)
     error = await failure(refused)
-    assert isinstance(error, ApiUnreachable) and error.reason == "connection_error"
+    assert isinstance(error, ApiUnreachable)
+    assert error.reason == "connection_error"
 
 
 def test_timestamps() -> None:
@@ -225,8 +230,10 @@ async def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
     handler, seen = scripted(httpx.Response(503), httpx.Response(502), page([item("a")]))
     sleeps = Sleeps()
     items, _ = await list_tasks(client_for(handler, sleeps=sleeps), "prod")
-    assert list(items) == ["a"] and len(seen) == 3
-    assert 1 <= sleeps.waits[0] <= 2 and 2 <= sleeps.waits[1] <= 3
+    assert list(items) == ["a"]
+    assert len(seen) == 3
+    assert 1 <= sleeps.waits[0] <= 2
+    assert 2 <= sleeps.waits[1] <= 3
 
 
 @pytest.mark.parametrize(
@@ -255,7 +262,8 @@ async def test_429_honours_the_servers_advice(response: httpx.Response, wait: fl
 async def test_429_marked_not_retryable_is_not_retried() -> None:
     handler, seen = scripted(rate_limited(details={"retryable": False}))
     error = await failure(handler)
-    assert error.reason == "rate_limited" and len(seen) == 1
+    assert error.reason == "rate_limited"
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
@@ -272,7 +280,8 @@ async def test_retries_are_bounded_and_the_last_error_wins() -> None:
     with pytest.raises(ApiHTTPError) as caught:
         await list_tasks(client, "prod")
     assert caught.value.reason == "rate_limited"
-    assert len(seen) == 4 and len(sleeps.waits) == 3
+    assert len(seen) == 4
+    assert len(sleeps.waits) == 3
     assert client.requests == {(TASKS_LIST, "500"): 1, (TASKS_LIST, "429"): 3}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.typing import EventDict
 from support import Exporter, Series, parse_exposition, select, series_count
 
 from exporter.cli import build_exposition
@@ -133,7 +134,7 @@ async def test_the_series_cap_keeps_the_first_series_and_counts_the_rest_once_pe
     world: World,
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     for namespace in ("prod", "staging"):
         for kind in ("thumbnail", "engine_cluster_build", "api_taxonomies_execute"):
@@ -187,7 +188,8 @@ async def test_the_cap_counts_each_sample_of_a_histogram_and_keeps_a_label_set_w
         for name, labels in series
         if name == f"{COMPLETION}_bucket"
     )
-    assert set(buckets) == label_sets and set(buckets.values()) == {15}
+    assert set(buckets) == label_sets
+    assert set(buckets.values()) == {15}
     assert {labels for name, labels in series if name == f"{COMPLETION}_sum"} == label_sets
     assert by_metric(series)[COMPLETION] == 9 * 17
     assert by_metric(series)["mixpeek_tasks"] == 0  # its 24 samples fit under 56

@@ -15,7 +15,8 @@ def test_a_failed_check_stays_distrusted_until_an_expired_failure_is_forgotten(c
     evidence.forget_expired()
     assert evidence.trusted(Check.ID_LOOKUP)
     evidence.fail(CheckFailed(Check.ID_LOOKUP, "refused again"))
-    assert not evidence.trusted(Check.ID_LOOKUP) and evidence.failures[Check.ID_LOOKUP] == 2
+    assert not evidence.trusted(Check.ID_LOOKUP)
+    assert evidence.failures[Check.ID_LOOKUP] == 2
 
 
 def test_a_failure_younger_than_the_interval_or_without_one_is_kept(clock: FakeClock) -> None:

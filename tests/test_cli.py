@@ -35,7 +35,9 @@ def test_bad_setting_exits_2_with_one_line(
 ) -> None:
     assert main(["--demo", *argv]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and setting in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert setting in err
+    assert "Traceback" not in err
 
 
 def test_bad_env_var_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
@@ -45,7 +47,8 @@ def test_bad_env_var_from_a_real_process_has_no_traceback(tmp_path: Path) -> Non
     )
     assert run.returncode == 2
     assert run.stderr.startswith("mixpeek-exporter: invalid configuration: MIXPEEK_PAGE_SIZE")
-    assert run.stderr.count("\n") == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1
+    assert run.stdout == ""
 
 
 def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +66,8 @@ def test_key_file_is_read_and_never_shown(tmp_path: Path) -> None:
     settings = load_settings(api_key_file=str(key_file))
     assert ApiKeySource(path=settings.api_key_file)().get_secret_value() == API_KEY
     assert not settings.demo
-    assert API_KEY not in repr(settings) and API_KEY not in str(load_settings(api_key=API_KEY))
+    assert API_KEY not in repr(settings)
+    assert API_KEY not in str(load_settings(api_key=API_KEY))
 
 
 def test_help_lists_every_setting_with_env_var_and_default() -> None:
@@ -71,7 +75,8 @@ def test_help_lists_every_setting_with_env_var_and_default() -> None:
     for name in Settings.model_fields:
         assert f"--{name.replace('_', '-')}" in text
         assert env_name(name) in text
-    assert "default: 30.0" in text and "default: 0.0.0.0:9877" in text
+    assert "default: 30.0" in text
+    assert "default: 0.0.0.0:9877" in text
 
 
 def check(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -97,7 +102,8 @@ def test_check_config_discovers_and_reports_a_rejected_key(
     code, lines = check(["--api-url", api.url, "--api-key", API_KEY], capsys)
     assert (code, lines) == (0, ["namespace discovery: ok, 2 namespaces", "prod: ok", "staging: ok"])
     code, lines = check(["--api-url", api.url, "--api-key", "sk_revoked", "--namespaces", "prod"], capsys)
-    assert code == 1 and lines[0].startswith("prod: key rejected (HTTP 401")
+    assert code == 1
+    assert lines[0].startswith("prod: key rejected (HTTP 401")
     assert "sk_revoked" not in "".join(lines)
 
 
@@ -105,4 +111,5 @@ def test_check_config_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     code, lines = check(
         ["--api-url", "http://127.0.0.1:9", "--api-key", API_KEY, "--namespaces", "prod"], capsys
     )
-    assert code == 1 and lines[0].startswith("prod: unreachable")
+    assert code == 1
+    assert lines[0].startswith("prod: unreachable")

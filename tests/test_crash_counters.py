@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.typing import EventDict
 from support import Exporter
 
 from exporter.simulator import World
@@ -67,7 +68,7 @@ async def test_a_state_file_that_cannot_be_written_is_removed_so_a_restart_is_a_
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     path = tmp_path / "state"
     task_id = world.create_task("prod", "thumbnail", "PROCESSING")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import API_KEY
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import SecretStr
 from support import parse_exposition, select
 
 from exporter.api import MixpeekClient
@@ -25,10 +26,9 @@ NOWHERE = ["--api-url", "http://127.0.0.1:9", "--namespaces", "prod"]
 
 
 @pytest.fixture(autouse=True)
-def _no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MIXPEEK_API_KEY", "MIXPEEK_API_KEY_FILE", "MIXPEEK_DEMO"):
         monkeypatch.delenv(name, raising=False)
-    yield
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -36,7 +36,8 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     code = main(["--check-config", *argv])
     captured = capsys.readouterr()
     assert (code, captured.out) == (2, ""), captured
-    assert captured.err.count("\n") == 1 and captured.err.startswith("mixpeek-exporter: ")
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("mixpeek-exporter: ")
     assert "Traceback" not in captured.err
     return captured.err
 
@@ -46,7 +47,9 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_no_key_and_no_demo_exits_2_naming_every_way_out(capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(NOWHERE, capsys)
-    assert "MIXPEEK_API_KEY " in err and "MIXPEEK_API_KEY_FILE" in err and "--demo" in err
+    assert "MIXPEEK_API_KEY " in err
+    assert "MIXPEEK_API_KEY_FILE" in err
+    assert "--demo" in err
 
 
 def test_a_secret_that_failed_to_mount_stops_the_real_process(tmp_path: Path) -> None:
@@ -111,7 +114,7 @@ def test_the_demo_runs_only_when_asked(
 @pytest.mark.parametrize(("overrides", "demo"), [({"demo": "true"}, "true"), ({"api_key": API_KEY}, "false")])
 def test_build_info_says_whether_the_data_is_the_demos(overrides: dict[str, str], demo: str) -> None:
     settings = load_settings(**overrides)
-    client = MixpeekClient(None, lambda: None)  # type: ignore[arg-type]  # never asked: no poll runs
+    client = MixpeekClient(httpx.AsyncClient(), lambda: SecretStr(API_KEY))  # never used: no poll runs
     registry = CollectorRegistry()
     registry.register(build_exposition(settings, build_poller(settings, client, 30.0)))
     (labels,) = select(parse_exposition(generate_latest(registry).decode()), "mixpeek_exporter_build_info")
@@ -139,9 +142,8 @@ def test_a_header_unfit_namespace_or_key_exits_2(
         ["--api-url", "http://127.0.0.1:9", "--api-key", API_KEY, "--namespaces", "prod", *argv], capsys
     )
     assert f"{setting}: " in err
-    assert (
-        "ünïcode" not in err and "sk_control" not in err and "sk_inner" not in err
-    )  # the key is never quoted
+    for part in ("ünïcode", "sk_control", "sk_inner"):
+        assert part not in err  # the key is never quoted
 
 
 def test_a_header_unfit_key_from_the_environment_exits_2(
@@ -149,7 +151,8 @@ def test_a_header_unfit_key_from_the_environment_exits_2(
 ) -> None:
     monkeypatch.setenv("MIXPEEK_API_KEY", "sk_ünïcode_key")
     err = refused(NOWHERE, capsys)
-    assert "MIXPEEK_API_KEY: has characters an API key cannot have" in err and "ünïcode" not in err
+    assert "MIXPEEK_API_KEY: has characters an API key cannot have" in err
+    assert "ünïcode" not in err
 
 
 @pytest.mark.parametrize(
@@ -168,7 +171,9 @@ def test_a_key_file_unfit_for_a_header_exits_2_without_quoting_it(
     key_file.write_text(content)
     err = refused(["--api-key-file", str(key_file), *NOWHERE], capsys)
     assert f"MIXPEEK_API_KEY_FILE: {key_file} {problem}" in err
-    assert API_KEY not in err and "sk_second_line" not in err and "ünïcode" not in err
+    assert API_KEY not in err
+    assert "sk_second_line" not in err
+    assert "ünïcode" not in err
 
 
 # Config edges

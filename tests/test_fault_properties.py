@@ -319,10 +319,12 @@ async def poll_and_check(
             assert errors_now == errors_before
         else:
             reasons = {dict(k)["reason"] for k, v in errors_now.items() if v > errors_before.get(k, 0)}
-            assert len(reasons) == 1 and sum(errors_now.values()) == sum(errors_before.values()) + 1
+            assert len(reasons) == 1
+            assert sum(errors_now.values()) == sum(errors_before.values()) + 1
             assert expected != "ok", f"{namespace} failed ({reasons}) under {poll}, which must succeed"
             kinds = {**TRANSIENT, **FATAL}
-            assert poll.kind in kinds and poll.namespace in (None, namespace), f"{namespace} failed: {poll}"
+            assert poll.kind in kinds, f"{namespace} failed: {poll}"
+            assert poll.namespace in (None, namespace), f"{namespace} failed: {poll}"
             assert reasons == {expected or kinds[poll.kind][1]}
             for name in ("mixpeek_tasks", "mixpeek_task_terminal_transitions_total"):
                 assert by_key(now, name, namespace) == by_key(previous, name, namespace)

@@ -16,7 +16,9 @@ from exporter.health import (
 
 def test_a_first_success_is_up_and_says_nothing() -> None:
     change = poll_succeeded(None, now=100.0, duration=0.2, full=True)
-    assert change.health.up and change.health.last_success == 100.0 and change.health.last_full == 100.0
+    assert change.health.up
+    assert change.health.last_success == 100.0
+    assert change.health.last_full == 100.0
     assert change.health.poll_durations.count == 1
     assert change.notice is None
 
@@ -32,8 +34,10 @@ def test_failures_count_by_reason_keep_the_last_success_and_say_each_time() -> N
     up = poll_succeeded(None, now=100.0, duration=0.2, full=True).health
     first = poll_failed(up, "timeout")
     second = poll_failed(first.health, "timeout")
-    assert not second.health.up and second.health.last_success == 100.0
-    assert dict(second.health.errors) == {"timeout": 2} and second.health.failing == "timeout"
+    assert not second.health.up
+    assert second.health.last_success == 100.0
+    assert dict(second.health.errors) == {"timeout": 2}
+    assert second.health.failing == "timeout"
     assert first.notice == second.notice == Notice(logging.WARNING, "poll failed")
 
 
@@ -55,7 +59,8 @@ def test_a_rejected_key_is_an_error_once_then_debug_until_it_changes() -> None:
 def test_a_success_after_failures_says_it_recovered_and_from_what() -> None:
     failing = poll_failed(None, "rate_limited").health
     change = poll_succeeded(failing, now=200.0, duration=1.0, full=False)
-    assert change.health.up and change.health.failing is None
+    assert change.health.up
+    assert change.health.failing is None
     assert dict(change.health.errors) == {"rate_limited": 1}  # a counter: never reset
     assert (change.notice, change.after) == (Notice(logging.INFO, "poll recovered"), "rate_limited")
 
@@ -68,13 +73,15 @@ def test_batch_failures_say_only_when_the_reason_changes() -> None:
         said.append(change.notice is not None)
         health = change.health
     assert said == [True, False, True, False]
-    assert health is not None and dict(health.errors) == {"http_5xx": 2, "timeout": 2}
+    assert health is not None
+    assert dict(health.errors) == {"http_5xx": 2, "timeout": 2}
 
 
 def test_a_batch_success_recovers_but_knows_no_full_listing() -> None:
     failing = batches_failed(None, "not_found").health
     change = batches_succeeded(failing, now=50.0, duration=0.5)
-    assert change.health.up and change.health.last_full is None
+    assert change.health.up
+    assert change.health.last_full is None
     assert (change.notice, change.after) == (Notice(logging.INFO, "batch poll recovered"), "not_found")
 
 
@@ -82,4 +89,6 @@ def test_nothing_given_is_changed() -> None:
     before = poll_failed(None, "timeout").health
     poll_succeeded(before, now=1.0, duration=0.1, full=True)
     poll_failed(before, "http_5xx")
-    assert dict(before.errors) == {"timeout": 1} and before.failing == "timeout" and not before.up
+    assert dict(before.errors) == {"timeout": 1}
+    assert before.failing == "timeout"
+    assert not before.up

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_KEY
+from prometheus_client.metrics_core import Metric
+from structlog.typing import EventDict
 from support import Exporter
 
 from exporter import api as api_module
@@ -46,11 +48,10 @@ def internal_errors(exporter: Exporter, stage: str) -> float:
 
 
 @pytest.fixture
-def seeded(world: World, clock: FakeClock) -> Iterator[None]:
+def seeded(world: World, clock: FakeClock) -> None:
     for status in ("PROCESSING", "COMPLETED", "FAILED"):
         world.create_task("prod", "thumbnail", status)
         clock.advance(1)
-    yield
 
 
 @pytest.mark.parametrize(
@@ -66,7 +67,7 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
     world: World,
     stage: str,
     owner: Any,
@@ -91,7 +92,8 @@ async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll
         == before
     )
     logged = [event for event in logs if event["event"].startswith("unexpected error")]
-    assert logged[0]["exc_info"] is not None and logged[0]["stage"] == stage
+    assert logged[0]["exc_info"] is not None
+    assert logged[0]["stage"] == stage
     await exporter.poll()
     assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     assert (
@@ -105,7 +107,7 @@ async def test_the_same_kind_of_error_is_logged_with_its_traceback_once_then_cou
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     seeded: None,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",))
 
@@ -226,7 +228,7 @@ async def test_a_namespace_that_hangs_gives_up_its_slot_at_the_poll_deadline(
 
 
 async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
-    api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None, logs: list[dict[str, Any]]
+    api: SimulatorTestServer, make_exporter: MakeExporter, seeded: None, logs: list[EventDict]
 ) -> None:
     """The server hears of a /metrics render that failed (it answers 500) and hands it to the poller's
     loop, as `exporter.cli` wires it."""
@@ -234,14 +236,14 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
     await exporter.poll()
 
     class Broken:
-        def collect(self) -> Iterator[object]:
+        def collect(self) -> Iterator[Metric]:
             raise RuntimeError("a render bug")
 
     loop = asyncio.get_running_loop()
     server = MetricsServer(
         "127.0.0.1",
         0,
-        Broken(),  # type: ignore[arg-type]
+        Broken(),
         lambda: True,
         on_error=lambda exc: loop.call_soon_threadsafe(exporter.poller.internal_error, "render", exc),
     )
@@ -255,7 +257,8 @@ async def test_a_failing_render_is_logged_with_its_traceback_and_counted(
     await asyncio.sleep(0)  # the loop runs what the server thread handed it
     assert internal_errors(exporter, "render") == 2
     tracebacks = [e for e in logs if e["event"] == "unexpected error; the poll loop goes on"]
-    assert len(tracebacks) == 1 and tracebacks[0]["stage"] == "render"
+    assert len(tracebacks) == 1
+    assert tracebacks[0]["stage"] == "render"
 
 
 async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls_go_on(
@@ -264,7 +267,7 @@ async def test_an_unexpected_error_saving_the_state_file_is_logged_and_the_polls
     make_exporter: MakeExporter,
     seeded: None,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     exporter = make_exporter(api, namespaces=("prod",), state_file=tmp_path / "state")
     Once(monkeypatch, StateFile, "save", KeyError("a bug in the encoder"))

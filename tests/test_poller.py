@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 from conftest import API_KEY
+from structlog.typing import EventDict
 from support import Exporter, FlakyTransport, select
 
 from exporter.api import TASKS_LIST
@@ -109,7 +109,7 @@ async def test_transitions_match_ground_truth_over_many_polls(
             world.create_task(ns, "engine_cluster_build")
     await exporter.poll()
     baseline = {ns: truth(world, ns) for ns in ("prod", "staging")}
-    previous: dict[Any, float] = {}
+    previous: dict[frozenset[tuple[str, str]], float] = {}
     for _ in range(30):
         for ns in ("prod", "staging"):
             for _ in range(3):
@@ -118,9 +118,9 @@ async def test_transitions_match_ground_truth_over_many_polls(
         world.advance(10)
         await exporter.poll()
         scraped = exporter.scrape()
-        for key, value in select(scraped, TRANSITIONS).items():
-            assert value >= previous.get(key, 0), "a counter went down"
-            previous[key] = value
+        for labels, value in select(scraped, TRANSITIONS).items():
+            assert value >= previous.get(labels, 0), "a counter went down"
+            previous[labels] = value
     for ns in ("prod", "staging"):
         expected = truth(world, ns)
         for key, n in baseline[ns].items():
@@ -189,7 +189,7 @@ async def test_unknown_status_and_task_type_are_exported(
 
 
 async def test_failing_namespace_does_not_break_the_others(
-    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[EventDict]
 ) -> None:
     world.create_task("prod", "thumbnail")
     exporter = make_exporter(api, namespaces=("prod", "ghost"))
@@ -205,7 +205,9 @@ async def test_failing_namespace_does_not_break_the_others(
         exporter.scrape(), "mixpeek_exporter_last_success_timestamp_seconds", mixpeek_namespace="ghost"
     )
     warning = [e for e in logs if e["event"] == "poll failed"]
-    assert warning and warning[0]["namespace"] == "ghost" and warning[0]["reason"] == "not_found"
+    assert warning
+    assert warning[0]["namespace"] == "ghost"
+    assert warning[0]["reason"] == "not_found"
     assert not exporter.poller.ready()
 
 
@@ -233,7 +235,7 @@ async def test_failed_poll_keeps_the_previous_snapshot(
 
 
 async def test_rejected_key_is_reported_not_raised(
-    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[dict[str, Any]]
+    world: World, api: SimulatorTestServer, make_exporter: MakeExporter, logs: list[EventDict]
 ) -> None:
     exporter = make_exporter(api, key="sk_wrong", namespaces=("prod",))
     for _ in range(3):
@@ -297,5 +299,6 @@ async def test_every_request_body_is_a_valid_sdk_list_tasks_request(
     bodies = [r.body for r in api.requests if r.path == TASKS_LIST]
     assert len(bodies) == 5
     for body in bodies:
+        assert isinstance(body, dict)
         assert set(body) <= set(models.ListTasksRequest.model_fields)
         assert models.ListTasksRequest.from_dict(body).to_dict() == body

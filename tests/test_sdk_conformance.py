@@ -147,7 +147,8 @@ def test_sdk_pages_through_a_namespace(
     assert all("cursor" in r.query for r in sent[1:])
     one = next(iter(truth.values()))
     got = mixpeek.TasksApi(api).get_task(one.task_id, _headers={"X-Namespace": "prod"})
-    assert isinstance(got, mixpeek.TaskResponse) and got.status.value == one.status
+    assert isinstance(got, mixpeek.TaskResponse)
+    assert got.status.value == one.status
 
 
 def test_sdk_filters_by_status_and_by_filters(api: Any, world: World) -> None:
@@ -188,7 +189,8 @@ def test_sdk_lists_namespaces(api: Any, world: World) -> None:
     assert [(ns.namespace_id, ns.namespace_name) for ns in listed.results] == [
         (ns.namespace_id, ns.namespace_name) for ns in world.namespaces()
     ]
-    assert listed.total_count == 2 and listed.results[0].created_at is not None
+    assert listed.total_count == 2
+    assert listed.results[0].created_at is not None
     second = namespaces.list_namespaces(
         list_namespaces_request=mixpeek.ListNamespacesRequest(limit=1, offset=1)
     )
@@ -219,7 +221,8 @@ def test_sdk_lists_every_batch_of_the_organisation_and_of_a_namespace(api: Any, 
     batches_api = mixpeek.BatchesApi(api)
     everything = sdk_batches(batches_api.list_all_batches)
     truth = world.batches()
-    assert len(truth) > 100 and len({b.status for b in truth}) >= 4
+    assert len(truth) > 100
+    assert len({b.status for b in truth}) >= 4
     assert sorted(b.batch_id for b in everything) == sorted(b.batch_id for b in truth)
     assert [b.created_at for b in everything] == sorted((b.created_at for b in everything), reverse=True)
     by_id = {b.batch_id: b for b in truth}
@@ -266,9 +269,11 @@ def test_sdk_lists_one_buckets_batches_and_the_buckets(api: Any, world: World) -
     assert isinstance(buckets, mixpeek.ListBucketsResponse)
     assert all(isinstance(bucket, mixpeek.BucketResponse) for bucket in buckets.results)
     assert [b.bucket_id for b in buckets.results] == list(prod.bucket_ids[:2])
-    assert buckets.total_count == 3 and isinstance(buckets.stats, mixpeek.BucketListStats)
+    assert buckets.total_count == 3
+    assert isinstance(buckets.stats, mixpeek.BucketListStats)
     second = buckets.results[1]
-    assert second.batch_stats is not None and second.batch_stats.total == len(listed)
+    assert second.batch_stats is not None
+    assert second.batch_stats.total == len(listed)
     assert second.object_count == sum(
         b.object_count for b in world.batches("prod") if b.bucket_id == bucket_id
     )
@@ -298,7 +303,8 @@ def test_sdk_parses_the_older_batch_listing(world: World) -> None:
         page = mixpeek.BatchesApi(client).list_all_batches(
             list_batches_request=mixpeek.ListBatchesRequest(offset=5, limit=10)
         )
-    assert page.pagination is None and page.total_count == len(world.batches())
+    assert page.pagination is None
+    assert page.total_count == len(world.batches())
     assert [b.batch_id for b in page.results] == [
         b.batch_id for b in sorted(world.batches(), key=lambda b: (b.created_at, b.batch_id), reverse=True)
     ][5:15]
@@ -343,7 +349,8 @@ def test_sdk_raises_its_own_exception_for_a_refused_operator(api: Any, profile: 
     with pytest.raises(mixpeek.exceptions.UnprocessableEntityException) as refused:
         mixpeek.TasksApi(api).list_tasks(list_tasks_request=mixpeek.ListTasksRequest(filters=filters))
     [error] = json.loads(refused.value.body)["detail"]
-    assert error["loc"] == ["body", "filters", "AND", 0, "operator"] and f"'{operator}'" in error["msg"]
+    assert error["loc"] == ["body", "filters", "AND", 0, "operator"]
+    assert f"'{operator}'" in error["msg"]
     assert sdk_walk(api, mixpeek.ListTasksRequest(status=mixpeek.TaskStatusEnum.FAILED))  # the rest works
 
 
@@ -376,7 +383,8 @@ def test_the_simulators_enumerations_are_the_sdks() -> None:
     )
     assert set(TASK_TYPES) == SDK_TASK_TYPES
     assert set(FAILURE_CATEGORIES) == SDK_FAILURE_CATEGORIES
-    assert set(FILTER_OPERATORS) == SDK_OPERATORS and set(SORT_DIRECTIONS) == SDK_DIRECTIONS
+    assert set(FILTER_OPERATORS) == SDK_OPERATORS
+    assert set(SORT_DIRECTIONS) == SDK_DIRECTIONS
     assert set(TASK_TYPE_MIX) | BATCH_TASK_TYPES <= SDK_TASK_TYPES
     # The one task type the SDK documents additional_data.namespace_id as REQUIRED on: the default profile's.
     described = mixpeek.TaskResponse.model_fields["additional_data"].description
@@ -398,15 +406,18 @@ def test_every_value_the_simulator_emits_is_one_the_sdk_declares(http: httpx.Cli
         if not (cursor := page["pagination"]["next_cursor"]):
             break
     batches = http.post("/v1/batches/list", json={"limit": 1000}).json()["results"]
-    assert len(tasks) == len(world.tasks()) and len(batches) == len(world.batches())
+    assert len(tasks) == len(world.tasks())
+    assert len(batches) == len(world.batches())
     statuses = {task["status"] for task in tasks}
-    assert statuses >= {"PENDING", "QUEUED", "PROCESSING", *TERMINAL_STATUSES} and statuses <= SDK_STATUSES
+    assert statuses >= {"PENDING", "QUEUED", "PROCESSING", *TERMINAL_STATUSES}
+    assert statuses <= SDK_STATUSES
     assert {task["task_type"] for task in tasks} <= SDK_TASK_TYPES
     assert {batch["status"] for batch in batches} <= SDK_BATCH_STATUSES
     for batch in batches:
         assert {tier["status"] for tier in batch["tier_tasks"]} <= SDK_BATCH_STATUSES
     categories = {batch["failure_category"] for batch in batches} - {None}
-    assert categories and categories <= SDK_FAILURE_CATEGORIES
+    assert categories
+    assert categories <= SDK_FAILURE_CATEGORIES
 
 
 # The exporter's requests, judged by the SDK's request models
@@ -456,7 +467,8 @@ def test_the_sdks_request_models_accept_the_exporters_bodies_only_through_a_loop
     if "filters" not in body:
         return
     found = conditions(body["filters"])
-    assert found and {c["operator"] for c in found} <= SDK_OPERATORS
+    assert found
+    assert {c["operator"] for c in found} <= SDK_OPERATORS
     for condition in found:
         assert not isinstance(condition["value"], dict)  # a literal: a list of strings, or a timestamp string
         with pytest.raises(pydantic.ValidationError, match="DynamicValue"):
@@ -508,7 +520,8 @@ async def test_every_body_the_exporter_sends_is_one_the_sdk_accepts(
         finally:
             await exporter.http.aclose()
         bodies = [r.body for r in api.requests if r.path == "/v1/tasks/list"]
-    assert len(bodies) >= 8 and all(isinstance(body, dict) for body in bodies)
+    assert len(bodies) >= 8
+    assert all(isinstance(body, dict) for body in bodies)
     if profile.timestamps:  # incremental polls: the filtered bodies this test is about
         assert sum(bool(body.get("filters")) for body in bodies if isinstance(body, dict)) >= 3
     for body in bodies:
@@ -665,7 +678,8 @@ def test_the_reference_example_request_is_accepted(spec: OpenApi, http: httpx.Cl
     }
     assert spec.errors(example, spec.component("ListTasksRequest")) == []
     response = http.post("/v1/tasks/list", json=example)
-    assert response.status_code == 200 and response.json()["results"] == []
+    assert response.status_code == 200
+    assert response.json()["results"] == []
 
 
 def test_statuses_newer_than_the_spec_are_what_clients_must_tolerate(

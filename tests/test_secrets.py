@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import structlog
 from conftest import API_KEY
+from structlog.typing import EventDict
 from support import Exporter, FlakyTransport, serve_in_background
 
 from exporter.apikey import ApiKeySource
@@ -27,7 +28,8 @@ def test_the_redactor_scrubs_every_key_ever_held(capsys: pytest.CaptureFixture[s
     configure_logging("json", "info", lambda: {API_KEY, "sk_old_key_123"})
     structlog.get_logger().error("oops", error=f"Bearer {API_KEY} rejected", extra="sk_old_key_123!")
     line = json.loads(capsys.readouterr().err)
-    assert line["error"] == f"Bearer {REDACTED} rejected" and line["extra"] == f"{REDACTED}!"
+    assert line["error"] == f"Bearer {REDACTED} rejected"
+    assert line["extra"] == f"{REDACTED}!"
 
 
 async def test_key_absent_from_logs_metrics_and_errors_through_failures(
@@ -35,7 +37,7 @@ async def test_key_absent_from_logs_metrics_and_errors_through_failures(
     world: World,
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     world.create_task("prod", "thumbnail", status="PROCESSING")
     good = make_exporter(api, namespaces=("prod", "ghost"), transport=FlakyTransport(fail={2, 3, 4, 5}))
@@ -56,12 +58,14 @@ def test_key_absent_from_repr_help_and_check_output(
     api: SimulatorTestServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     settings = load_settings(api_key=API_KEY)
-    assert API_KEY not in repr(settings) and API_KEY not in str(settings.model_dump())
+    assert API_KEY not in repr(settings)
+    assert API_KEY not in str(settings.model_dump())
     assert API_KEY not in build_parser().format_help()
     main(["--check-config", "--api-url", api.url, "--api-key", API_KEY, "--namespaces", "prod,ghost"])
     main(["--check-config", "--api-url", "http://127.0.0.1:9", "--api-key", API_KEY, "--namespaces", "prod"])
     captured = capsys.readouterr()
-    assert "prod: ok" in captured.out and "unreachable" in captured.out
+    assert "prod: ok" in captured.out
+    assert "unreachable" in captured.out
     assert API_KEY not in captured.out + captured.err
 
 
@@ -70,7 +74,7 @@ async def test_a_rotated_key_file_is_picked_up_without_restart(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text("sk_expired\n")
@@ -82,12 +86,13 @@ async def test_a_rotated_key_file_is_picked_up_without_restart(
     await exporter.poll()
     assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
     events = [e["event"] for e in logs]
-    assert "API key file changed; using the new key" in events and "poll recovered" in events
+    assert "API key file changed; using the new key" in events
+    assert "poll recovered" in events
     assert keys.known() == {"sk_expired", API_KEY}
 
 
 def test_an_unreadable_key_file_keeps_the_last_key_and_says_so_once(
-    tmp_path: Path, logs: list[dict[str, Any]]
+    tmp_path: Path, logs: list[EventDict]
 ) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text(API_KEY)
@@ -158,9 +163,12 @@ def test_a_key_file_with_a_second_line_never_reaches_a_header_or_a_log(
     key_file.write_text(f"{API_KEY}\nsk_second_line_secret\n")
     code = main(["--check-config", "--api-url", echoing_api.url, "--api-key-file", str(key_file)])
     captured = capsys.readouterr()
-    assert code == 2 and captured.out == ""
-    assert captured.err.count("\n") == 1 and "has more than one line" in captured.err
-    assert API_KEY not in captured.err and "sk_second_line_secret" not in captured.err
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "has more than one line" in captured.err
+    assert API_KEY not in captured.err
+    assert "sk_second_line_secret" not in captured.err
 
 
 def test_an_empty_secret_leaves_log_lines_alone(capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,7 +191,8 @@ def test_the_redactor_reaches_nested_values_and_tracebacks(capsys: pytest.Captur
     except RuntimeError:
         structlog.get_logger().exception("unexpected")
     err = capsys.readouterr().err
-    assert API_KEY not in err and err.count(REDACTED) >= 2
+    assert API_KEY not in err
+    assert err.count(REDACTED) >= 2
 
 
 @pytest.mark.parametrize(
@@ -195,7 +204,7 @@ async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     """The rotation is bad at run time: the poll goes on with the last good key, one error says why without
     the content, and nothing is raised into the poll loop."""
@@ -209,9 +218,11 @@ async def test_a_rotated_key_file_with_a_bad_key_keeps_the_last_good_one(
     for _ in range(3):
         await exporter.poll()
         assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
-    assert keys().get_secret_value() == API_KEY and keys.known() == {API_KEY}
+    assert keys().get_secret_value() == API_KEY
+    assert keys.known() == {API_KEY}
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [e["event"] for e in errors] == ["API key file unusable; keeping the last key"]
     text = json.dumps(logs, default=str)
-    assert "sk_second_line_secret" not in text and "sk_rotated" not in text
+    assert "sk_second_line_secret" not in text
+    assert "sk_rotated" not in text
     assert all(request.headers.get("authorization") != f"Bearer {bad}" for request in api.requests)

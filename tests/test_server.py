@@ -15,7 +15,9 @@ import bcrypt
 import httpx
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from structlog.typing import EventDict
 from support import Exporter, self_signed_certificate
 
 from exporter import server as server_module
@@ -53,11 +55,13 @@ async def test_readyz_turns_ready_after_the_first_complete_poll(exporter: Export
 def test_routes_and_methods(base_url: str) -> None:
     with httpx.Client(base_url=base_url) as http:
         index = http.get("/")
-        assert index.status_code == 200 and 'href="metrics"' in index.text
+        assert index.status_code == 200
+        assert 'href="metrics"' in index.text
         assert http.get("/nope").status_code == 404
         assert http.get("/metrics/../../etc/passwd").status_code == 404
         refused = http.post("/metrics", content=b"x")
-        assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD"
+        assert refused.status_code == 405
+        assert refused.headers["Allow"] == "GET, HEAD"
         assert http.delete("/").status_code == 405
         assert http.head("/metrics").status_code == 200
 
@@ -73,7 +77,8 @@ async def test_openmetrics_buckets_carry_task_exemplars(
     async with httpx.AsyncClient(base_url=base_url) as http:
         response = await http.get("/metrics", headers={"Accept": OPENMETRICS})
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-    families = {f.name: f for f in parse_openmetrics(response.text)}
+    # prometheus_client's OpenMetrics parser has no type annotations.
+    families = {f.name: f for f in parse_openmetrics(response.text)}  # type: ignore[no-untyped-call]
     samples = [
         s
         for s in families["mixpeek_task_completion_seconds"].samples
@@ -81,7 +86,8 @@ async def test_openmetrics_buckets_carry_task_exemplars(
     ]
     assert samples, "no exemplar on the FAILED buckets"
     assert {s.exemplar.labels["task_id"] for s in samples if s.exemplar} == {task_id}
-    assert samples[0].labels["le"] == "60.0" and samples[0].exemplar is not None
+    assert samples[0].labels["le"] == "60.0"
+    assert samples[0].exemplar is not None
     assert samples[0].exemplar.value == 42.0
 
 
@@ -154,8 +160,10 @@ def test_a_connection_is_kept_alive_between_requests(base_url: str) -> None:
         for path, body in (("/healthz", b"ok\n"), ("/", INDEX), ("/healthz", b"ok\n")):
             connection.request("GET", path)
             response = connection.getresponse()
-            assert response.status == 200 and response.read() == body
-            assert response.version == 11 and not response.will_close
+            assert response.status == 200
+            assert response.read() == body
+            assert response.version == 11
+            assert not response.will_close
         assert get(connection, "/metrics").status == 200
         assert connection.sock is kept  # http.client reconnects, on a new socket, after a close
 
@@ -216,13 +224,16 @@ def test_limits_hold_on_a_kept_alive_connection(base_url: str, request_bytes: by
 def test_head_on_a_kept_alive_connection_has_a_length_and_no_body(base_url: str) -> None:
     with connect(base_url) as connection:
         index = get(connection, "/", method="HEAD")
-        assert index.status == 200 and index.headers["Content-Length"] == str(len(INDEX))
+        assert index.status == 200
+        assert index.headers["Content-Length"] == str(len(INDEX))
         metrics = get(connection, "/metrics", method="HEAD")
-        assert metrics.status == 200 and int(metrics.headers["Content-Length"]) > 0
+        assert metrics.status == 200
+        assert int(metrics.headers["Content-Length"]) > 0
         # Had a body followed either HEAD, it would be read here as the next response.
         connection.request("GET", "/healthz")
         response = connection.getresponse()
-        assert response.status == 200 and response.read() == b"ok\n"
+        assert response.status == 200
+        assert response.read() == b"ok\n"
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), HOSTILE, ids=HOSTILE_IDS)
@@ -285,17 +296,18 @@ def test_bad_web_config_is_one_clear_line(tmp_path: Path, content: str, problem:
     path.write_text(content)
     with pytest.raises(ConfigError, match=problem) as caught:
         load_web_config(path)
-    assert "\n" not in str(caught.value) and "MIXPEEK_WEB_CONFIG_FILE" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "MIXPEEK_WEB_CONFIG_FILE" in str(caught.value)
 
 
-def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[dict[str, object]]) -> None:
+def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[EventDict]) -> None:
     """A bug in rendering is the exporter's: the scraper gets a plain 500, the log one line, no traceback."""
 
     class Broken:
-        def collect(self) -> Iterator[object]:
+        def collect(self) -> Iterator[Metric]:
             raise RuntimeError("boom")
 
-    server = MetricsServer("127.0.0.1", 0, Broken(), lambda: True)  # type: ignore[arg-type]
+    server = MetricsServer("127.0.0.1", 0, Broken(), lambda: True)
     server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
@@ -304,6 +316,7 @@ def test_a_failing_collector_gives_a_500_and_one_log_line(logs: list[dict[str, o
     finally:
         server.stop()
     assert (failed.status_code, failed.text) == (500, "internal server error\n")
-    assert "Traceback" not in failed.text and after.status_code == 200
+    assert "Traceback" not in failed.text
+    assert after.status_code == 200
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [(e["event"], e["error"]) for e in errors] == [("request failed", "RuntimeError: boom")]

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.typing import EventDict
 
 from exporter.config import ConfigError, load_settings
-from exporter.server import BACKOFF_MAX_SECONDS, MetricsServer
+from exporter.server import BACKOFF_MAX_SECONDS, STOP_SECONDS, MetricsServer
 from exporter.webconfig import load_web_config
 
 TIMEOUT = 5.0  # seconds: generous bounds on waits that end at once when the server behaves
@@ -86,7 +87,7 @@ def slowloris(port: int, count: int) -> list[socket.socket]:
 
 
 def test_healthz_answers_under_a_slowloris_flood_and_the_longest_waiting_are_closed(
-    logs: list[dict[str, object]],
+    logs: list[EventDict],
 ) -> None:
     cap = 8
     with running(max_connections=cap) as server:
@@ -104,7 +105,8 @@ def test_healthz_answers_under_a_slowloris_flood_and_the_longest_waiting_are_clo
             sock.close()
         newest.close()
     limits = [e for e in logs if str(e["event"]).startswith("connection limit reached")]
-    assert len(limits) == 1 and limits[0]["max_connections"] == cap
+    assert len(limits) == 1
+    assert limits[0]["max_connections"] == cap
 
 
 def test_at_the_cap_with_every_connection_answering_a_new_one_is_closed_at_once() -> None:
@@ -120,7 +122,8 @@ def test_at_the_cap_with_every_connection_answering_a_new_one_is_closed_at_once(
         busy = [threading.Thread(target=lambda: answers.append(healthz(server.port))) for _ in range(2)]
         for thread in busy:
             thread.start()
-        assert entered.acquire(timeout=TIMEOUT) and entered.acquire(timeout=TIMEOUT)
+        assert entered.acquire(timeout=TIMEOUT)
+        assert entered.acquire(timeout=TIMEOUT)
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as refused:
             assert closed_by_server(refused)  # not queued behind the two slow answers
         release.set()
@@ -138,7 +141,7 @@ def test_stop_returns_promptly_and_closes_open_connections() -> None:
     assert healthz(server.port) == (200, b"ok\n")  # every connection above has been accepted
     started = time.monotonic()
     server.stop()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < STOP_SECONDS  # real threads and sockets: wall time is the only clock
     # No thread keeps a connection open past the stop (before, idle ones stayed for their 30 s).
     assert all(closed_by_server(c.sock) for c in idle)
     assert all(closed_by_server(s) for s in slow)
@@ -160,9 +163,7 @@ class FlakyAccept:
 
 
 @pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
-def test_accept_backs_off_when_out_of_resources_then_serves_again(
-    error: int, logs: list[dict[str, object]]
-) -> None:
+def test_accept_backs_off_when_out_of_resources_then_serves_again(error: int, logs: list[EventDict]) -> None:
     pauses: list[float] = []
     accept = FlakyAccept(error, failures=9)
     with running(accept=accept, pause=pauses.append) as server:
@@ -232,7 +233,10 @@ def test_healthz_fails_while_not_live() -> None:
         assert healthz(server.port) == (200, b"ok\n")
         alive[0] = False
         status, body = healthz(server.port)
-        assert status == 503 and body.endswith(b"\n") and body.count(b"\n") == 1 and b"not live" in body
+        assert status == 503
+        assert body.endswith(b"\n")
+        assert body.count(b"\n") == 1
+        assert b"not live" in body
         assert healthz(server.port, "HEAD") == (503, b"")
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
         connection.request("GET", "/metrics")

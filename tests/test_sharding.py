@@ -282,7 +282,9 @@ def test_a_bad_sharding_setting_is_one_line_naming_it(settings: dict[str, str], 
 def test_a_bad_pod_name_stops_the_exporter_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--pod-name", "mixpeek-exporter-5", "--total-shards", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "MIXPEEK_POD_NAME" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert "MIXPEEK_POD_NAME" in err
+    assert "Traceback" not in err
 
 
 # The command line

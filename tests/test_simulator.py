@@ -113,7 +113,8 @@ def test_create_task_defaults_and_batch_metadata(world: World, clock: FakeClock)
     other = world.get_task(
         world.create_task(ns_id, task_type="api_taxonomies_execute", created_at=clock() - 60)
     )
-    assert batch is not None and other is not None
+    assert batch is not None
+    assert other is not None
     assert uuid.UUID(batch.task_id).version == 4
     assert (batch.status, batch.task_type, batch.created_at, batch.completed_at) == (
         "PENDING",
@@ -148,7 +149,8 @@ def test_set_status_counts_a_terminal_status_once_and_accepts_unknown_values(
 def test_a_task_created_terminal_counts_as_a_transition(world: World) -> None:
     ns_id = world.add_namespace("prod")
     failed = world.get_task(world.create_task("prod", status="FAILED"))
-    assert failed is not None and failed.completed_at == failed.created_at
+    assert failed is not None
+    assert failed.completed_at == failed.created_at
     assert failed.additional_data["error"]
     assert world.transitions == Counter({(ns_id, "FAILED", "api_buckets_batches_process"): 1})
 
@@ -196,7 +198,9 @@ def test_fail_burst_fails_every_task_on_the_next_advance(world: World, clock: Fa
     assert world.status_counts("prod") == Counter({"FAILED": 25})
     assert world.transitions == Counter({(ns_id, "FAILED", "engine_inference_run"): 25})
     failed = world.get_task(burst[0])
-    assert failed is not None and failed.completed_at == clock() and failed.additional_data["error"]
+    assert failed is not None
+    assert failed.completed_at == clock()
+    assert failed.additional_data["error"]
 
 
 def test_statuses_outside_the_lifecycle_stay_put(world: World, clock: FakeClock) -> None:
@@ -204,7 +208,8 @@ def test_statuses_outside_the_lifecycle_stay_put(world: World, clock: FakeClock)
     task_id = world.create_task("prod", status="RETRYING")
     tick(clock, world, 3600)
     task = world.get_task(task_id)
-    assert task is not None and task.status == "RETRYING"
+    assert task is not None
+    assert task.status == "RETRYING"
 
 
 def test_tasks_expire_after_retention_but_stay_counted(clock: FakeClock) -> None:
@@ -274,15 +279,18 @@ def test_task_routes_refuse_a_missing_or_wrong_key(
         response = http.post("/v1/tasks/list", json={})
     assert response.status_code == 401
     body = response.json()
-    assert body["success"] is False and body["status"] == 401
+    assert body["success"] is False
+    assert body["status"] == 401
     assert body["error"]["type"] == "UnauthorizedError"
 
 
 def test_unknown_routes_and_wrong_methods(client: httpx.Client) -> None:
     missing = client.get("/v1/nope")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "NotFoundError"
     wrong = client.delete("/v1/namespaces/list")
-    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
 
 
 def test_unknown_body_key_is_refused_naming_the_accepted_keys(client: httpx.Client) -> None:
@@ -390,13 +398,15 @@ def test_task_responses_carry_the_sdk_fields_and_naive_timestamps(
     clock.advance(2)
     world.set_status(task_id, "FAILED")
     task = client.get(f"/v1/tasks/{task_id}").json()
-    assert task["task_id"] == task_id and task["status"] == "FAILED"
+    assert task["task_id"] == task_id
+    assert task["status"] == "FAILED"
     assert task["additional_data"]["namespace_id"] == ns_id
     assert task["error"] == task["additional_data"]["error"]
     assert all(NAIVE_ISO.fullmatch(task[key]) for key in ("created_at", "updated_at", "completed_at"))
     assert parse_micros(task["completed_at"]) - parse_micros(task["created_at"]) == 2_000_000
     missing = client.get("/v1/tasks/nope")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "NotFoundError"
 
 
 def test_timestamps_are_left_out_by_default(world: World, client: httpx.Client) -> None:
@@ -420,10 +430,8 @@ def test_x_namespace_scopes_task_listings_by_name_or_id(world: World, client: ht
     }  # no header: whole organisation
     response = client.post("/v1/tasks/list", json={}, headers={"X-Namespace": "staging"})
     assert response.status_code == 404
-    assert (
-        response.json()["error"]["type"] == "NotFoundError"
-        and "staging" in response.json()["error"]["message"]
-    )
+    assert response.json()["error"]["type"] == "NotFoundError"
+    assert "staging" in response.json()["error"]["message"]
     other = client.get(f"/v1/tasks/{dev_tasks[0]}", headers={"X-Namespace": "prod"})
     assert other.status_code == 404
 
@@ -544,7 +552,8 @@ def test_filters_sort_and_search(
 def test_sort_on_any_field_breaks_ties_by_task_id(client: httpx.Client, mixed: dict[str, str]) -> None:
     results = list_page(client, {"sort": {"field": "status"}}, limit=100)["results"]
     keys = [(task["status"], task["task_id"]) for task in results]
-    assert keys == sorted(keys) and len(keys) == 6
+    assert keys == sorted(keys)
+    assert len(keys) == 6
     nested = list_page(
         client, {"sort": {"field": "additional_data.object_count", "direction": "desc"}}, limit=100
     )
@@ -594,10 +603,12 @@ def test_cursor_paging_returns_every_task_exactly_once(
         world.create_task("prod", created_at=base - 2500 + i // 3) for i in range(2500)
     }  # ties included
     first = list_page(client, limit=1000, include_total="true")
-    assert first["pagination"]["total"] == 2500 and first["pagination"]["total_pages"] == 3
+    assert first["pagination"]["total"] == 2500
+    assert first["pagination"]["total_pages"] == 3
     assert list_page(client, limit=1000)["pagination"]["total"] is None
     results = walk(client, limit=1000)
-    assert len(results) == 2500 and set(ids(results)) == created
+    assert len(results) == 2500
+    assert set(ids(results)) == created
     instants = [parse_micros(task["created_at"]) for task in results]
     assert instants == sorted(instants)
 
@@ -675,7 +686,8 @@ def test_default_page_size_is_ten(world: World, client: httpx.Client) -> None:
     for _ in range(12):
         world.create_task("prod")
     page = list_page(client)
-    assert len(page["results"]) == 10 and page["pagination"]["page_size"] == 10
+    assert len(page["results"]) == 10
+    assert page["pagination"]["page_size"] == 10
 
 
 # HTTP: namespaces
@@ -699,7 +711,8 @@ def test_namespaces_list(world: World, client: httpx.Client) -> None:
     assert client.post("/v1/namespaces/list", json={"limit": 1001}).status_code == 422
     assert client.post("/v1/namespaces/list", params={"offset": 10001}).status_code == 422
     refused = client.post("/v1/namespaces/list", json={"namespace": "x"})
-    assert refused.status_code == 422 and refused.json()["detail"][0]["type"] == "extra_forbidden"
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["type"] == "extra_forbidden"
 
 
 # Demo

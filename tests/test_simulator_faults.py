@@ -139,14 +139,17 @@ def test_from_the_nth_on_only_n_times_first_rule_wins_and_clear(
     assert client.get("/v1/tasks/tsk_none").status_code == 404
     with pytest.raises(ValueError, match="start at 1"):
         Requests.nth(0)
-    assert 7 in Requests.starting(3) and 2 not in Requests.starting(3) and 4 in Requests.every()
+    assert 7 in Requests.starting(3)
+    assert 2 not in Requests.starting(3)
+    assert 4 in Requests.every()
 
 
-# Time and sockets
+# Time and sockets: these faults hold real connections for real seconds, so wall time is the only clock.
 
 
 def test_latency_delays_one_answer_while_others_are_served(server: SimulatorTestServer) -> None:
-    server.inject(Latency(0.4), namespace="prod")
+    latency = Latency(0.4)
+    server.inject(latency, namespace="prod")
     slow: dict[str, Any] = {}
 
     def slow_request() -> None:
@@ -162,21 +165,23 @@ def test_latency_delays_one_answer_while_others_are_served(server: SimulatorTest
         assert post(other, "staging").status_code == 200
         fast = time.monotonic() - started
     thread.join()
-    assert fast < 0.3
-    assert slow["status"] == 200 and slow["seconds"] >= 0.4
+    assert fast < latency.seconds
+    assert slow["status"] == 200
+    assert slow["seconds"] >= latency.seconds
 
 
 def test_hang_holds_the_connection_until_the_client_times_out(server: SimulatorTestServer) -> None:
-    server.inject(Hang(5.0), requests=Requests.nth(1))
-    with connect(server, timeout=0.2) as impatient:
+    hang, patience = Hang(5.0), 0.2
+    server.inject(hang, requests=Requests.nth(1))
+    with connect(server, timeout=patience) as impatient:
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             post(impatient)
-        assert 0.2 <= time.monotonic() - started < 1.0
+        assert patience <= time.monotonic() - started < hang.seconds / 5  # the client's timeout, not the hang
         assert post(impatient).status_code == 200  # the next request is answered, on a new connection
     started = time.monotonic()
-    server.stop()  # wakes the held handler instead of waiting out its 5 s
-    assert time.monotonic() - started < 1.0
+    server.stop()  # wakes the held handler instead of waiting out the hang
+    assert time.monotonic() - started < hang.seconds / 5
 
 
 def test_reset_closes_the_socket_with_an_rst(server: SimulatorTestServer, client: httpx.Client) -> None:
@@ -197,8 +202,10 @@ def test_http_error_uses_the_api_envelope(
     response = post(client)
     assert response.status_code == status
     body = response.json()
-    assert body["success"] is False and body["status"] == status
-    assert body["error"]["message"] == "upstream on fire" and body["error"]["details"] == {}
+    assert body["success"] is False
+    assert body["status"] == status
+    assert body["error"]["message"] == "upstream on fire"
+    assert body["error"]["details"] == {}
 
 
 def test_http_error_can_say_not_retryable(server: SimulatorTestServer, client: httpx.Client) -> None:
@@ -274,16 +281,19 @@ def test_task_without_id(server: SimulatorTestServer, client: httpx.Client, worl
     assert ["task_id" in task for task in results] == [True, False, True]
     world.add_namespace("empty")
     results = post(client, "empty").json()["results"]
-    assert len(results) == 1 and "task_id" not in results[0]
+    assert len(results) == 1
+    assert "task_id" not in results[0]
 
 
 def test_oversized_page(server: SimulatorTestServer, client: httpx.Client) -> None:
     server.inject(OversizedPage(extra=2))
     page = post(client, limit=3).json()
-    assert len(page["results"]) == 5 and page["pagination"]["page_size"] == 3
+    assert len(page["results"]) == 5
+    assert page["pagination"]["page_size"] == 3
     assert not any(t["task_id"].startswith("phantom-") for t in page["results"])  # real next tasks
     padded = post(client, "staging", limit=3).json()["results"]  # 1 task: made-up ones fill the page
-    assert len(padded) == 5 and sum(t["task_id"].startswith("phantom-") for t in padded) == 4
+    assert len(padded) == 5
+    assert sum(t["task_id"].startswith("phantom-") for t in padded) == 4
 
 
 # Paging
@@ -359,7 +369,8 @@ def test_cursor_back_to_start_on_an_empty_listing_gives_empty_pages_while_it_fir
         if not cursor:
             break
         cursors.append(cursor)
-    assert pages == 4 and len(set(cursors)) == 3
+    assert pages == 4
+    assert len(set(cursors)) == 3
 
 
 # Enum drift and the ground truth
@@ -397,5 +408,6 @@ def test_faults_leave_the_ground_truth_alone(
         with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError, AssertionError):
             walk(client, limit=2, max_pages=10)
         server.clear_faults()
-    assert world.transitions == before and world.status_counts() == statuses
+    assert world.transitions == before
+    assert world.status_counts() == statuses
     assert walk(client, limit=2) == newest_first(world)

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import PROFILES, by_profile, profile_named, simulator
+from support import PROFILES, by_profile, known_namespace, profile_named, simulator
 
 from exporter.simulator import (
     DEFAULT_API_KEY,
@@ -186,7 +186,8 @@ def test_header_ignored_lists_and_gets_organisation_wide(world: World, client: h
         assert set(ids(listing(client, None, namespace))) == everything
     dev_task = world.tasks("dev")[0].task_id
     answer = client.get(f"/v1/tasks/{dev_task}", headers={"X-Namespace": "prod"})
-    assert answer.status_code == 200 and answer.json()["task_id"] == dev_task
+    assert answer.status_code == 200
+    assert answer.json()["task_id"] == dev_task
 
 
 def test_header_honoured_scopes_gets_too(world: World, client: httpx.Client) -> None:
@@ -239,8 +240,11 @@ def test_a_refused_operator_is_fastapis_422_naming_it(
         accepted = http.post("/v1/tasks/list", json={"filters": other, "sort": NEWEST_FIRST})
     assert refused.status_code == 422
     [error] = refused.json()["detail"]
-    assert set(error) >= {"loc", "msg", "type"} and error["loc"] == loc
-    assert f"'{operator}'" in error["msg"] and error["type"] == "value_error" and error["input"] == operator
+    assert set(error) >= {"loc", "msg", "type"}
+    assert error["loc"] == loc
+    assert f"'{operator}'" in error["msg"]
+    assert error["type"] == "value_error"
+    assert error["input"] == operator
     assert accepted.status_code == 200
 
 
@@ -278,7 +282,7 @@ def test_without_the_org_batch_listing_buckets_and_their_batches_still_list_ever
     world: World, clock: FakeClock, cursor_pagination: bool
 ) -> None:
     for i in range(25):
-        world.create_batch("prod", bucket_id=world.namespace("prod").bucket_ids[i % 3])  # type: ignore[union-attr]
+        world.create_batch("prod", bucket_id=known_namespace(world, "prod").bucket_ids[i % 3])
         clock.advance(1)
     with (
         simulator(world, "batches_list=absent", cursor_pagination=cursor_pagination) as api,
@@ -297,13 +301,17 @@ def test_without_the_org_batch_listing_buckets_and_their_batches_still_list_ever
                 offset += len(page["results"])
                 if len(page["results"]) < 4:
                     break
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
-    assert buckets["total_count"] == 3 and len(buckets["results"]) == 2 and len(rest["results"]) == 1
-    assert sorted(seen) == sorted(b.batch_id for b in world.batches("prod")) and len(seen) == 25
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "NotFoundError"
+    assert buckets["total_count"] == 3
+    assert len(buckets["results"]) == 2
+    assert len(rest["results"]) == 1
+    assert sorted(seen) == sorted(b.batch_id for b in world.batches("prod"))
+    assert len(seen) == 25
 
 
 def test_the_bucket_batch_listing_follows_its_cursor_in_the_body(world: World, clock: FakeClock) -> None:
-    bucket_id = world.namespace("prod").bucket_ids[0]  # type: ignore[union-attr]
+    bucket_id = known_namespace(world, "prod").bucket_ids[0]
     made = []
     for _ in range(7):
         made.append(world.create_batch("prod", bucket_id=bucket_id))
@@ -359,8 +367,10 @@ def test_parse_reads_every_setting_and_round_trips() -> None:
         sort_honoured=False,
         batches_list=False,
     )
-    assert str(profile) == text and ApiProfile.parse(str(profile)) == profile
-    assert ApiProfile.parse("") == ApiProfile.parse("default") == DOCUMENTED and str(DOCUMENTED) == "default"
+    assert str(profile) == text
+    assert ApiProfile.parse(str(profile)) == profile
+    assert ApiProfile.parse("") == ApiProfile.parse("default") == DOCUMENTED
+    assert str(DOCUMENTED) == "default"
     assert ApiProfile.parse(" timestamps=absent , header=honoured,namespace_ids=batch ") == DOCUMENTED
     assert ApiProfile.parse("timestamps=present") == ApiProfile(timestamps=True)
     for name, named in PROFILES.items():

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support import PROFILES, by_profile
+from support import PROFILES, by_profile, known_namespace
 
 from exporter.simulator import TERMINAL_STATUSES, ApiProfile, World
 from exporter.simulator import filters as filters_module
@@ -81,13 +81,14 @@ def answers(
     profile: ApiProfile = TIMESTAMPED,
 ) -> tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, Any]]]:
     """(cached, reference) answers to one request, as the server would give them."""
-    options = {"scope": scope, "cursor_pagination": cursor, "profile": profile}
 
     def cached(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
-        return listings.page(body, query, **options)
+        return listings.page(body, query, scope=scope, cursor_pagination=cursor, profile=profile)
 
     def reference(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
-        return list_tasks(world.tasks(scope), body, query, **options)
+        return list_tasks(
+            world.tasks(scope), body, query, scope=scope, cursor_pagination=cursor, profile=profile
+        )
 
     return cached, reference
 
@@ -170,7 +171,7 @@ def assert_same_pages(
 def test_cached_pages_are_the_pages_of_the_uncached_listing(
     world: World, scope: str | None, cursor: bool, profile: ApiProfile
 ) -> None:
-    namespace = world.namespace(scope).namespace_id if scope else None  # type: ignore[union-attr]
+    namespace = known_namespace(world, scope).namespace_id if scope else None
     listings = TaskListings(world)
     assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)
     assert_same_pages(world, listings, namespace, cursor=cursor, profile=profile)  # again, from the cache
@@ -197,9 +198,10 @@ def test_what_a_profile_ignores_shares_the_plain_listing(world: World, profile: 
 
 def test_each_listing_sorts_once_per_version(world: World) -> None:
     listings = TaskListings(world)
-    cached, _ = answers(world, listings, world.namespace("prod").namespace_id)  # type: ignore[union-attr]
+    cached, _ = answers(world, listings, known_namespace(world, "prod").namespace_id)
     everything = list(pages(cached, {"sort": NEWEST_FIRST}, limit=10))
-    assert len(everything) == 45 and listings.builds == 1
+    assert len(everything) == 45
+    assert listings.builds == 1
 
 
 def test_lookups_by_id_and_windows_of_the_sort_field_never_sort_the_namespace(world: World) -> None:
@@ -243,7 +245,7 @@ def mutations(world: World, clock: FakeClock) -> Iterator[str]:
 
 def test_every_change_makes_the_cached_listing_fresh(world: World, clock: FakeClock) -> None:
     listings = TaskListings(world)
-    prod = world.namespace("prod").namespace_id  # type: ignore[union-attr]
+    prod = known_namespace(world, "prod").namespace_id
     cached, reference = answers(world, listings, prod)
     body = {
         "sort": NEWEST_FIRST,
@@ -261,14 +263,15 @@ def test_every_change_makes_the_cached_listing_fresh(world: World, clock: FakeCl
 
 def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> None:
     listings = TaskListings(world)
-    prod, staging = (world.namespace(n).namespace_id for n in ("prod", "staging"))  # type: ignore[union-attr]
+    prod, staging = (known_namespace(world, n).namespace_id for n in ("prod", "staging"))
     query = {"limit": "5"}
     for scope in (prod, staging, None):
         listings.page({}, query, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     before = (world.version(prod), world.version(staging), world.version())
     world.create_task("staging")
     assert world.version(prod) == before[0]
-    assert world.version(staging) > before[1] and world.version() > before[2]
+    assert world.version(staging) > before[1]
+    assert world.version() > before[2]
     builds = listings.builds
     listings.page({}, query, scope=prod, cursor_pagination=True, profile=TIMESTAMPED)
     assert listings.builds == builds
@@ -280,22 +283,24 @@ def test_a_change_in_one_namespace_leaves_the_others_cached(world: World) -> Non
 def test_the_cache_keeps_a_bounded_number_of_tasks(world: World) -> None:
     listings = TaskListings(world, max_listings=3, max_tasks=1000)
     for status in TERMINAL:
-        for scope in (None, world.namespace("prod").namespace_id):  # type: ignore[union-attr]
+        for scope in (None, known_namespace(world, "prod").namespace_id):
             listings.page({"status": status}, {}, scope=scope, cursor_pagination=True, profile=TIMESTAMPED)
     cached = listings._listings  # the bound is the point of this test
-    assert len(cached) <= 3 and sum(len(tasks) for _, tasks in cached.values()) <= 1000
+    assert len(cached) <= 3
+    assert sum(len(tasks) for _, tasks in cached.values()) <= 1000
 
 
 # Filters: the direct predicates, and the shapes that need no scan
 
 
+EQUALITY_VALUES: dict[str, list[object]] = {
+    "status": ["FAILED", "failed", ["completed", "FAILED", 7, None], []],
+    "task_type": ["thumbnail", ["THUMBNAIL", "engine_cluster_build"]],
+    "task_id": ["nope", ["nope"]],
+}
 CONDITIONS: list[dict[str, Any]] = [
     {"field": field, "operator": op, "value": value}
-    for field, values in {
-        "status": ["FAILED", "failed", ["completed", "FAILED", 7, None], []],
-        "task_type": ["thumbnail", ["THUMBNAIL", "engine_cluster_build"]],
-        "task_id": ["nope", ["nope"]],
-    }.items()
+    for field, values in EQUALITY_VALUES.items()
     for value in values
     for op in (("in", "nin") if isinstance(value, list) else ("eq", "ne"))
 ] + [
@@ -321,9 +326,9 @@ def test_direct_predicates_match_the_generic_ones(
 
 def test_pinned_ids_come_from_the_conjuncts_only() -> None:
     cond = {"field": "task_id", "operator": "in", "value": ["A-1", "b-2", 3]}
-    assert pinned_ids({"AND": [cond]}) == {"A-1", "a-1", "b-2"}
-    assert pinned_ids({"task_id": "x"}) == {"x"}
-    assert pinned_ids({"AND": [{"AND": [cond]}, {"field": "task_id", "value": "b-2"}]}) == {"b-2"}
+    assert pinned_ids({"AND": [cond]}) == frozenset({"A-1", "a-1", "b-2"})
+    assert pinned_ids({"task_id": "x"}) == frozenset({"x"})
+    assert pinned_ids({"AND": [{"AND": [cond]}, {"field": "task_id", "value": "b-2"}]}) == frozenset({"b-2"})
     assert pinned_ids({"OR": [cond]}) is None
     assert pinned_ids({"NOT": [cond]}) is None
     assert pinned_ids({"AND": [{"field": "status", "value": "FAILED"}]}) is None

@@ -63,7 +63,9 @@ def test_payload_timestamps_win_over_observation() -> None:
     rows = histogram.cumulative()
     assert [(le, count) for le, count, _ in rows] == [("10.0", 0), ("60.0", 1), ("3600.0", 1), ("+Inf", 1)]
     exemplar = rows[1][2]
-    assert exemplar is not None and exemplar.task_id == "a" and exemplar.value == 20.0
+    assert exemplar is not None
+    assert exemplar.task_id == "a"
+    assert exemplar.value == 20.0
 
 
 def test_status_regression_never_uncounts_nor_recounts() -> None:
@@ -87,7 +89,9 @@ def test_vanished_finished_task_that_returns_is_not_counted_again() -> None:
 def test_vanished_active_task_is_forgotten_not_counted() -> None:
     state = observe(fresh(), [task("a", "PENDING")], now=0.0)
     state = observe(state, [], now=30.0)
-    assert state.transitions == {} and state.tasks == {} and state.gone == {}
+    assert state.transitions == {}
+    assert state.tasks == {}
+    assert state.gone == {}
 
 
 def test_unknown_status_and_type_are_kept_sanitised() -> None:
@@ -163,6 +167,9 @@ def test_a_task_listed_twice_in_one_listing_counts_once_as_first_seen() -> None:
 def test_a_listing_that_misses_some_tasks_forgets_them() -> None:
     state = observe(fresh(), [task("a", "PENDING"), task("b", "COMPLETED"), task("c", "COMPLETED")], now=0.0)
     state = observe(state, [task("c", "COMPLETED")], now=30.0)
-    assert set(state.tasks) == {"c"} and set(state.gone) == {"b"} and state.active == frozenset()
+    assert set(state.tasks) == {"c"}
+    assert set(state.gone) == {"b"}
+    assert state.active == frozenset()
     state = observe(state, [task("c", "COMPLETED"), task("b", "COMPLETED")], now=60.0)
-    assert state.transitions == {} and state.counts == {("COMPLETED", "thumbnail"): 2}
+    assert state.transitions == {}
+    assert state.counts == {("COMPLETED", "thumbnail"): 2}

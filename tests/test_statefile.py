@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from support import Exporter, completion
 
 from exporter.config import DEFAULT_BUCKETS
@@ -72,7 +73,7 @@ async def test_damaged_or_foreign_files_are_reported_and_ignored(
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     task_id = world.create_task("prod", "thumbnail", status="COMPLETED")
     path = tmp_path / "state.json"
@@ -135,9 +136,11 @@ def test_changed_buckets_keep_counters_but_not_histograms(tmp_path: Path) -> Non
     path = tmp_path / "state.json"
     StateFile(path, SETUP, DEFAULT_BUCKETS).save({"prod": state}, {})
     same = StateFile(path, SETUP, DEFAULT_BUCKETS).load()[0]["prod"]
-    assert same.transitions == {("FAILED", "t"): 1} and completion(same, ("FAILED", "t")).count == 1
+    assert same.transitions == {("FAILED", "t"): 1}
+    assert completion(same, ("FAILED", "t")).count == 1
     other = StateFile(path, SETUP, (1.0, 2.0)).load()[0]["prod"]
-    assert other.transitions == {("FAILED", "t"): 1} and completion(other, ("FAILED", "t")).count == 0
+    assert other.transitions == {("FAILED", "t"): 1}
+    assert completion(other, ("FAILED", "t")).count == 0
     assert other.counts == {("FAILED", "t"): 1}
 
 
@@ -155,7 +158,8 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
     state = observe(state, [t for t in listing(Task("p0", "FAILED", "t")) if t.item_id != "p1"], 60.0)
     tasks = replace(state, tallies={("t", "failed"): 3})
     batches = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("b", "PROCESSING", "small")], 5.0)
-    assert tasks.gone == {"p1": 60.0} and len(tasks.tasks) > 2 * CHUNK  # rows span several lines
+    assert tasks.gone == {"p1": 60.0}
+    assert len(tasks.tasks) > 2 * CHUNK  # rows span several lines
     path = tmp_path / "state.json"
     StateFile(path, SETUP, DEFAULT_BUCKETS).save(
         {"prod": tasks, "unpolled": NamespaceState(DEFAULT_BUCKETS)}, {"prod": batches}
@@ -163,7 +167,8 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
     assert json.loads(path.read_bytes().splitlines()[0])["format"] == FORMAT
 
     loaded_tasks, loaded_batches = StateFile(path, SETUP, DEFAULT_BUCKETS).load()
-    assert list(loaded_tasks) == ["prod"] and list(loaded_batches) == ["prod"]
+    assert list(loaded_tasks) == ["prod"]
+    assert list(loaded_batches) == ["prod"]
     for before, after in ((tasks, loaded_tasks["prod"]), (batches, loaded_batches["prod"])):
         assert sorted(after.rows()) == sorted(before.rows())
         for name in (
@@ -176,7 +181,8 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
             "active",
         ):
             assert getattr(after, name) == getattr(before, name), name
-        assert after.transitions == before.transitions and after.tallies == before.tallies
+        assert after.transitions == before.transitions
+        assert after.tallies == before.tallies
         for key, histogram in before.completions.items():
             assert (completion(after, key).counts, completion(after, key).total) == (
                 histogram.counts,
@@ -185,7 +191,7 @@ def test_a_saved_state_loads_as_it_was(tmp_path: Path) -> None:
         assert after.completions.keys() == before.completions.keys()
 
 
-def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+def test_files_of_earlier_versions_are_ignored(tmp_path: Path, logs: list[EventDict]) -> None:
     """Bound to "url|scope" only, they may be another key's: a baseline is the safe side."""
     prod = {"polled_at": 30.0, "tasks": [["a", "PENDING", "t", 0.0, 5.0, False]], "gone": []}
     version_1 = {"format": "mixpeek-exporter-state/1", "identity": "https://api.example|namespace"}
@@ -211,7 +217,7 @@ KEY_A = "sk_org_a_0123456789abcdef"
 KEY_B = "sk_org_b_fedcba9876543210"
 
 
-def foreign(logs: list[dict[str, Any]]) -> list[str]:
+def foreign(logs: list[EventDict]) -> list[str]:
     """The parts named by each "state file is for another setup" line."""
     return [e["differs"] for e in logs if e["event"] == "state file is for another setup; starting afresh"]
 
@@ -221,7 +227,7 @@ def terminal_total(exporter: Exporter) -> float:
 
 
 async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored(
-    clock: FakeClock, make_exporter: MakeExporter, tmp_path: Path, logs: list[dict[str, Any]]
+    clock: FakeClock, make_exporter: MakeExporter, tmp_path: Path, logs: list[EventDict]
 ) -> None:
     path = tmp_path / "state.json"
     ours = World(clock=clock, seed=1)
@@ -261,7 +267,8 @@ async def test_a_file_written_under_another_key_for_the_same_url_is_not_restored
         await other.poller.flush()
     assert foreign(logs) == ["api_key"]
     everything = repr(logs) + path.read_text()
-    assert KEY_A not in everything and KEY_B not in everything
+    assert KEY_A not in everything
+    assert KEY_B not in everything
 
 
 async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored(
@@ -270,7 +277,7 @@ async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored
     api: SimulatorTestServer,
     make_exporter: MakeExporter,
     tmp_path: Path,
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     path = tmp_path / "state.json"
     watched = world.create_task("prod", "thumbnail", status="PROCESSING")
@@ -285,9 +292,10 @@ async def test_a_file_written_for_another_namespace_set_or_scope_is_not_restored
     # The same namespaces in another order: the same setup.
     logs.clear()
     same = make_exporter(api, namespaces=("staging", "prod"), state_file=path)
-    assert same.value(TRANSITIONS, **FAILED) == 1 and foreign(logs) == []
+    assert same.value(TRANSITIONS, **FAILED) == 1
+    assert foreign(logs) == []
 
-    others = {
+    others: dict[str, dict[str, object]] = {
         "namespaces": {"namespaces": ("prod",)},
         "namespace_filter": {
             "namespaces": ("prod", "staging"),
@@ -318,14 +326,13 @@ def test_the_key_is_never_in_the_file_nor_its_bare_hash(tmp_path: Path) -> None:
     written = path.read_bytes()
     bare = hashlib.sha256(KEY_A.encode()).hexdigest()
     assert KEY_A.encode() not in written
-    assert bare[:16].encode() not in written and bare.encode() not in written
+    assert bare[:16].encode() not in written
+    assert bare.encode() not in written
     assert setup["api_key"].encode() in written  # the salted fingerprint is what binds the file
     assert StateFile(path, setup, DEFAULT_BUCKETS).load()[0]["prod"].counts == {("FAILED", "t"): 1}
 
 
-def test_each_part_of_the_identity_is_told_apart_and_named(
-    tmp_path: Path, logs: list[dict[str, Any]]
-) -> None:
+def test_each_part_of_the_identity_is_told_apart_and_named(tmp_path: Path, logs: list[EventDict]) -> None:
     def setup(key: str = KEY_A, **changes: Any) -> dict[str, str]:
         parts: dict[str, Any] = {
             "url": "https://api.example",
@@ -350,7 +357,8 @@ def test_each_part_of_the_identity_is_told_apart_and_named(
         logs.clear()
         assert StateFile(path, other, DEFAULT_BUCKETS).load() == ({}, {})
         assert foreign(logs) == [part]
-        assert KEY_A not in repr(logs) and KEY_B not in repr(logs)
+        assert KEY_A not in repr(logs)
+        assert KEY_B not in repr(logs)
         assert setup()["api_key"] not in repr(logs)  # not even the fingerprint
     # A file of an earlier version, bound to "url|scope" only, cannot be told to be ours.
     path.write_text(json.dumps({"format": FORMAT, "identity": "https://api.example|namespace"}) + "\n")

@@ -20,6 +20,7 @@ from hostile import HostileServer, RewriteJson, chunked_page, gzip_page, head, t
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from support import Exporter, Sleeps
 
 from exporter.api import (
@@ -75,7 +76,8 @@ async def test_a_huge_chunked_body_is_cut_at_the_cap_and_not_read_further() -> N
         with pytest.raises(InvalidResponse) as caught:
             await probe(c)
         sent = server.sent
-    assert caught.value.reason == "invalid_response" and "MIXPEEK_MAX_RESPONSE_BYTES" in str(caught.value)
+    assert caught.value.reason == "invalid_response"
+    assert "MIXPEEK_MAX_RESPONSE_BYTES" in str(caught.value)
     # What the kernel's loopback buffers hold at most, not the 64 MiB on offer: the client hung up.
     assert sent < 16 * MiB
     assert c.requests == {(TASKS_LIST, "200"): 1}
@@ -88,7 +90,8 @@ async def test_a_gzip_bomb_is_cut_at_the_cap_after_decompression() -> None:
     ):
         with pytest.raises(InvalidResponse) as caught:
             await probe(c)
-    assert caught.value.reason == "invalid_response" and "MIXPEEK_MAX_RESPONSE_BYTES" in str(caught.value)
+    assert caught.value.reason == "invalid_response"
+    assert "MIXPEEK_MAX_RESPONSE_BYTES" in str(caught.value)
 
 
 async def test_a_compressed_page_within_the_cap_is_read_whole() -> None:
@@ -133,7 +136,8 @@ async def test_an_error_whose_body_does_not_decode_is_still_the_http_error() -> 
     async with HostileServer(reply) as server, client_at(server.url) as c:
         with pytest.raises(ApiHTTPError) as caught:
             await probe(c)
-    assert caught.value.reason == "http_5xx" and c.requests == {(TASKS_LIST, "503"): 1}
+    assert caught.value.reason == "http_5xx"
+    assert c.requests == {(TASKS_LIST, "503"): 1}
 
 
 def test_the_client_offers_only_the_encodings_it_inflates() -> None:
@@ -154,7 +158,8 @@ async def test_a_trickling_server_times_out_at_the_request_deadline() -> None:
             with pytest.raises(ApiTimeout) as caught:
                 await probe(client)
             took = asyncio.get_running_loop().time() - started
-    assert caught.value.reason == "timeout" and 0.5 <= took < 2.0
+    assert caught.value.reason == "timeout"
+    assert 0.5 <= took < 2.0
     assert client.requests == {(TASKS_LIST, "error"): 1}
 
 
@@ -173,7 +178,8 @@ async def test_a_request_past_its_deadline_is_retried_like_any_timeout() -> None
     async with httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler)) as http:
         client = MixpeekClient(http, lambda: SecretStr(KEY), deadline=0.05, sleep=sleeps)
         assert await asyncio.wait_for(newest(client, "prod"), GUARD_S) == 0
-    assert calls == 2 and len(sleeps.waits) == 1
+    assert calls == 2
+    assert len(sleeps.waits) == 1
     assert client.requests == {(TASKS_LIST, "error"): 1, (TASKS_LIST, "200"): 1}
 
 
@@ -192,7 +198,8 @@ def answering(status: int, body: bytes, **options: Any) -> MixpeekClient:
 async def test_a_deeply_nested_error_body_is_an_http_error_with_a_fixed_message(status: int) -> None:
     with pytest.raises(ApiHTTPError) as caught:
         await newest(answering(status, DEEP), "prod")
-    assert caught.value.status_code == status and str(caught.value) == f"HTTP {status}: unexpected error body"
+    assert caught.value.status_code == status
+    assert str(caught.value) == f"HTTP {status}: unexpected error body"
 
 
 async def test_a_deeply_nested_error_body_on_namespace_discovery_is_an_http_error() -> None:
@@ -220,7 +227,8 @@ async def test_deep_nesting_inside_a_page_is_an_invalid_response() -> None:
 async def test_an_odd_error_body_gives_a_short_message(body: bytes) -> None:
     with pytest.raises(ApiHTTPError) as caught:
         await newest(answering(503, body), "prod")
-    assert caught.value.reason == "http_5xx" and len(str(caught.value)) <= 320
+    assert caught.value.reason == "http_5xx"
+    assert len(str(caught.value)) <= 320
 
 
 # 4. Timestamps
@@ -353,7 +361,7 @@ async def test_a_negative_failed_count_never_lowers_the_object_counter(
     world: World,
     api: SimulatorTestServer,
     make_exporter: Callable[..., Exporter],
-    logs: list[dict[str, Any]],
+    logs: list[EventDict],
 ) -> None:
     """End to end over HTTP: the API says -5 objects failed, twice; the counter stays where it was."""
     first = world.create_batch("prod", status="PROCESSING", objects=10)

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import httpx
@@ -19,9 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from pydantic import SecretStr
+from structlog.typing import EventDict
 from test_fail_closed import refused
 
-from exporter import basicauth
 from exporter.basicauth import BasicAuth
 from exporter.config import ConfigError
 from exporter.server import MetricsServer
@@ -193,7 +192,9 @@ def test_versions_and_cipher_suites_take_go_names(pki: Path, tmp_path: Path) -> 
         socket.create_connection(("127.0.0.1", server.port)) as raw,
         client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
-        assert (tls.version(), tls.cipher()[0]) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
+        cipher = tls.cipher()
+        assert cipher is not None
+        assert (tls.version(), cipher[0]) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
 
 
 def test_the_toolkit_headers_are_on_every_response(tmp_path: Path) -> None:
@@ -218,8 +219,9 @@ def test_the_toolkit_headers_are_on_every_response(tmp_path: Path) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
         connection.putrequest("GET", "/" + "x" * 70_000)  # http.server's own 414
         connection.endheaders()
-        response = connection.getresponse()
-        assert response.status == 414 and response.getheader("X-Frame-Options") == "deny"
+        too_long = connection.getresponse()
+        assert too_long.status == 414
+        assert too_long.getheader("X-Frame-Options") == "deny"
         connection.close()
 
 
@@ -249,7 +251,8 @@ def test_keys_not_honoured_are_refused_by_name(tmp_path: Path, content: str, pro
     )
     with pytest.raises(ConfigError, match=problem) as caught:
         load_web_config(path)
-    assert "\n" not in str(caught.value) and "$2y$10$short" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "$2y$10$short" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -326,7 +329,7 @@ def test_changed_users_take_effect_after_the_check_interval(files: Files) -> Non
 
 
 def test_a_broken_file_keeps_the_last_good_config_and_is_counted_once(
-    files: Files, logs: list[dict[str, Any]]
+    files: Files, logs: list[EventDict]
 ) -> None:
     assert files.reloads() == {"ok": 0.0, "error": 0.0}
     files.path.write_text("basic_auth_users:\n  prometheus: [\n")
@@ -335,18 +338,21 @@ def test_a_broken_file_keeps_the_last_good_config_and_is_counted_once(
         assert files.web.refusal(basic("prometheus", "old")) is None
     assert files.reloads() == {"ok": 0.0, "error": 1.0}
     errors = [entry for entry in logs if entry["log_level"] == "error"]
-    assert len(errors) == 1 and "not YAML" in errors[0]["error"] and "\n" not in errors[0]["error"]
+    assert len(errors) == 1
+    assert "not YAML" in errors[0]["error"]
+    assert "\n" not in errors[0]["error"]
     files.users("fixed")
     files.clock.advance(5)
     assert files.web.refusal(basic("prometheus", "fixed")) is None
     assert files.reloads() == {"ok": 1.0, "error": 1.0}
 
 
-def test_tls_cannot_be_turned_off_by_a_reload(files: Files, logs: list[dict[str, Any]]) -> None:
+def test_tls_cannot_be_turned_off_by_a_reload(files: Files, logs: list[EventDict]) -> None:
     files.path.write_text(f"basic_auth_users:\n  prometheus: {hashed('old')}\n")
     files.clock.advance(5)
     files.web.refusal(None)
-    assert files.web.tls and files.reloads() == {"ok": 0.0, "error": 1.0}
+    assert files.web.tls
+    assert files.reloads() == {"ok": 0.0, "error": 1.0}
     assert "cannot be added or removed" in logs[-1]["error"]
 
 
@@ -365,7 +371,8 @@ def test_a_renewed_certificate_is_served_on_the_next_connection(files: Files, pk
         assert served_certificate(server.port) == before
         files.clock.advance(5)
         after = served_certificate(server.port)
-    assert after != before and after == ssl.PEM_cert_to_DER_cert(files.cert.read_text())
+    assert after != before
+    assert after == ssl.PEM_cert_to_DER_cert(files.cert.read_text())
     assert files.reloads() == {"ok": 1.0, "error": 0.0}
 
 
@@ -378,9 +385,10 @@ def test_an_unknown_user_costs_a_bcrypt_of_the_same_cost(monkeypatch: pytest.Mon
         return real(password, hashed_password)
 
     auth = BasicAuth({"prometheus": SecretStr(hashed("s3cret", rounds=6))})
-    monkeypatch.setattr(basicauth.bcrypt, "checkpw", spy)
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
     assert not auth.allows(basic("mallory", "s3cret"))
-    assert len(checked) == 1 and checked[0].startswith(b"$2b$06$")
+    assert len(checked) == 1
+    assert checked[0].startswith(b"$2b$06$")
     assert not auth.allows(basic("prometheus", "wrong"))
     assert auth.allows(basic("prometheus", "s3cret"))
     assert auth.allows(basic("prometheus", "s3cret"))

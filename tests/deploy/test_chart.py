@@ -142,7 +142,7 @@ def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[di
     """`helm template`: every manifest the chart renders, parsed."""
     helm_python.disable_logging()
     rendered = helm_python.Chart.load(str(chart)).render(values or {}, name="mx", namespace="monitoring")
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".txt"):
             continue
@@ -161,7 +161,8 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exporter_in(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The exporter's container of a pod spec (extraContainers may run beside it)."""
-    (exporter,) = [c for c in pod_spec["containers"] if c["name"] == "mixpeek-exporter"]
+    exporters: list[dict[str, Any]] = [c for c in pod_spec["containers"] if c["name"] == "mixpeek-exporter"]
+    (exporter,) = exporters
     return exporter
 
 
@@ -174,7 +175,8 @@ def crd_schema(plural: str) -> dict[str, Any]:
         pytest.skip(f"prometheus-operator CRDs not found in {CRDS}")
     crd = yaml.safe_load((CRDS / f"monitoring.coreos.com_{plural}.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return strict(version["schema"]["openAPIV3Schema"])
+    schema: dict[str, Any] = strict(version["schema"]["openAPIV3Schema"])
+    return schema
 
 
 def strict(schema: Any) -> Any:
@@ -275,7 +277,8 @@ def test_default_values_render_a_valid_deployment_and_service(monkeypatch: pytes
     validate(docs)
     variables = env(container(docs))
     # No key given: the pod fails closed at start ("no API key"; NOTES say so), never a silent demo.
-    assert "MIXPEEK_API_KEY_FILE" not in variables and variables["MIXPEEK_DEMO"] == "false"
+    assert "MIXPEEK_API_KEY_FILE" not in variables
+    assert variables["MIXPEEK_DEMO"] == "false"
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="no API key"):
@@ -310,7 +313,8 @@ def test_the_pod_is_locked_down_and_probed() -> None:
     pod = kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
     exporter = container(docs)
     security = exporter["securityContext"]
-    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -352,7 +356,8 @@ def test_the_service_monitor_scrapes_as_configured_without_honor_labels() -> Non
     """The exporter's namespace label is mixpeek_namespace: the operator's target labels no longer collide."""
     (monitor,) = kind(render(EVERYTHING_ON), "ServiceMonitor")
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert "honorLabels" not in endpoint and endpoint["port"] == "metrics"
+    assert "honorLabels" not in endpoint
+    assert endpoint["port"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["metadata"]["namespace"] == "prometheus"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["monitoring"]}  # where the exporter runs
@@ -364,7 +369,9 @@ def test_the_service_monitor_scrapes_as_configured_without_honor_labels() -> Non
     assert endpoint["basicAuth"] == SCRAPE_AUTH
     (plain,) = kind(render({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
     (endpoint,) = plain["spec"]["endpoints"]
-    assert endpoint["scheme"] == "http" and "tlsConfig" not in endpoint and "basicAuth" not in endpoint
+    assert endpoint["scheme"] == "http"
+    assert "tlsConfig" not in endpoint
+    assert "basicAuth" not in endpoint
     assert not {"sampleLimit", "targetLabels", "jobLabel"} & set(plain["spec"])
     assert plain["metadata"]["namespace"] == "monitoring"
 
@@ -387,7 +394,9 @@ def test_alert_thresholds_are_values() -> None:
     alerts = {"failedSpike": {"window": "5m", "minFailures": 50, "minShare": 0.5, "severity": "warning"}}
     (rule,) = kind(render({"prometheusRule": {"enabled": True}, "alerts": alerts}), "PrometheusRule")
     (spike,) = [r for r in alert_rules(rule) if r["alert"] == "MixpeekTasksFailedSpike"]
-    assert "[5m]" in spike["expr"] and ">= 50" in spike["expr"] and ">= 0.5" in spike["expr"]
+    assert "[5m]" in spike["expr"]
+    assert ">= 50" in spike["expr"]
+    assert ">= 0.5" in spike["expr"]
     assert spike["labels"]["severity"] == "warning"
 
 
@@ -401,12 +410,16 @@ def test_batch_alert_thresholds_are_values() -> None:
     (rule,) = kind(render({"prometheusRule": {"enabled": True}, "alerts": alerts}), "PrometheusRule")
     rules = {r["alert"]: r for r in alert_rules(rule)}
     failed = rules["MixpeekBatchesFailed"]
-    assert "[6h]" in failed["expr"] and ">= 7" in failed["expr"]
+    assert "[6h]" in failed["expr"]
+    assert ">= 7" in failed["expr"]
     assert failed["labels"]["severity"] == "critical"
     objects = rules["MixpeekBatchObjectsFailureRatioHigh"]["expr"]
-    assert "[3h]" in objects and "> 0.02" in objects and ">= 5000" in objects
+    assert "[3h]" in objects
+    assert "> 0.02" in objects
+    assert ">= 5000" in objects
     queued = rules["MixpeekBatchesStuckQueued"]
-    assert "> 600" in queued["expr"] and queued["for"] == "1m"
+    assert "> 600" in queued["expr"]
+    assert queued["for"] == "1m"
     assert "MixpeekBatchesStuckRunning" not in rules
 
 
@@ -514,7 +527,11 @@ def test_the_exporter_serves_the_chart_web_config_and_the_probes_and_helm_test_p
                 get = container(docs)[probe]["httpGet"]
                 assert get.get("scheme", "HTTP") == scheme.upper()
                 path = get["path"]
-                wait_until(lambda path=path: kubelet.get(path).status_code == 200, 30, f"{probe} {path}")
+
+                def answers(path: str = path) -> bool:
+                    return kubelet.get(path).status_code == 200
+
+                wait_until(answers, 30, f"{probe} {path}")
             refused = kubelet.get("/metrics")
             assert refused.status_code == (401 if values else 200)
             assert refused.headers.get("X-Frame-Options") == ("deny" if values else None)
@@ -531,7 +548,8 @@ def test_the_exporter_serves_the_chart_web_config_and_the_probes_and_helm_test_p
         if values:
             wrong = {**test_env, "SCRAPE_PASSWORD": "wrong"}
             failed = run_script(scrape["command"][2], wrong)
-            assert failed.returncode == 1 and "401" in failed.stderr
+            assert failed.returncode == 1
+            assert "401" in failed.stderr
     finally:
         exporter.terminate()
 
@@ -616,11 +634,13 @@ def test_the_pods_run_as_their_own_service_account_without_a_token() -> None:
     assert account["automountServiceAccountToken"] is False
     assert account["metadata"]["annotations"] == EVERYTHING_ON["serviceAccount"]["annotations"]
     pod = kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "mx-mixpeek-exporter" and pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "mx-mixpeek-exporter"
+    assert pod["automountServiceAccountToken"] is False
     docs = render({"serviceAccount": {"create": False, "name": "shared", "automount": True}})
     assert kind(docs, "ServiceAccount") == []
     pod = kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "shared" and pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "shared"
+    assert pod["automountServiceAccountToken"] is True
     pod = kind(render({"serviceAccount": {"create": False}}), "Deployment")[0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "default"
 
@@ -659,12 +679,14 @@ def test_common_labels_are_on_every_resource_and_pod_but_not_in_selectors() -> N
 def test_the_disruption_budget_selects_the_exporter_pods() -> None:
     docs = render(EVERYTHING_ON)
     (budget,) = kind(docs, "PodDisruptionBudget")
-    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
     assert budget["spec"]["selector"] == kind(docs, "Deployment")[0]["spec"]["selector"]
     (budget,) = kind(
         render({"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}}), "PodDisruptionBudget"
     )
-    assert budget["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in budget["spec"]
+    assert budget["spec"]["minAvailable"] == "50%"
+    assert "maxUnavailable" not in budget["spec"]
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -751,7 +773,8 @@ def test_the_chart_readme_values_table_is_current() -> None:
 def test_the_values_table_documents_every_value_and_says_when_one_is_not() -> None:
     values_table = deploy_module("deploy/helm/values_table.py")
     rows = {row.key: row for row in values_table.rows((CHART / "values.yaml").read_text())}
-    assert rows["webConfig.tls.enabled"].type == "bool" and rows["webConfig.tls.enabled"].default == "false"
+    assert rows["webConfig.tls.enabled"].type == "bool"
+    assert rows["webConfig.tls.enabled"].default == "false"
     assert rows["serviceMonitor.interval"].default == '"30s"'
     with pytest.raises(ValueError, match=r"no `# --` comment describes undocumented"):
         values_table.rows("# -- documented\ndocumented: 1\nundocumented: 2\n")
@@ -873,7 +896,8 @@ def test_the_sidecar_template_adds_the_exporter_to_another_charts_pod(tmp_path: 
     validate(docs)
     pod = docs[0]["spec"]["template"]["spec"]
     app, sidecar = pod["containers"]
-    assert app["name"] == "app" and sidecar["name"] == "mixpeek-exporter"
+    assert app["name"] == "app"
+    assert sidecar["name"] == "mixpeek-exporter"
     assert env(sidecar)["MIXPEEK_NAMESPACES"] == "shop"
     assert env(sidecar)["MIXPEEK_API_KEY_FILE"] == "/etc/mixpeek/api-key"
     # The application's readiness never waits on the Mixpeek API.

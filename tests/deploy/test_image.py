@@ -93,12 +93,14 @@ def test_one_version_everywhere() -> None:
 def test_one_license_everywhere() -> None:
     """pyproject's SPDX license is the image's licenses label; LICENSE (in the wheel) is its text."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
     labels = " ".join(args for keyword, args in stages()[-1] if keyword == "LABEL")
     assert 'org.opencontainers.image.licenses="Apache-2.0"' in labels
     text = (REPO / "LICENSE").read_text()
     assert "Apache License\n                           Version 2.0, January 2004" in text
-    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert "APPENDIX: How to apply the Apache License" in text
 
 
 # The lock the image installs from (deploy/image/requirements.lock)
@@ -175,7 +177,8 @@ def test_dockerignore_is_an_allow_list_covering_every_copy() -> None:
         if keyword == "COPY" and not args.startswith("--from")
         for source in args.split()[:-1]
     ]
-    assert copied and set(copied) <= allowed
+    assert copied
+    assert set(copied) <= allowed
 
 
 def build_context(tmp_path: Path) -> Path:
@@ -240,7 +243,8 @@ def test_build_steps_install_the_exporter_without_pip(runtime_tree: tuple[Path, 
     # The wheel ships the demo's simulator, not its test-only package (faults, recording, the fake clock).
     assert list(copied_venv.glob("lib/python*/site-packages/exporter/simulator/demo.py"))
     assert not list(copied_venv.glob("lib/python*/site-packages/exporter/simulator/testing"))
-    assert not (root / "bin" / "sh").exists() and not (root / "usr" / "bin" / "sh").exists()
+    assert not (root / "bin" / "sh").exists()
+    assert not (root / "usr" / "bin" / "sh").exists()
     assert (root / "etc" / "passwd").read_text().count(f":{RUNTIME_UID}:") == 1
 
 
@@ -303,7 +307,8 @@ def test_runtime_tree_runs_the_demo_read_only_as_the_image_user(runtime_tree: tu
             process.wait()
     assert process.stderr is not None
     errors = process.stderr.read()
-    assert "Traceback" not in errors and "Read-only file system" not in errors
+    assert "Traceback" not in errors
+    assert "Read-only file system" not in errors
 
 
 @pytest.mark.e2e

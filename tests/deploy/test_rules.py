@@ -72,7 +72,8 @@ def test_every_alert_has_a_firing_unit_test() -> None:
         if not case.get("exp_alerts")
     }
     names = {alert["alert"] for alert in alerts()}
-    assert fired == names and quiet == names
+    assert fired == names
+    assert quiet == names
 
 
 def test_the_issue_asks_for_these_alerts() -> None:
@@ -107,7 +108,9 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
         assert annotations["dashboard_url"] == "/d/mixpeek-tasks", name
         url, _, anchor = annotations["runbook_url"].partition("#")
-        assert url.endswith("/docs/runbook.md") and anchor == name.lower() and anchor in anchors, name
+        assert url.endswith("/docs/runbook.md"), name
+        assert anchor == name.lower(), name
+        assert anchor in anchors, name
         if "mixpeek_exporter_series_dropped_total" in alert["expr"]:  # per metric, across namespaces
             assert "{{ $labels.metric }}" in annotations["description"], name
         elif alert["expr"].startswith(("up{", "count by (job)")):  # scrape targets, before any namespace
@@ -151,7 +154,7 @@ def test_recorded_series_are_recorded_before_they_are_read() -> None:
 
 def test_recording_rule_names_follow_the_convention() -> None:
     """level (the labels kept) : metric (no _total once rated) : operations (the window in each)."""
-    levels = {}
+    levels: dict[str, str] = {}
     for rule in records():
         level, metric, operations = rule["record"].split(":")
         expr = rule["expr"]
@@ -160,9 +163,11 @@ def test_recording_rule_names_follow_the_convention() -> None:
             assert level == kept[-1].replace(", ", "_"), rule["record"]
         else:  # a quantile of a recorded histogram drops its le
             (source,) = set(re.findall(RECORDED_NAME, expr))
-            assert "histogram_quantile(" in expr and levels[source] == f"{level}_le", rule["record"]
+            assert "histogram_quantile(" in expr, rule["record"]
+            assert levels[source] == f"{level}_le", rule["record"]
         levels[rule["record"]] = level
-        assert metric.startswith("mixpeek_") and not metric.endswith("_total"), rule["record"]
+        assert metric.startswith("mixpeek_"), rule["record"]
+        assert not metric.endswith("_total"), rule["record"]
         window = re.fullmatch(r"(rate|ratio_rate|p(50|90|99)_)([0-9]+[mh])", operations)
         assert window is not None, rule["record"]
         assert f"[{window[3]}]" in expr or f":rate{window[3]}" in expr, rule["record"]

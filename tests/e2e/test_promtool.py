@@ -28,7 +28,8 @@ async def test_promtool_check_metrics_accepts_the_exposition(
     world.set_status(ids[1], "COMPLETED")
     await exporter.poll()
     text = exporter.exposition()
-    assert "mixpeek_task_completion_seconds_bucket" in text and "mixpeek_exporter_poll_errors_total" in text
+    assert "mixpeek_task_completion_seconds_bucket" in text
+    assert "mixpeek_exporter_poll_errors_total" in text
     code, output = promtool("check", "metrics", stdin=text)
     assert (code, output) == (0, "")
     served = b"".join(exporter.served.respond(None, "gzip").body)  # what /metrics sends, from its cache

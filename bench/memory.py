@@ -1,7 +1,7 @@
 """Peak memory of the exporter's API client against hostile servers: a gzip bomb and an endless body.
 
-    python bench/hostile.py                 # both cases, a few seconds each
-    python bench/hostile.py --limit 15      # give each request up to 15 s (the default)
+    python bench/memory.py                 # both cases, a few seconds each
+    python bench/memory.py --limit 15      # give each request up to 15 s (the default)
 
 Each case runs one listing request, built as `exporter.cli` builds it (default settings, no retries), in
 a fresh process, against a loopback server in another process, and prints its outcome, wall time and the
@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 
 from pydantic import SecretStr
 
+from exporter.api import NEWEST_FIRST
 from exporter.cli import Target, _api_client, _http_client
 from exporter.config import load_settings
 
@@ -97,7 +98,7 @@ def probe(url: str, limit: float, max_memory: int, result: Connection) -> None:
         async with _http_client(settings, url) as http:
             client = _api_client(settings, http, Target(url, lambda: SecretStr(KEY), demo=False))
             try:
-                await asyncio.wait_for(client.probe_tasks("prod"), limit)
+                await asyncio.wait_for(client.first_tasks("prod", NEWEST_FIRST), limit)
             except TimeoutError:
                 return f"still reading after {limit:g} s"
             except MemoryError:
