@@ -12,12 +12,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from exporter.histogram import Exemplar, Histogram
 from exporter.vocabulary import TERMINAL_STATUSES, ZERO_FILLED_STATUSES
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 _TERMINAL = frozenset(TERMINAL_STATUSES)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -87,15 +90,46 @@ TrackedRow = tuple[str, Key, float, float | None, bool]
 """(item_id, key, first_seen, created_at, finished): one tracked item in full, as the state file keeps it."""
 
 
+# A task in a terminal status is remembered as a code, a plain int: the index of its key in the state's
+# `keys`, and a parity bit saying which complete listing last wrote it (see NamespaceState.parity). Only
+# the functions below know how the two are packed. Loops over every task use `keys_by_code` instead:
+# the same answer as `keys[key_index(code)]`, without a call per task.
+
+
+def encode(index: int, parity: int) -> int:
+    """The code of a finished task whose key is `keys[index]`, written by a listing of this parity."""
+    return index * 2 + parity
+
+
+def key_index(code: int) -> int:
+    """Where the key of the task this code stands for is in `keys`."""
+    return code // 2
+
+
+def parity_of(code: int) -> int:
+    """The parity of the listing that wrote this code."""
+    return code % 2
+
+
+def is_code(value: Tracked | int) -> TypeIs[int]:
+    """Whether a remembered task is a code (it is in a terminal status) rather than a `Tracked`."""
+    return type(value) is int
+
+
+def keys_by_code(keys: Sequence[Key]) -> tuple[Key, ...]:
+    """The key of every code there can be, indexed by the code itself (either parity)."""
+    return tuple(key for key in keys for _parity in (0, 1))
+
+
 @dataclass(frozen=True)
 class NamespaceState:
     buckets: tuple[float, ...]
     polled_at: float | None = None
     """When the last complete listing was taken; None until the baseline poll."""
     tasks: Mapping[str, Tracked | int] = field(default_factory=dict)
-    """Tracked items by id. One in a terminal status is the int `keys` index * 2 + `parity`: most of a
-    million tasks are finished, and an int below 256 is one CPython shares, so such a task costs its id
-    and its dict slot only. Read them through `rows()`."""
+    """Tracked items by id. One in a terminal status is a code (see `encode`): most of a million tasks are
+    finished, and every task of one key holds the same int object (a listing makes one per key), so such
+    a task costs its id and its dict slot only. Read them through `rows()`."""
     keys: tuple[Key, ...] = ()
     """What the codes in `tasks` index; append-only, so a code stays valid from one state to the next."""
     parity: int = 0
@@ -120,10 +154,10 @@ class NamespaceState:
     def rows(self) -> Iterator[TrackedRow]:
         """Every tracked item in full. A finished one's first sight is not kept, nor needed (it is never
         counted again): the last poll stands in for it."""
-        keys, polled_at = self.keys, self.polled_at or 0.0
+        key_of, polled_at = keys_by_code(self.keys), self.polled_at or 0.0
         for item_id, value in self.tasks.items():
-            if isinstance(value, int):
-                yield item_id, keys[value >> 1], polled_at, None, True
+            if is_code(value):
+                yield item_id, key_of[value], polled_at, None, True
             else:
                 yield item_id, value.key, value.first_seen, value.created_at, value.finished
 
@@ -159,7 +193,7 @@ class Observation:
         self._room = self._limit
         """How many more of the listed items can be tracked."""
         self._partial = partial
-        self._parity = previous.parity if partial else previous.parity ^ 1
+        self._parity = previous.parity if partial else 1 - previous.parity
         self._last_poll = previous.polled_at if previous.polled_at is not None else now
         self._baseline = previous.polled_at is None
         self._tasks: dict[str, Tracked | int] = {} if partial else dict(previous.tasks)
@@ -178,8 +212,9 @@ class Observation:
         self._tallies = dict(previous.tallies)
         self._keys = list(previous.keys)
         self._indexes = {key: index for index, key in enumerate(self._keys)}
-        self._codes: dict[tuple[str, str], int] = {}
-        """(status, group) as listed -> the code of a finished item of that key in this listing."""
+        self._codes: dict[tuple[str, str], tuple[int, int]] = {}
+        """(status, group) as listed -> (the code of a finished item of that key in this listing, the code
+        it had before). Every task of the key gets this one int object: one per key, not per task."""
         self._announced: set[int] = set()
         """Codes whose status and group are in `statuses` and `groups` (those of unchanged items are)."""
 
@@ -197,7 +232,7 @@ class Observation:
         value = self._tasks.get(item_id)
         if self._partial:
             return value is not None
-        return isinstance(value, int) and value & 1 == self._parity
+        return value is not None and is_code(value) and parity_of(value) == self._parity
 
     def add(self, items: Sequence[Item]) -> int:
         """Fold in one page, newest first; returns how many of its items were new to this listing.
@@ -206,28 +241,29 @@ class Observation:
         store into a slot that exists (the id just decoded goes with its page), and allocates nothing.
         """
         tasks, untracked, active, oldest = self._tasks, self._untracked, self._active, self._oldest
-        codes, keys, parity, partial = self._codes, self._keys, self._parity, self._partial
+        codes, keys, partial = self._codes, self._keys, self._partial
         announced = self._announced
         before_of = self._previous.tasks.get if partial else tasks.get
         room = start = self._room
         untracked_before = len(untracked)
         for item in items:
             item_id = item.item_id
-            code = codes.get((item.status, item.group))
-            if code is None:
-                code = self._code(item.status, item.group)
+            pair = codes.get((item.status, item.group))
+            if pair is None:
+                pair = self._code(item.status, item.group)
+            code, unchanged = pair
             before = before_of(item_id)
-            if before == code ^ 1 and room:  # finished, unchanged, not yet listed (never true if partial)
+            if before == unchanged and room:  # finished, unchanged, not yet listed (never true if partial)
                 tasks[item_id] = code
                 room -= 1
                 continue
             if (
                 item_id in active
                 or item_id in untracked
-                or (item_id in tasks if partial else type(before) is int and before & 1 == parity)
+                or (item_id in tasks if partial else self._rewritten(before))
             ):
                 continue  # listed already: pages overlap when tasks are born during the listing
-            key = keys[code >> 1]
+            key = keys[key_index(code)]
             if code not in announced:
                 self._announce(code, key)
             if not room:
@@ -251,15 +287,20 @@ class Observation:
         """Items a partial listing looked for and the API no longer has."""
         self._vanished.update(i for i in item_ids if not self.listed(i))
 
-    def _code(self, status: str, group: str) -> int:
-        """The code of a finished item listed with this (status, group); a new key joins the keys."""
+    def _code(self, status: str, group: str) -> tuple[int, int]:
+        """The code of a finished item listed with this (status, group), and the code such an item had
+        before this listing rewrote it (the other parity); a new key joins the keys."""
         key = (label_value(status), label_value(group))
         index = self._indexes.get(key)
         if index is None:
             index = self._indexes[key] = len(self._keys)
             self._keys.append(key)
-        code = self._codes[(status, group)] = index * 2 + self._parity
-        return code
+        pair = self._codes[(status, group)] = (encode(index, self._parity), encode(index, 1 - self._parity))
+        return pair
+
+    def _rewritten(self, before: Tracked | int | None) -> bool:
+        """Whether a complete listing has listed this finished item already (its code has the new parity)."""
+        return before is not None and is_code(before) and parity_of(before) == self._parity
 
     def _announce(self, code: int, key: Key) -> None:
         """A key that an item of this listing has (not one merely repeated) gets its series."""
@@ -268,7 +309,7 @@ class Observation:
         self._groups.setdefault(key[1])
 
     def _key_of(self, value: Tracked | int) -> Key:
-        return self._keys[value >> 1] if isinstance(value, int) else value.key
+        return self._keys[key_index(value)] if is_code(value) else value.key
 
     def _change(
         self, item: Item, item_id: str, key: Key, code: int, before: Tracked | int | None
@@ -284,7 +325,7 @@ class Observation:
             self._born += 1
             was_finished = item_id in self._previous.gone or (self._baseline and terminal)
             first_seen = self._now
-        elif isinstance(before, int):
+        elif is_code(before):
             was_finished, first_seen = True, self._now
         else:
             was_finished, first_seen, item_id = before.finished, before.first_seen, before.item_id
@@ -354,19 +395,21 @@ class Observation:
         counts = Counter(self._untracked_counts)
         keys, tasks = self._keys, self._tasks
         for value, n in Counter(tasks.values()).items():
-            if type(value) is int:
-                counts[keys[value >> 1]] += n
+            if is_code(value):
+                counts[keys[key_index(value)]] += n
         counts.update(map(_KEY_OF, map(tasks.__getitem__, self._active)))
         return counts
 
     def _sweep(self) -> list[str]:
         """Drop the tracked items this complete listing did not list; returns their ids, less those
         merely past the tracking cap (they are still there, so not gone)."""
-        tasks, active, stale = self._tasks, self._active, self._parity ^ 1
+        tasks, active = self._tasks, self._active
+        # The codes of the previous listing, looked up (and `is_code` inlined) rather than a call per task.
+        stale = frozenset(encode(index, 1 - self._parity) for index in range(len(self._keys)))
         unlisted = [
             item_id
             for item_id, value in tasks.items()
-            if (value & 1 == stale if isinstance(value, int) else item_id not in active)
+            if (value in stale if type(value) is int else item_id not in active)
         ]
         for item_id in unlisted:
             del tasks[item_id]
@@ -411,7 +454,7 @@ def _first_seen(before: Tracked | int | None, last_poll: float) -> float:
 
 
 def _finished(value: Tracked | int) -> bool:
-    return isinstance(value, int) or value.finished
+    return is_code(value) or value.finished
 
 
 def restore(
@@ -429,7 +472,9 @@ def restore(
     """A state read back from the state file; until the next poll, gauges are those of its tracked tasks.
 
     A task in a terminal status becomes a code whatever the row says: that is how a state keeps it."""
+    parity = 0  # of every restored code, as the state says; the next complete listing writes the other
     indexes: dict[Key, int] = {}
+    codes: dict[Key, int] = {}  # each terminal key's code, made once: its tasks share one int object
     remembered: dict[str, Tracked | int] = {}
     counts: dict[Key, int] = {}
     oldest: dict[Key, float] = {}
@@ -439,7 +484,10 @@ def restore(
         key = canonical.setdefault(read_key, read_key)  # one tuple for all the tasks that have it
         index = indexes.setdefault(key, len(indexes))
         if key[0] in _TERMINAL:
-            remembered[item_id] = index * 2
+            code = codes.get(key)
+            if code is None:
+                code = codes[key] = encode(index, parity)
+            remembered[item_id] = code
             _tally(counts, oldest, key, None)
         else:
             tracked = remembered[item_id] = Tracked(item_id, key, first_seen, created_at, finished)
@@ -450,6 +498,7 @@ def restore(
         polled_at=polled_at,
         tasks=remembered,
         keys=tuple(indexes),
+        parity=parity,
         gone=gone,
         groups=groups,
         statuses=statuses,

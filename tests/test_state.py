@@ -5,7 +5,7 @@ from __future__ import annotations
 from support import completion
 
 from exporter.api import Task
-from exporter.state import NamespaceState, Observation, label_value, observe
+from exporter.state import NamespaceState, Observation, is_code, label_value, observe, restore
 from exporter.vocabulary import ZERO_FILLED_STATUSES
 
 BUCKETS = (10.0, 60.0, 3600.0)
@@ -173,3 +173,43 @@ def test_a_listing_that_misses_some_tasks_forgets_them() -> None:
     state = observe(state, [task("c", "COMPLETED"), task("b", "COMPLETED")], now=60.0)
     assert state.transitions == {}
     assert state.counts == {("COMPLETED", "thumbnail"): 2}
+
+
+def distinct_code_objects(state: NamespaceState) -> dict[int, set[int]]:
+    """The id() of each code object in the table, by code value. (All are alive, held by the table,
+    so two with one id() are one object.)"""
+    objects: dict[int, set[int]] = {}
+    for value in state.tasks.values():
+        if is_code(value):
+            objects.setdefault(value, set()).add(id(value))
+    return objects
+
+
+def test_restored_codes_share_one_int_per_key_as_listed_ones_do() -> None:
+    # 150 keys: codes up to 299, past the 256 CPython caches, so the sharing is the state's own doing.
+    groups = tuple(f"type{i}" for i in range(150))
+    rows = [(f"{group}-{n}", ("COMPLETED", group), 100.0, None, True) for group in groups for n in range(3)]
+    restored = restore(
+        buckets=BUCKETS,
+        polled_at=100.0,
+        tasks=iter(rows),
+        gone={},
+        groups=groups,
+        statuses=ZERO_FILLED_STATUSES,
+        transitions={},
+        completions={},
+        tallies={},
+    )
+    assert restored.parity == 0
+    assert sorted(restored.rows()) == sorted(rows)
+    objects = distinct_code_objects(restored)
+    assert len(objects) == 150
+    assert max(objects) > 256
+    assert all(len(ids) == 1 for ids in objects.values())
+    listing = [task(item_id, "COMPLETED", key[1]) for item_id, key, *_ in rows]
+    listed = observe(restored, listing, now=130.0)
+    assert listed.parity == 1  # each code read as the parity it was given
+    assert listed.transitions == {}
+    objects = distinct_code_objects(listed)
+    assert len(objects) == 150
+    assert all(len(ids) == 1 for ids in objects.values())
