@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,16 +43,21 @@ from multiprocessing.connection import Connection
 from statistics import mean
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
-from pydantic import SecretStr
-from scale import KEY, Options, _load, _Ours, _poll, _progress, _times, scenario, serve_world
-from scrape import Hammer, ScrapeTimes
+from scale import (
+    Options,
+    _load,
+    _Ours,
+    _poll,
+    _progress,
+    _times,
+    bench_settings,
+    built_exporter,
+    scenario,
+    serve_world,
+)
+from scrape import ROUND_GAP_S, Hammer, ScrapeTimes
 
-from exporter.api import MixpeekClient
-from exporter.cli import _http_client as http_client
-from exporter.cli import build_exposition, build_poller
-from exporter.config import load_settings
 from exporter.exposition import RENDERED_AHEAD, VARY, Exposition, Response
-from exporter.logs import configure_logging
 from exporter.metrics import Snapshot
 from exporter.poller import Poller
 from exporter.server import MetricsServer
@@ -76,6 +82,8 @@ class Run:
     polling_kept: ScrapeTimes | None = None
     floor_new: ScrapeTimes | None = None
     floor_kept: ScrapeTimes | None = None
+    floor_curl: ScrapeTimes | None = None
+    """New connections, no gzip, 20 at once from one curl (C): the floor without Python scrapers."""
     floor_cpu_per_scrape: float | None = None
     """Seconds of the serving process's CPU per scrape at the floor (new connections and kept-alive)."""
     ships: list[tuple[float, float, int]] = field(default_factory=list)
@@ -267,23 +275,8 @@ async def _exporter(
     every: float,
     floor_s: float,
 ) -> None:
-    settings = load_settings(
-        api_key=KEY,
-        api_url=url,
-        namespaces=",".join(names),
-        batches=False,
-        poll_interval=options.interval,
-        listen="127.0.0.1:0",
-        log_level="warning",
-    )
-    configure_logging("json", settings.log_level, lambda: [KEY])
-    key = SecretStr(KEY)
-    async with http_client(settings, url) as http:
-        client = MixpeekClient(
-            http, lambda: key, page_size=settings.page_size, page_concurrency=settings.page_concurrency
-        )
-        poller = build_poller(settings, client, settings.poll_interval)
-        exposition = build_exposition(settings, poller)
+    settings = bench_settings(url, names, options)
+    async with built_exporter(settings, url) as (client, poller, exposition):
         subject = _Ours(poller, client)
         await subject.poll_once()  # the first poll, a full listing, before the serving starts
         exposition.start()
@@ -318,6 +311,7 @@ async def _exporter(
             run.floor_new, run.floor_kept = floors
             scrapes = sum(t.scrapes for t in floors if t is not None)
             run.floor_cpu_per_scrape = (server_cpu() - cpu) / scrapes if scrapes else None
+            run.floor_curl = _times(*await asyncio.to_thread(curl_scrapes, metrics, floor_s))
             if shipper is not None:
                 run.ships = shipper.costs
         exposition.stop()
@@ -362,6 +356,29 @@ async def _serving(arrangement: str, exposition: Exposition, poller: Poller) -> 
         child.join(10)
 
 
+def curl_scrapes(url: str, seconds: float, concurrency: int = 20) -> tuple[list[float], int]:
+    """Rounds of `concurrency` scrapes at once by one curl process, a new connection each, no gzip, for
+    `seconds`: curl's own time of each (connect to last byte), and the size of the body."""
+    command = [
+        "curl",
+        *("--silent", "--fail", "--parallel", "--parallel-immediate", "--parallel-max", str(concurrency)),
+        *("--header", "Accept-Encoding: identity"),
+        *("--write-out", "%{time_total} %{size_download}\\n"),
+        *("--output", "/dev/null", url) * concurrency,
+    ]
+    times: list[float] = []
+    size = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout  # noqa: S603
+        for line in out.splitlines():
+            total, size_text = line.split()
+            times.append(float(total))
+            size = int(size_text)
+        time.sleep(ROUND_GAP_S)
+    return times, size
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     # A render ends in the exposition's thread, which sets no event this loop could await.
     while not condition():  # noqa: ASYNC110
@@ -380,9 +397,10 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         "",
         "| arrangement | while polling: new conn., no gzip p50 / p99 ms (n) "
         "| kept alive, gzip p50 / p99 ms (n) | floor: new conn. p50 / p99 ms (n) "
-        "| floor: kept alive p50 / p99 ms (n) | load | poller process CPU s / poll "
+        "| floor: kept alive p50 / p99 ms (n) | floor, curl: new conn. p50 / p99 ms (n) | load "
+        "| poller process CPU s / poll "
         "| serving CPU ms / scrape (floor) | ship per render: CPU ms, wall ms, KB (n) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for run in runs:
         ship = (
@@ -394,7 +412,8 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         per_scrape = f"{run.floor_cpu_per_scrape * 1000:.2f}" if run.floor_cpu_per_scrape is not None else ""
         lines.append(
             f"| {run.arrangement} | {_latency(run.polling_new)} | {_latency(run.polling_kept)} "
-            f"| {_latency(run.floor_new)} | {_latency(run.floor_kept)} | {run.load} "
+            f"| {_latency(run.floor_new)} | {_latency(run.floor_kept)} | {_latency(run.floor_curl)} "
+            f"| {run.load} "
             f"| {run.poll_cpu:.3f} | {per_scrape} | {ship} |" + (f" {run.error} |" if run.error else "")
         )
     return "\n".join(lines)
