@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -80,6 +81,7 @@ class Run:
     """The poller's process, seconds per steady poll (its server's work too, for inproc)."""
     polling_new: ScrapeTimes | None = None
     polling_kept: ScrapeTimes | None = None
+    polling_curl: ScrapeTimes | None = None
     floor_new: ScrapeTimes | None = None
     floor_kept: ScrapeTimes | None = None
     floor_curl: ScrapeTimes | None = None
@@ -283,13 +285,17 @@ async def _exporter(
         async with _serving(arrangement, exposition, poller) as (port, served, server_cpu, shipper):
             await _until(lambda: served(poller.snapshot))
             metrics = f"http://127.0.0.1:{port}/metrics"
-            new, kept = Hammer(metrics, keep_alive=False), Hammer(metrics, keep_alive=True)
+            hammers = (
+                Hammer(metrics, keep_alive=False),
+                Hammer(metrics, keep_alive=True),
+                CurlHammer(metrics),
+            )
             cpu = time.process_time()
             for i in range(options.steady_polls):
                 started = time.perf_counter()
                 control.send("churn")
                 control.recv()
-                hammer = (new, kept)[i % 2]
+                hammer = hammers[i % len(hammers)]
                 hammer.on()
                 await _poll(subject, control, first=False)
                 await _until(lambda: served(poller.snapshot))
@@ -298,7 +304,7 @@ async def _exporter(
                 _progress(f"{arrangement}: poll {i + 1} served after {time.perf_counter() - started:.2f} s")
                 await asyncio.sleep(max(0.0, every - (time.perf_counter() - started)))
             run.poll_cpu = (time.process_time() - cpu) / max(1, run.polls)
-            run.polling_new, run.polling_kept = (_times(*h.close()) for h in (new, kept))
+            run.polling_new, run.polling_kept, run.polling_curl = (_times(*h.close()) for h in hammers)
             # The floor: no poll, no render; the same scrapers for floor_s each.
             floors = []
             cpu = server_cpu()
@@ -311,7 +317,11 @@ async def _exporter(
             run.floor_new, run.floor_kept = floors
             scrapes = sum(t.scrapes for t in floors if t is not None)
             run.floor_cpu_per_scrape = (server_cpu() - cpu) / scrapes if scrapes else None
-            run.floor_curl = _times(*await asyncio.to_thread(curl_scrapes, metrics, floor_s))
+            curl = CurlHammer(metrics)
+            curl.on()
+            await asyncio.sleep(floor_s)
+            curl.off()
+            run.floor_curl = _times(*curl.close())
             if shipper is not None:
                 run.ships = shipper.costs
         exposition.stop()
@@ -356,27 +366,46 @@ async def _serving(arrangement: str, exposition: Exposition, poller: Poller) -> 
         child.join(10)
 
 
-def curl_scrapes(url: str, seconds: float, concurrency: int = 20) -> tuple[list[float], int]:
-    """Rounds of `concurrency` scrapes at once by one curl process, a new connection each, no gzip, for
-    `seconds`: curl's own time of each (connect to last byte), and the size of the body."""
-    command = [
-        "curl",
-        *("--silent", "--fail", "--parallel", "--parallel-immediate", "--parallel-max", str(concurrency)),
-        *("--header", "Accept-Encoding: identity"),
-        *("--write-out", "%{time_total} %{size_download}\\n"),
-        *("--output", "/dev/null", url) * concurrency,
-    ]
-    times: list[float] = []
-    size = 0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout  # noqa: S603
+class CurlHammer:
+    """Rounds of `concurrency` scrapes at once by one curl (C) process, a new connection each, no gzip,
+    while switched on: a shell loop of its own, so that no Python client's GIL shows in the times and the
+    poller's process does no client work. The times are curl's own (connect to last byte)."""
+
+    def __init__(self, url: str, concurrency: int = 20) -> None:
+        curl = [
+            "curl",
+            *("--silent", "--parallel", "--parallel-immediate", "--parallel-max", str(concurrency)),
+            *("--header", "'Accept-Encoding: identity'"),
+            *("--write-out", "'%{http_code} %{time_total} %{size_download}\\n'"),
+            *("--output", "/dev/null", url) * concurrency,
+        ]
+        self._loop = f"while :; do {' '.join(curl)}; sleep {ROUND_GAP_S}; done"
+        self._process: subprocess.Popen[str] | None = None
+        self.times: list[float] = []
+        self.size = 0
+
+    def on(self) -> None:
+        self._process = subprocess.Popen(  # noqa: S603 - our own command line
+            ["/bin/sh", "-c", self._loop],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def off(self) -> None:
+        """Stop the loop after the round under way: the shell, not its curl, which finishes the round
+        (its slowest scrapes too) and then closes the pipe."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        out, _ = self._process.communicate()
         for line in out.splitlines():
-            total, size_text = line.split()
-            times.append(float(total))
-            size = int(size_text)
-        time.sleep(ROUND_GAP_S)
-    return times, size
+            status, total, size = line.split()
+            if status != "200":
+                raise RuntimeError(f"curl: HTTP {status}")
+            self.times.append(float(total))
+            self.size = int(size)
+
+    def close(self) -> tuple[list[float], int]:
+        return self.times, self.size
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -396,11 +425,12 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         f"Whole run {elapsed:.0f} s.",
         "",
         "| arrangement | while polling: new conn., no gzip p50 / p99 ms (n) "
-        "| kept alive, gzip p50 / p99 ms (n) | floor: new conn. p50 / p99 ms (n) "
+        "| kept alive, gzip p50 / p99 ms (n) | curl: new conn. p50 / p99 ms (n) "
+        "| floor: new conn. p50 / p99 ms (n) "
         "| floor: kept alive p50 / p99 ms (n) | floor, curl: new conn. p50 / p99 ms (n) | load "
         "| poller process CPU s / poll "
         "| serving CPU ms / scrape (floor) | ship per render: CPU ms, wall ms, KB (n) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for run in runs:
         ship = (
@@ -412,6 +442,7 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         per_scrape = f"{run.floor_cpu_per_scrape * 1000:.2f}" if run.floor_cpu_per_scrape is not None else ""
         lines.append(
             f"| {run.arrangement} | {_latency(run.polling_new)} | {_latency(run.polling_kept)} "
+            f"| {_latency(run.polling_curl)} "
             f"| {_latency(run.floor_new)} | {_latency(run.floor_kept)} | {_latency(run.floor_curl)} "
             f"| {run.load} "
             f"| {run.poll_cpu:.3f} | {per_scrape} | {ship} |" + (f" {run.error} |" if run.error else "")
@@ -428,7 +459,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arrangements", default=",".join(ARRANGEMENTS), help="comma-separated")
-    parser.add_argument("--steady-polls", type=int, default=12, help="polls after the first (12)")
+    parser.add_argument(
+        "--steady-polls",
+        type=int,
+        default=18,
+        help="polls after the first, a third for each kind of scrape (18)",
+    )
     parser.add_argument("--every", type=float, default=3.0, help="seconds from a poll's start to the next's")
     parser.add_argument("--floor-seconds", type=float, default=4.0, help="of each kind of scrape, no poll")
     parser.add_argument("--seed", type=int, default=1)
