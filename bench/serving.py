@@ -87,6 +87,10 @@ class Run:
     floor_curl: ScrapeTimes | None = None
     """New connections, no gzip, 20 at once from one curl (C): the floor without Python scrapers."""
     floor_cpu_per_scrape: float | None = None
+    polling_wait: float = 0.0
+    """Seconds the serving process's threads waited on a run queue (runnable, no core free) per second
+    of scraping while polling; `floor_wait` at the floor."""
+    floor_wait: float = 0.0
     """Seconds of the serving process's CPU per scrape at the floor (new connections and kept-alive)."""
     ships: list[tuple[float, float, int]] = field(default_factory=list)
     """Per render shipped: CPU seconds of the shipping thread, wall seconds, bytes."""
@@ -185,7 +189,7 @@ def serve_child(kind: str, ship: Connection, control: Connection) -> None:
         port = started.result(30)
     control.send(port)
     while control.recv() == "cpu":
-        control.send(time.process_time())
+        control.send(process_times())
     if server is not None:  # the asyncio server's thread ends with the process
         server.stop()
 
@@ -282,7 +286,7 @@ async def _exporter(
         subject = _Ours(poller, client)
         await subject.poll_once()  # the first poll, a full listing, before the serving starts
         exposition.start()
-        async with _serving(arrangement, exposition, poller) as (port, served, server_cpu, shipper):
+        async with _serving(arrangement, exposition, poller) as (port, served, server_times, shipper):
             await _until(lambda: served(poller.snapshot))
             metrics = f"http://127.0.0.1:{port}/metrics"
             hammers = (
@@ -290,7 +294,7 @@ async def _exporter(
                 Hammer(metrics, keep_alive=True),
                 CurlHammer(metrics),
             )
-            cpu = time.process_time()
+            cpu, (_, waited), scraping = time.process_time(), server_times(), 0.0
             for i in range(options.steady_polls):
                 started = time.perf_counter()
                 control.send("churn")
@@ -300,14 +304,17 @@ async def _exporter(
                 await _poll(subject, control, first=False)
                 await _until(lambda: served(poller.snapshot))
                 hammer.off()
+                scraping += time.perf_counter() - started
                 run.polls += 1
                 _progress(f"{arrangement}: poll {i + 1} served after {time.perf_counter() - started:.2f} s")
                 await asyncio.sleep(max(0.0, every - (time.perf_counter() - started)))
             run.poll_cpu = (time.process_time() - cpu) / max(1, run.polls)
+            run.polling_wait = (server_times()[1] - waited) / scraping
             run.polling_new, run.polling_kept, run.polling_curl = (_times(*h.close()) for h in hammers)
             # The floor: no poll, no render; the same scrapers for floor_s each.
             floors = []
-            cpu = server_cpu()
+            cpu, waited = server_times()
+            scraping = time.perf_counter()
             for keep_alive in (False, True):
                 hammer = Hammer(metrics, keep_alive=keep_alive)
                 hammer.on()
@@ -316,7 +323,9 @@ async def _exporter(
                 floors.append(_times(*hammer.close()))
             run.floor_new, run.floor_kept = floors
             scrapes = sum(t.scrapes for t in floors if t is not None)
-            run.floor_cpu_per_scrape = (server_cpu() - cpu) / scrapes if scrapes else None
+            now, now_waited = server_times()
+            run.floor_cpu_per_scrape = (now - cpu) / scrapes if scrapes else None
+            run.floor_wait = (now_waited - waited) / (time.perf_counter() - scraping)
             curl = CurlHammer(metrics)
             curl.on()
             await asyncio.sleep(floor_s)
@@ -327,7 +336,7 @@ async def _exporter(
         exposition.stop()
 
 
-Serving = tuple[int, Callable[[Snapshot], bool], Callable[[], float], "Shipper | None"]
+Serving = tuple[int, Callable[[Snapshot], bool], Callable[[], tuple[float, float]], "Shipper | None"]
 
 
 @contextlib.asynccontextmanager
@@ -338,7 +347,7 @@ async def _serving(arrangement: str, exposition: Exposition, poller: Poller) -> 
         server = MetricsServer("127.0.0.1", 0, exposition, poller.ready)
         server.start()
         try:
-            yield server.port, exposition.serves, time.process_time, None
+            yield server.port, exposition.serves, process_times, None
         finally:
             server.stop()
         return
@@ -353,13 +362,13 @@ async def _serving(arrangement: str, exposition: Exposition, poller: Poller) -> 
     shipper.start()
     port = control.recv()
 
-    def child_cpu() -> float:
+    def child_times() -> tuple[float, float]:
         control.send("cpu")
-        seconds: float = control.recv()
-        return seconds
+        times: tuple[float, float] = control.recv()
+        return times
 
     try:
-        yield port, shipper.shipped, child_cpu, shipper
+        yield port, shipper.shipped, child_times, shipper
     finally:
         shipper.stop()
         control.send("stop")
@@ -408,6 +417,15 @@ class CurlHammer:
         return self.times, self.size
 
 
+def process_times() -> tuple[float, float]:
+    """This process's CPU seconds, and the seconds its threads have waited on a run queue (schedstat)."""
+    waited = 0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/schedstat") as schedstat:
+            waited += int(schedstat.read().split()[1])
+    return time.process_time(), waited / 1e9
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     # A render ends in the exposition's thread, which sets no event this loop could await.
     while not condition():  # noqa: ASYNC110
@@ -429,8 +447,9 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         "| floor: new conn. p50 / p99 ms (n) "
         "| floor: kept alive p50 / p99 ms (n) | floor, curl: new conn. p50 / p99 ms (n) | load "
         "| poller process CPU s / poll "
-        "| serving CPU ms / scrape (floor) | ship per render: CPU ms, wall ms, KB (n) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| serving CPU ms / scrape (floor) | serving run-queue wait ms / s scraping: polling, floor "
+        "| ship per render: CPU ms, wall ms, KB (n) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for run in runs:
         ship = (
@@ -445,7 +464,9 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
             f"| {_latency(run.polling_curl)} "
             f"| {_latency(run.floor_new)} | {_latency(run.floor_kept)} | {_latency(run.floor_curl)} "
             f"| {run.load} "
-            f"| {run.poll_cpu:.3f} | {per_scrape} | {ship} |" + (f" {run.error} |" if run.error else "")
+            f"| {run.poll_cpu:.3f} | {per_scrape} "
+            f"| {run.polling_wait * 1000:.0f}, {run.floor_wait * 1000:.0f} "
+            f"| {ship} |" + (f" {run.error} |" if run.error else "")
         )
     return "\n".join(lines)
 
