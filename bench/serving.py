@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -91,6 +92,8 @@ class Run:
     """Seconds the serving process's threads waited on a run queue (runnable, no core free) per second
     of scraping while polling; `floor_wait` at the floor."""
     floor_wait: float = 0.0
+    serving_rss: int = 0
+    """Peak RSS of the serving process (for inproc, the poller's, which serves)."""
     """Seconds of the serving process's CPU per scrape at the floor (new connections and kept-alive)."""
     ships: list[tuple[float, float, int]] = field(default_factory=list)
     """Per render shipped: CPU seconds of the shipping thread, wall seconds, bytes."""
@@ -294,7 +297,7 @@ async def _exporter(
                 Hammer(metrics, keep_alive=True),
                 CurlHammer(metrics),
             )
-            cpu, (_, waited), scraping = time.process_time(), server_times(), 0.0
+            cpu, (_, waited, _), scraping = time.process_time(), server_times(), 0.0
             for i in range(options.steady_polls):
                 started = time.perf_counter()
                 control.send("churn")
@@ -313,7 +316,7 @@ async def _exporter(
             run.polling_new, run.polling_kept, run.polling_curl = (_times(*h.close()) for h in hammers)
             # The floor: no poll, no render; the same scrapers for floor_s each.
             floors = []
-            cpu, waited = server_times()
+            cpu, waited, _ = server_times()
             scraping = time.perf_counter()
             for keep_alive in (False, True):
                 hammer = Hammer(metrics, keep_alive=keep_alive)
@@ -323,7 +326,7 @@ async def _exporter(
                 floors.append(_times(*hammer.close()))
             run.floor_new, run.floor_kept = floors
             scrapes = sum(t.scrapes for t in floors if t is not None)
-            now, now_waited = server_times()
+            now, now_waited, run.serving_rss = server_times()
             run.floor_cpu_per_scrape = (now - cpu) / scrapes if scrapes else None
             run.floor_wait = (now_waited - waited) / (time.perf_counter() - scraping)
             curl = CurlHammer(metrics)
@@ -336,7 +339,7 @@ async def _exporter(
         exposition.stop()
 
 
-Serving = tuple[int, Callable[[Snapshot], bool], Callable[[], tuple[float, float]], "Shipper | None"]
+Serving = tuple[int, Callable[[Snapshot], bool], Callable[[], tuple[float, float, int]], "Shipper | None"]
 
 
 @contextlib.asynccontextmanager
@@ -362,9 +365,9 @@ async def _serving(arrangement: str, exposition: Exposition, poller: Poller) -> 
     shipper.start()
     port = control.recv()
 
-    def child_times() -> tuple[float, float]:
+    def child_times() -> tuple[float, float, int]:
         control.send("cpu")
-        times: tuple[float, float] = control.recv()
+        times: tuple[float, float, int] = control.recv()
         return times
 
     try:
@@ -417,13 +420,15 @@ class CurlHammer:
         return self.times, self.size
 
 
-def process_times() -> tuple[float, float]:
-    """This process's CPU seconds, and the seconds its threads have waited on a run queue (schedstat)."""
+def process_times() -> tuple[float, float, int]:
+    """This process's CPU seconds, the seconds its threads have waited on a run queue (schedstat), and
+    its peak RSS in bytes."""
     waited = 0
     for task in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{task}/schedstat") as schedstat:
             waited += int(schedstat.read().split()[1])
-    return time.process_time(), waited / 1e9
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return time.process_time(), waited / 1e9, peak
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -448,8 +453,8 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
         "| floor: kept alive p50 / p99 ms (n) | floor, curl: new conn. p50 / p99 ms (n) | load "
         "| poller process CPU s / poll "
         "| serving CPU ms / scrape (floor) | serving run-queue wait ms / s scraping: polling, floor "
-        "| ship per render: CPU ms, wall ms, KB (n) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| serving process peak RSS MB | ship per render: CPU ms, wall ms, KB (n) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         ship = (
@@ -466,7 +471,7 @@ def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, 
             f"| {run.load} "
             f"| {run.poll_cpu:.3f} | {per_scrape} "
             f"| {run.polling_wait * 1000:.0f}, {run.floor_wait * 1000:.0f} "
-            f"| {ship} |" + (f" {run.error} |" if run.error else "")
+            f"| {run.serving_rss / 2**20:.0f} | {ship} |" + (f" {run.error} |" if run.error else "")
         )
     return "\n".join(lines)
 
