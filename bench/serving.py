@@ -400,6 +400,7 @@ class CurlHammer:
         self._process = subprocess.Popen(  # noqa: S603 - our own command line
             ["/bin/sh", "-c", self._loop],
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # curl's progress meter, which --parallel draws even when --silent
             text=True,
         )
 
