@@ -48,7 +48,7 @@ import resource
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from statistics import mean
@@ -62,7 +62,8 @@ from scrape import Hammer, ScrapeTimes, percentile
 from exporter.api import MixpeekClient
 from exporter.cli import _http_client as http_client
 from exporter.cli import build_exposition, build_poller
-from exporter.config import load_settings
+from exporter.config import Settings, load_settings
+from exporter.exposition import Exposition
 from exporter.logs import configure_logging
 from exporter.poller import Poller
 from exporter.server import MetricsServer
@@ -345,9 +346,8 @@ class Subject(Protocol):
         """first, full or incremental: the poll just made."""
 
 
-async def _exporter(
-    url: str, names: list[str], options: Options, control: Connection, result: Result
-) -> None:
+def bench_settings(url: str, names: list[str], options: Options) -> Settings:
+    """The exporter's settings for a run against the simulated API at `url`."""
     overrides: dict[str, Any] = {
         "api_key": KEY,
         "api_url": url,
@@ -361,21 +361,35 @@ async def _exporter(
         overrides["reconcile_every"] = options.reconcile_every
     if options.page_concurrency is not None:
         overrides["page_concurrency"] = options.page_concurrency
-    settings = load_settings(**overrides)
-    result.settings = (
-        f"page size {settings.page_size}, reconcile every {settings.reconcile_every} polls, "
-        f"page concurrency {settings.page_concurrency}, concurrency {settings.concurrency}"
-    )
+    return load_settings(**overrides)
+
+
+@contextlib.asynccontextmanager
+async def built_exporter(
+    settings: Settings, url: str
+) -> AsyncIterator[tuple[MixpeekClient, Poller, Exposition]]:
+    """The pooled client, the poller and /metrics' exposition as exporter.cli builds them (not started)."""
     configure_logging("json", settings.log_level, lambda: [KEY])
     key = SecretStr(KEY)
-    # The pooled client, the poller and /metrics as exporter.cli builds them, rendered in the background.
     async with http_client(settings, url) as http:
         client = MixpeekClient(
             http, lambda: key, page_size=settings.page_size, page_concurrency=settings.page_concurrency
         )
         poller = build_poller(settings, client, settings.poll_interval)
+        yield client, poller, build_exposition(settings, poller)
+
+
+async def _exporter(
+    url: str, names: list[str], options: Options, control: Connection, result: Result
+) -> None:
+    settings = bench_settings(url, names, options)
+    result.settings = (
+        f"page size {settings.page_size}, reconcile every {settings.reconcile_every} polls, "
+        f"page concurrency {settings.page_concurrency}, concurrency {settings.concurrency}"
+    )
+    # /metrics rendered in the background, as the exporter serves it.
+    async with built_exporter(settings, url) as (client, poller, exposition):
         host, port = settings.listen_address
-        exposition = build_exposition(settings, poller)
         exposition.start()
         server = MetricsServer(host, port, exposition, poller.ready)
         server.start()
