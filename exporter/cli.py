@@ -226,6 +226,7 @@ def build_exposition(settings: Settings, poller: Publisher, web: LiveWebConfig |
 
 
 async def serve(settings: Settings, keys: ApiKeySource | None, web: LiveWebConfig | None = None) -> int:
+    """Poll and serve /metrics until SIGTERM or SIGINT, then stop within SHUTDOWN_SECONDS."""
     log = structlog.get_logger(PROG)
     async with api_target(settings, keys) as target, _http_client(settings, target.url) as http:
         interval = settings.poll_interval

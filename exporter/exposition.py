@@ -13,9 +13,10 @@ collector), the first scrape after a change renders it, under a lock so that con
 once, and the scrapes after it render nothing.
 
 Every value of the snapshot is a function of it alone (metrics.py values the ages at the last poll, not
-at the scrape), so its text is kept whole. Rendered at every scrape, and last: the `fresh` collectors
-(prometheus_client's process, platform and GC collectors, when registered), whose values change all the
-time and are few, then OpenMetrics' one `# EOF`.
+at the scrape), so its text is kept whole. Rendered at every scrape, and last: the `fresh` collectors,
+whose values change all the time and are few (production registers, in cli.build_exposition,
+prometheus_client's process and platform collectors and, with a web config file, its reload counter),
+then OpenMetrics' one `# EOF`.
 
 gzip: one gzip member whose deflate stream is the parts' own streams, each compressed once and ended by a
 sync flush (byte-aligned, not final) so that they can follow one another, then the scrape's tail
@@ -57,6 +58,8 @@ ChunkKey = tuple[str, str, int, int | None]
 
 @dataclass(frozen=True)
 class Response:
+    """A /metrics reply; Content-Length is among the headers, the body is ready to write as it is."""
+
     headers: list[tuple[str, str]]
     body: list[bytes]
 
@@ -151,6 +154,7 @@ class Exposition:
             yield from self._fresh.collect()
 
     def respond(self, accept: str | None, accept_encoding: str | None, query: str = "") -> Response:
+        """The reply to a scrape with these Accept and Accept-Encoding headers and query string."""
         encoder, content_type = choose_encoder(accept or "")
         zipped = gzip_accepted(accept_encoding or "")
         names = parse_qs(query).get("name[]")
@@ -177,6 +181,7 @@ class Exposition:
         return fmt
 
     def _cached(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> list[bytes]:
+        """The body from the kept text of the snapshot, with the fresh collectors' text rendered now."""
         text = self._served(collector, fmt, zipped)
         if text is None:
             with self._lock:
@@ -271,6 +276,7 @@ class Exposition:
         self._chunks = chunks
 
     def _text(self, render: _Render, fmt: _Format) -> _Text:
+        """The laid-out snapshot in `fmt`: each part's text taken from its chunk, rendered only if new."""
         pieces: list[_Piece] = []
         for (family, parts), chunks in zip(render.layout, render.chunks, strict=True):
             pieces.append(fmt.header(family))
@@ -378,7 +384,7 @@ class _Render:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = weakref.ref(snapshot)
-        """Weak: the render is kept until the next scrape, the snapshot only while it is the current one."""
+        """Weak: the render is kept until the next one, the snapshot only while it is the current one."""
         self.layout: Layout = []
         self.chunks: list[list[_Chunk]] = []
         self.texts: dict[str, _Text] = {}

@@ -41,7 +41,7 @@ INDEX = b"""<!doctype html>
 
 # serve_forever checks for a stop request this often: stop() returns within 50 ms instead of socketserver's
 # default 0.5 s, and 20 idle wake-ups a second cost nothing measurable.
-SHUTDOWN_POLL_S = 0.05
+SHUTDOWN_POLL_SECONDS = 0.05
 # stop() returns within this (serve_forever's next check, then closing the open connections): the HTTP
 # server's share of cli.SHUTDOWN_SECONDS.
 STOP_SECONDS = 0.5
@@ -399,7 +399,7 @@ class MetricsServer:
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
             name="metrics-http",
             daemon=True,
         )

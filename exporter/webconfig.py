@@ -276,7 +276,10 @@ def load_web_config(path: Path) -> WebConfig:
     if not configures and not config.rate_limit.interval:
         # A file that configures nothing is a mistake (a ConfigMap that failed to render), not a wish for
         # plain HTTP: without the variable the server is plain HTTP anyway.
-        raise ConfigError(f"{where}: sets neither tls_server_config nor basic_auth_users")
+        raise ConfigError(
+            f"{where}: configures nothing; set tls_server_config, basic_auth_users,"
+            " http_server_config.headers or rate_limit"
+        )
     for user, hashed in config.basic_auth_users.items():
         if not BCRYPT.fullmatch(hashed.get_secret_value()):
             raise ConfigError(

@@ -67,7 +67,8 @@ def _prepare(config: WebConfig, before: _Loaded | None, clock: Callable[[], floa
 
 
 class LiveWebConfig(Collector):
-    """Decides, for our HTTP server, how a connection is wrapped and whether a request is refused.
+    """Decides, for our HTTP server, how a connection is wrapped and whether a request is refused; as a
+    collector, counts its reloads (one of /metrics' `fresh` collectors, see cli.build_exposition).
 
     Without a `path` it never reloads. `clock` (seconds, monotonic) is injected so that tests trigger the
     check without sleeping."""

@@ -242,6 +242,7 @@ def test_the_toolkit_headers_are_on_every_response(tmp_path: Path) -> None:
         ("rate_limit:\n  interval: 1s\n", "burst 0"),
         ("basic_auth_users:\n  carol: $2y$10$short\n", "basic_auth_users.carol: not a bcrypt hash"),
         ("web_config: {}\n", "web_config"),
+        ("http_server_config:\n  http2: false\n", "configures nothing; set tls_server_config"),
     ],
 )
 def test_keys_not_honoured_are_refused_by_name(tmp_path: Path, content: str, problem: str) -> None:
