@@ -658,7 +658,7 @@ def _health_families(snapshot: Snapshot) -> list[Family]:
             (NAMESPACE_LABEL, "reason"),
             _error_rows,
         ),
-        of_state(TRACKED_TASKS, lambda ns, state: [((ns,), len(state.tasks), None)]),
+        of_state(TRACKED_TASKS, lambda ns, state: [((ns,), state.tracked, None)]),
         of_state(UNTRACKED_TASKS, lambda ns, state: [((ns,), state.untracked, None)]),
         Family(
             API_REQUESTS,

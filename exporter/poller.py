@@ -351,7 +351,8 @@ class Poller:
 
     async def _fetch_organization(self, epoch: int) -> Fetched:
         """Every namespace's tasks in one listing, built on their states as of now."""
-        return await self._fetch_tasks(None, dict(self._tasks), self._clock(), epoch)
+        states = {namespace: self._previous(self._tasks, namespace) for namespace in self._tasks}
+        return await self._fetch_tasks(None, states, self._clock(), epoch)
 
     async def _fetch_tasks(
         self, scope: str | None, states: dict[str, NamespaceState], now: float, epoch: int
@@ -555,7 +556,10 @@ class Poller:
         return len(task_ids)
 
     def _previous(self, states: Mapping[str, NamespaceState], namespace: str) -> NamespaceState:
-        return states.get(namespace) or NamespaceState(buckets=self._plan.buckets)
+        """What a listing of the namespace builds on. `newest`: if an apply failed after taking a state's
+        task table over, its result is the truth (its counters hold what it counted), not the state before."""
+        state = states.get(namespace)
+        return NamespaceState(buckets=self._plan.buckets) if state is None else state.newest
 
     def _header(self, namespace: str) -> str:
         return header_value(namespace, self._ids)
@@ -713,7 +717,7 @@ class Poller:
                 namespace=namespace,
                 pages=fetched.pages,
                 full=fetched.full,
-                tasks=len(state.tasks),
+                tasks=state.tracked,
                 duration_seconds=round(duration, 3),
             )
         self._publish(namespaces=namespaces, health=health)
@@ -907,4 +911,4 @@ class Poller:
 
 def _listing_pages(states: Mapping[str, NamespaceState], page_size: int) -> int:
     """About what a full listing of these states costs in requests."""
-    return sum(len(state.tasks) for state in states.values()) // page_size + 1
+    return sum(state.tracked for state in states.values()) // page_size + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,24 +92,27 @@ TrackedRow = tuple[str, Key, float, float | None, bool]
 
 
 # A task in a terminal status is remembered as a code, a plain int: the index of its key in the state's
-# `keys`, and a parity bit saying which complete listing last wrote it (see NamespaceState.parity). Only
-# the functions below know how the two are packed. Loops over every task use `keys_by_code` instead:
-# the same answer as `keys[key_index(code)]`, without a call per task.
+# `keys`, and the generation of the listing that last wrote it (see TaskTable). Only the functions below
+# know how the two are packed.
+
+GENERATIONS = 1 << 30
+"""How many listings can be told apart by the codes they wrote: a billion abandoned in a row before a
+stamp could be mistaken for this listing's (at one a second, 34 years)."""
 
 
-def encode(index: int, parity: int) -> int:
-    """The code of a finished task whose key is `keys[index]`, written by a listing of this parity."""
-    return index * 2 + parity
+def encode(index: int, generation: int) -> int:
+    """The code of a finished task whose key is `keys[index]`, written by a listing of this generation."""
+    return index * GENERATIONS + generation
 
 
 def key_index(code: int) -> int:
     """Where the key of the task this code stands for is in `keys`."""
-    return code // 2
+    return code // GENERATIONS
 
 
-def parity_of(code: int) -> int:
-    """The parity of the listing that wrote this code."""
-    return code % 2
+def generation_of(code: int) -> int:
+    """The generation of the listing that wrote this code."""
+    return code % GENERATIONS
 
 
 def is_code(value: Tracked | int) -> TypeIs[int]:
@@ -116,9 +120,45 @@ def is_code(value: Tracked | int) -> TypeIs[int]:
     return type(value) is int
 
 
-def keys_by_code(keys: Sequence[Key]) -> tuple[Key, ...]:
-    """The key of every code there can be, indexed by the code itself (either parity)."""
-    return tuple(key for key in keys for _parity in (0, 1))
+class StaleState(Exception):
+    """A state whose task table a newer state has taken over: only the newest state of a namespace lists
+    its tasks, or is built on (`NamespaceState.newest` finds it)."""
+
+
+class TaskTable:
+    """The tracked items of one namespace, by id: a single dict handed from each state to the next.
+
+    A million tasks make a 30 MB dict. Copying it for every listing, so that the previous state stayed
+    whole, took the process past its memory budget (issue 15), so a listing changes the table in place,
+    under rules that keep what any reader sees consistent:
+
+    - While its pages come in, a complete listing only re-stamps the finished items it lists again, unchanged,
+      with its own generation: the value changes, what it stands for (the key) does not. Everything else it
+      collects apart.
+    - Its result applies what it collected and removes what it did not list, holding `lock`, and makes the
+      new state the table's `owner`. A state that is no longer the owner raises StaleState when asked for
+      its tasks; the numbers it holds (counts, transitions...) are its own and stay valid.
+    - The state file's writer holds `lock` while it reads a state's rows, so a result waits for it.
+
+    An abandoned listing leaves nothing but stamps of a generation that no later listing uses.
+    """
+
+    def __init__(self, items: dict[str, Tracked | int] | None = None, generation: int = 0) -> None:
+        self.items: dict[str, Tracked | int] = {} if items is None else items
+        self.lock = threading.Lock()
+        self.version = 0
+        """The version of the newest state, the one `items` belongs to; each applied listing adds one."""
+        self.owner: NamespaceState | None = None
+        """The state that applied the last listing (copies of it made with `replace` are as new)."""
+        self._issued = generation
+
+    def next_generation(self) -> int:
+        """A generation no code in the table has: one more than any listing so far was given."""
+        self._issued = (self._issued + 1) % GENERATIONS
+        return self._issued
+
+    def __repr__(self) -> str:
+        return f"TaskTable({len(self.items)} items)"
 
 
 @dataclass(frozen=True)
@@ -126,15 +166,16 @@ class NamespaceState:
     buckets: tuple[float, ...]
     polled_at: float | None = None
     """When the last complete listing was taken; None until the baseline poll."""
-    tasks: Mapping[str, Tracked | int] = field(default_factory=dict)
-    """Tracked items by id. One in a terminal status is a code (see `encode`): most of a million tasks are
-    finished, and every task of one key holds the same int object (a listing makes one per key), so such
-    a task costs its id and its dict slot only. Read them through `rows()`."""
+    table: TaskTable = field(default_factory=TaskTable, compare=False, repr=False)
+    """The tracked items, shared with the states before and after this one; see `tasks`."""
+    version: int = 0
+    """Which version of `table` this state holds: it is the newest state while the table has no later one."""
+    tracked: int = 0
+    """How many items `tasks` held when this state was made."""
     keys: tuple[Key, ...] = ()
     """What the codes in `tasks` index; append-only, so a code stays valid from one state to the next."""
-    parity: int = 0
-    """The low bit of every code in `tasks`. Each complete listing flips it, so while it runs a code
-    it has not rewritten is a task it has not listed (see Observation)."""
+    generation: int = 0
+    """The generation of every code in `tasks` when this state was made (see TaskTable)."""
     untracked: int = 0
     """Tasks of the last listing past the tracking cap: counted in gauges, their transitions not seen."""
     gone: Mapping[str, float] = field(default_factory=dict)
@@ -151,13 +192,36 @@ class NamespaceState:
     active: frozenset[str] = frozenset()
     """Ids of tracked items not in a terminal status: what an incremental poll must follow up."""
 
+    def __post_init__(self) -> None:
+        if self.table.owner is None:  # a new table; a listing's result takes an existing one over
+            self.table.owner = self
+
+    @property
+    def current(self) -> bool:
+        """Whether this is the newest state of its namespace, the owner of its task table."""
+        return self.version == self.table.version
+
+    @property
+    def newest(self) -> NamespaceState:
+        """The newest state of this one's namespace: itself, unless a listing was applied to it since."""
+        return self if self.current or self.table.owner is None else self.table.owner
+
+    @property
+    def tasks(self) -> Mapping[str, Tracked | int]:
+        """Tracked items by id. One in a terminal status is a code (see `encode`): most of a million tasks
+        are finished, and every task of one key holds the same int object (a listing makes one per key),
+        so such a task costs its id and its dict slot only. Read them through `rows()`."""
+        if not self.current:
+            raise StaleState("this state has been superseded by a newer one of its namespace")
+        return self.table.items
+
     def rows(self) -> Iterator[TrackedRow]:
         """Every tracked item in full. A finished one's first sight is not kept, nor needed (it is never
-        counted again): the last poll stands in for it."""
-        key_of, polled_at = keys_by_code(self.keys), self.polled_at or 0.0
+        counted again): the last poll stands in for it. Read it holding `table.lock`."""
+        keys, polled_at = self.keys, self.polled_at or 0.0
         for item_id, value in self.tasks.items():
             if is_code(value):
-                yield item_id, key_of[value], polled_at, None, True
+                yield item_id, keys[key_index(value)], polled_at, None, True
             else:
                 yield item_id, value.key, value.first_seen, value.created_at, value.finished
 
@@ -170,13 +234,12 @@ class Observation:
     Past `max_tracked` tasks the older ones still count in the gauges but are not remembered, so their
     transitions go uncounted (`untracked` says how many) and memory stays bounded.
 
-    A complete listing replaces the tracked set. It works on a copy of the previous tasks (a C-speed
-    copy that shares their id strings) and rewrites each task it lists: a finished task's code takes the
-    new parity, an active one joins the listed active set; what is left with the old parity, or active
-    and not listed, has gone. A `partial` listing (an incremental poll: the active set, the newborn and
-    the resolved) collects the items it lists apart and lays them over the previous tasks at the end,
-    dropping those reported `vanished`. Nothing of `previous` is changed, so an abandoned listing costs
-    nothing.
+    Both kinds of listing collect apart what they change (`_changes`: tasks new to the table, or in a new
+    status) and apply it to the shared task table in `result()` (see TaskTable). A complete listing also
+    stamps each finished task it lists again, unchanged, with its generation, in place; what is left with
+    another generation, or active and not listed, has gone. A `partial` listing (an incremental poll: the
+    active set, the newborn and the resolved) stamps nothing, and drops those reported `vanished`. Until
+    `result()`, the previous state is whole, so an abandoned listing costs nothing.
     """
 
     def __init__(
@@ -188,16 +251,20 @@ class Observation:
         partial: bool = False,
     ) -> None:
         self._previous = previous
+        if not previous.current:
+            raise StaleState("a listing builds on the newest state of its namespace only")
+        self._table = previous.table
+        self._items = previous.table.items
         self._now = now
         self._limit = max_tracked if max_tracked is not None else sys.maxsize
         self._room = self._limit
         """How many more of the listed items can be tracked."""
         self._partial = partial
-        self._parity = previous.parity if partial else 1 - previous.parity
+        self._generation = previous.generation if partial else self._table.next_generation()
         self._last_poll = previous.polled_at if previous.polled_at is not None else now
         self._baseline = previous.polled_at is None
-        self._tasks: dict[str, Tracked | int] = {} if partial else dict(previous.tasks)
-        """The listed items (partial), or every tracked item, rewritten as the listing goes (complete)."""
+        self._changes: dict[str, Tracked | int] = {}
+        """Items new to the table or changed (and, if partial, every item listed): applied by result()."""
         self._untracked: set[str] = set()
         self._vanished: set[str] = set()
         self._untracked_counts: dict[Key, int] = {}
@@ -214,7 +281,8 @@ class Observation:
         self._indexes = {key: index for index, key in enumerate(self._keys)}
         self._codes: dict[tuple[str, str], tuple[int, int]] = {}
         """(status, group) as listed -> (the code of a finished item of that key in this listing, the code
-        it had before). Every task of the key gets this one int object: one per key, not per task."""
+        it had after the previous one; -1 if partial). Every task of the key gets this one int object: one
+        per key, not per task."""
         self._announced: set[int] = set()
         """Codes whose status and group are in `statuses` and `groups` (those of unchanged items are)."""
 
@@ -227,23 +295,22 @@ class Observation:
         return self._partial
 
     def listed(self, item_id: str) -> bool:
-        if item_id in self._active or item_id in self._untracked:
-            return True
-        value = self._tasks.get(item_id)
-        if self._partial:
-            return value is not None
-        return value is not None and is_code(value) and parity_of(value) == self._parity
+        return (
+            item_id in self._active
+            or item_id in self._untracked
+            or item_id in self._changes
+            or self._stamped(self._items.get(item_id))
+        )
 
     def add(self, items: Sequence[Item]) -> int:
         """Fold in one page, newest first; returns how many of its items were new to this listing.
 
-        The hot loop of a poll: a finished task listed again unchanged costs two dict lookups and a
-        store into a slot that exists (the id just decoded goes with its page), and allocates nothing.
+        The hot loop of a poll: a finished task listed again unchanged costs three dict lookups (one in
+        the small dict of changes) and a store into a slot that exists, and allocates nothing.
         """
-        tasks, untracked, active, oldest = self._tasks, self._untracked, self._active, self._oldest
-        codes, keys, partial = self._codes, self._keys, self._partial
-        announced = self._announced
-        before_of = self._previous.tasks.get if partial else tasks.get
+        table, changes, untracked, active = self._items, self._changes, self._untracked, self._active
+        codes, keys, oldest, announced = self._codes, self._keys, self._oldest, self._announced
+        before_of = table.get
         room = start = self._room
         untracked_before = len(untracked)
         for item in items:
@@ -253,15 +320,13 @@ class Observation:
                 pair = self._code(item.status, item.group)
             code, unchanged = pair
             before = before_of(item_id)
-            if before == unchanged and room:  # finished, unchanged, not yet listed (never true if partial)
-                tasks[item_id] = code
+            # Finished, unchanged, not yet listed (never true if partial; `changes` holds it if it was
+            # listed in a new status, or as new, earlier in this listing).
+            if before == unchanged and room and item_id not in changes:
+                table[item_id] = code  # a stamp: see TaskTable
                 room -= 1
                 continue
-            if (
-                item_id in active
-                or item_id in untracked
-                or (item_id in tasks if partial else self._rewritten(before))
-            ):
+            if item_id in active or item_id in untracked or item_id in changes or self._stamped(before):
                 continue  # listed already: pages overlap when tasks are born during the listing
             key = keys[key_index(code)]
             if code not in announced:
@@ -273,13 +338,15 @@ class Observation:
                     _earliest(oldest, key, created)
                 continue
             room -= 1
-            if isinstance(before, Tracked) and before.key == key:  # active, unchanged
-                if partial:
-                    tasks[item_id] = before
+            if self._restamp(before, code):
+                table[item_id] = code
+            elif isinstance(before, Tracked) and before.key == key:  # active, unchanged
+                if self._partial:
+                    changes[item_id] = before
                 active.add(before.item_id)
                 _earliest(oldest, key, before.started)
             else:
-                tasks[item_id] = self._change(item, item_id, key, code, before)
+                changes[item_id] = self._change(item, item_id, key, code, before)
         self._room = room
         return start - room + len(untracked) - untracked_before
 
@@ -289,18 +356,34 @@ class Observation:
 
     def _code(self, status: str, group: str) -> tuple[int, int]:
         """The code of a finished item listed with this (status, group), and the code such an item had
-        before this listing rewrote it (the other parity); a new key joins the keys."""
+        after the previous listing (none if partial: it stamps nothing); a new key joins the keys."""
         key = (label_value(status), label_value(group))
         index = self._indexes.get(key)
         if index is None:
             index = self._indexes[key] = len(self._keys)
             self._keys.append(key)
-        pair = self._codes[(status, group)] = (encode(index, self._parity), encode(index, 1 - self._parity))
+        before = -1 if self._partial else encode(index, self._previous.generation)
+        pair = self._codes[(status, group)] = (encode(index, self._generation), before)
         return pair
 
-    def _rewritten(self, before: Tracked | int | None) -> bool:
-        """Whether a complete listing has listed this finished item already (its code has the new parity)."""
-        return before is not None and is_code(before) and parity_of(before) == self._parity
+    def _stamped(self, before: Tracked | int | None) -> bool:
+        """Whether a complete listing has listed this finished item already (its code has its generation)."""
+        return (
+            not self._partial
+            and before is not None
+            and is_code(before)
+            and generation_of(before) == self._generation
+        )
+
+    def _restamp(self, before: Tracked | int | None, code: int) -> bool:
+        """Whether a complete listing lists again, unchanged, a finished item that a listing abandoned
+        since stamped: only the generation is to change."""
+        return (
+            not self._partial
+            and before is not None
+            and is_code(before)
+            and key_index(before) == key_index(code)
+        )
 
     def _announce(self, code: int, key: Key) -> None:
         """A key that an item of this listing has (not one merely repeated) gets its series."""
@@ -355,28 +438,40 @@ class Observation:
             self._tallies[tally_key] = self._tallies.get(tally_key, 0) + amount
 
     def result(self) -> NamespaceState:
-        """The new state, once every page (and, for a partial listing, every follow-up) is in."""
-        previous, now = self._previous, self._now
-        left: Iterable[str]
-        if self._partial:
-            tasks, counts, untracked, left = self._merged()
-        else:
-            tasks, untracked = self._tasks, len(self._untracked)
-            # Every tracked task listed again (the usual case) means none left: skip the sweep.
-            kept = self._limit - self._room - self._born
-            left = () if kept == len(previous.tasks) else self._sweep()
-            counts = self._counts()
+        """The new state, once every page (and, for a partial listing, every follow-up) is in.
+
+        It takes the task table over from the previous state, which from then on is stale."""
+        previous, table = self._previous, self._table
+        with table.lock:
+            if not previous.current:
+                raise StaleState("another listing of this state has been applied")
+            if self._partial:
+                counts, untracked, left = self._merged()
+            else:
+                # Every tracked task listed again (the usual case) means none left: skip the sweep.
+                missing = len(self._items) != self._limit - self._room - self._born
+                self._items.update(self._changes)
+                left = self._sweep() if missing else []
+                counts, untracked = self._counts(), len(self._untracked)
+            table.version += 1
+            state = table.owner = self._state(counts, untracked, left)
+        return state
+
+    def _state(self, counts: Mapping[Key, int], untracked: int, left: Iterable[str]) -> NamespaceState:
+        previous, now, tasks = self._previous, self._now, self._items
         gone = {item_id: when for item_id, when in previous.gone.items() if item_id not in tasks}
-        gone.update((item_id, now) for item_id in left if _finished(previous.tasks[item_id]))
+        gone.update((item_id, now) for item_id in left)
         gone = {item_id: when for item_id, when in gone.items() if now - when < GONE_TTL_SECONDS}
         if len(gone) > self._limit:
             gone = dict(sorted(gone.items(), key=lambda item: item[1], reverse=True)[: self._limit])
         return NamespaceState(
             buckets=previous.buckets,
             polled_at=now,
-            tasks=tasks,
+            table=self._table,
+            version=self._table.version,
+            tracked=len(tasks),
             keys=tuple(self._keys),
-            parity=self._parity,
+            generation=self._generation,
             untracked=untracked,
             gone=gone,
             groups=tuple(self._groups),
@@ -393,7 +488,7 @@ class Observation:
         """The gauges after a complete listing: its untracked items, its codes (counted at C speed, they
         are few distinct ints), its active items (the only Tracked left)."""
         counts = Counter(self._untracked_counts)
-        keys, tasks = self._keys, self._tasks
+        keys, tasks = self._keys, self._items
         for value, n in Counter(tasks.values()).items():
             if is_code(value):
                 counts[keys[key_index(value)]] += n
@@ -401,41 +496,43 @@ class Observation:
         return counts
 
     def _sweep(self) -> list[str]:
-        """Drop the tracked items this complete listing did not list; returns their ids, less those
-        merely past the tracking cap (they are still there, so not gone)."""
-        tasks, active = self._tasks, self._active
-        # The codes of the previous listing, looked up (and `is_code` inlined) rather than a call per task.
-        stale = frozenset(encode(index, 1 - self._parity) for index in range(len(self._keys)))
+        """Drop the tracked items this complete listing did not list; returns the ids of the finished ones
+        among them, less those merely past the tracking cap (they are still there, so not gone)."""
+        tasks, active = self._items, self._active
+        # This listing's codes, looked up (and `is_code` inlined) rather than a call per task.
+        listed = frozenset(encode(index, self._generation) for index in range(len(self._keys)))
         unlisted = [
             item_id
             for item_id, value in tasks.items()
-            if (value in stale if type(value) is int else item_id not in active)
+            if (value not in listed if type(value) is int else item_id not in active)
         ]
+        left = [i for i in unlisted if i not in self._untracked and _finished(tasks[i])]
         for item_id in unlisted:
             del tasks[item_id]
-        return [item_id for item_id in unlisted if item_id not in self._untracked]
+        return left
 
-    def _merged(self) -> tuple[dict[str, Tracked | int], Counter[Key], int, Iterable[str]]:
-        """A partial listing laid over the previous state: a C-speed copy, then only the changes."""
-        previous = self._previous
-        tasks = dict(previous.tasks)
+    def _merged(self) -> tuple[Counter[Key], int, list[str]]:
+        """A partial listing laid over the table: only the changes, and the vanished (returned if finished)
+        dropped."""
+        previous, tasks, changes = self._previous, self._items, self._changes
         counts = Counter(previous.counts)
-        vanished = {i for i in self._vanished if i in tasks}
-        for item_id in (*vanished, *(i for i in self._tasks if i in previous.tasks)):
-            key = self._key_of(previous.tasks[item_id])
+        vanished = [i for i in self._vanished if i in tasks]
+        left = [i for i in vanished if _finished(tasks[i])]
+        for item_id in (*vanished, *(i for i in changes if i in tasks)):
+            key = self._key_of(tasks[item_id])
             counts[key] -= 1
             if not counts[key]:
                 del counts[key]
         for item_id in vanished:
             del tasks[item_id]
-        tasks.update(self._tasks)
-        counts.update(map(self._key_of, self._tasks.values()))
-        for item_id in previous.active - self._tasks.keys() - vanished:  # not followed up: as they were
+        tasks.update(changes)
+        counts.update(map(self._key_of, changes.values()))
+        for item_id in previous.active - changes.keys() - set(vanished):  # not followed up: as they were
             tracked = tasks[item_id]
             assert isinstance(tracked, Tracked), "an active item is never a code"
             self._active.add(item_id)
             _earliest(self._oldest, tracked.key, tracked.started)
-        return tasks, counts, previous.untracked, vanished
+        return counts, previous.untracked, left
 
 
 def observe(
@@ -472,7 +569,7 @@ def restore(
     """A state read back from the state file; until the next poll, gauges are those of its tracked tasks.
 
     A task in a terminal status becomes a code whatever the row says: that is how a state keeps it."""
-    parity = 0  # of every restored code, as the state says; the next complete listing writes the other
+    generation = 0  # of every restored code, as the state says; the next complete listing takes another
     indexes: dict[Key, int] = {}
     codes: dict[Key, int] = {}  # each terminal key's code, made once: its tasks share one int object
     remembered: dict[str, Tracked | int] = {}
@@ -486,7 +583,7 @@ def restore(
         if key[0] in _TERMINAL:
             code = codes.get(key)
             if code is None:
-                code = codes[key] = encode(index, parity)
+                code = codes[key] = encode(index, generation)
             remembered[item_id] = code
             _tally(counts, oldest, key, None)
         else:
@@ -496,9 +593,10 @@ def restore(
     return NamespaceState(
         buckets=buckets,
         polled_at=polled_at,
-        tasks=remembered,
+        table=TaskTable(remembered, generation),
+        tracked=len(remembered),
         keys=tuple(indexes),
-        parity=parity,
+        generation=generation,
         gone=gone,
         groups=groups,
         statuses=statuses,

@@ -122,25 +122,30 @@ def encode(tasks: States, batches: States, identity: Identity) -> Iterator[bytes
     yield _line(_End(len(polled)))
 
 
-def _encode_state(kind: Kind, name: str, state: NamespaceState) -> Iterator[bytes]:
-    yield _line(
-        _State(
-            kind=kind,
-            namespace=name,
-            polled_at=state.polled_at or 0.0,
-            buckets=state.buckets,
-            groups=state.groups,
-            statuses=state.statuses,
-            transitions=[(status, group, n) for (status, group), n in state.transitions.items()],
-            completions=[(s, g, h.counts, h.total) for (s, g), h in state.completions.items()],
-            tallies=list(state.tallies.items()),
-            gone=len(state.gone),
-            tasks=len(state.tasks),
+def _encode_state(kind: Kind, name: str, queued: NamespaceState) -> Iterator[bytes]:
+    """One state's lines, read holding its task table's lock, so that no listing is applied meanwhile.
+    If one was applied since the save was queued, its state is written instead: the file is then ahead
+    of what is served, never behind."""
+    with queued.table.lock:
+        state = queued.newest
+        yield _line(
+            _State(
+                kind=kind,
+                namespace=name,
+                polled_at=state.polled_at or 0.0,
+                buckets=state.buckets,
+                groups=state.groups,
+                statuses=state.statuses,
+                transitions=[(status, group, n) for (status, group), n in state.transitions.items()],
+                completions=[(s, g, h.counts, h.total) for (s, g), h in state.completions.items()],
+                tallies=list(state.tallies.items()),
+                gone=len(state.gone),
+                tasks=state.tracked,
+            )
         )
-    )
-    for items in (iter(state.gone.items()), state.rows()):
-        while chunk := list(islice(items, CHUNK)):
-            yield _line(chunk)
+        for items in (iter(state.gone.items()), state.rows()):
+            while chunk := list(islice(items, CHUNK)):
+                yield _line(chunk)
 
 
 def _line(value: Any) -> bytes:
@@ -329,10 +334,14 @@ class StateFile:
 
     def save(self, tasks: States, batches: States) -> None:
         temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.writelines(encode(tasks, batches, self._identity))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temporary, "wb") as handle:
+                handle.writelines(encode(tasks, batches, self._identity))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         os.replace(temporary, self.path)
         directory = os.open(self.path.parent, os.O_RDONLY)
         try:

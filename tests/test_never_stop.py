@@ -16,6 +16,7 @@ from structlog.typing import EventDict
 from support import Exporter
 
 from exporter import api as api_module
+from exporter import poller as poller_module
 from exporter import state as state_module
 from exporter.server import MetricsServer
 from exporter.simulator import World
@@ -59,8 +60,9 @@ def seeded(world: World, clock: FakeClock) -> None:
     [
         ("poll", api_module, "_validated"),  # decoding a page
         ("state", state_module.Observation, "result"),  # folding a listing into the state
+        ("state", poller_module, "poll_succeeded"),  # after the listing took the task table over
     ],
-    ids=["decoding", "state"],
+    ids=["decoding", "state", "after the state"],
 )
 async def test_an_unexpected_error_in_a_poll_is_logged_counted_and_the_next_poll_goes_on(
     monkeypatch: pytest.MonkeyPatch,

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from support import completion
 
 from exporter.api import Task
-from exporter.state import NamespaceState, Observation, is_code, label_value, observe, restore
+from exporter.state import (
+    NamespaceState,
+    Observation,
+    StaleState,
+    Tracked,
+    is_code,
+    label_value,
+    observe,
+    restore,
+)
 from exporter.vocabulary import ZERO_FILLED_STATUSES
 
 BUCKETS = (10.0, 60.0, 3600.0)
@@ -120,11 +130,56 @@ def test_oldest_active_uses_creation_time() -> None:
     assert state.oldest_active == {("PENDING", "thumbnail"): 10.0}
 
 
-def test_previous_state_is_not_mutated() -> None:
+def test_a_superseded_state_keeps_its_numbers_and_gives_its_table_to_the_newest() -> None:
     first = observe(fresh(), [task("a", "PENDING")], now=0.0)
-    snapshot = (dict(first.tasks), dict(first.transitions), first.counts)
-    observe(first, [task("a", "FAILED"), task("b", "PENDING")], now=30.0)
-    assert (dict(first.tasks), dict(first.transitions), first.counts) == snapshot
+    numbers = (dict(first.transitions), dict(first.counts), first.tracked, first.active)
+    second = observe(first, [task("a", "FAILED"), task("b", "PENDING"), task("c", "COMPLETED")], now=30.0)
+    assert (dict(first.transitions), dict(first.counts), first.tracked, first.active) == numbers
+    assert not first.current
+    assert first.newest is second
+    assert second.current
+    assert second.newest is second
+    assert set(second.tasks) == {"a", "b", "c"}
+    with pytest.raises(StaleState):
+        first.tasks  # noqa: B018 - the property is what is tested
+    with pytest.raises(StaleState):
+        Observation(first, 60.0)
+
+
+def test_a_listing_applied_twice_is_refused() -> None:
+    first = observe(fresh(), [task("a", "PENDING")], now=0.0)
+    one, two = Observation(first, 30.0), Observation(first, 30.0)
+    one.add([task("a", "FAILED")])
+    two.add([task("a", "FAILED")])
+    assert one.result().transitions == {("FAILED", "thumbnail"): 1}
+    with pytest.raises(StaleState):
+        two.result()
+
+
+def test_an_abandoned_listing_leaves_the_state_as_it_was() -> None:
+    """A complete listing stamps the finished tasks it lists again in place. Abandoned, it leaves those
+    stamps: the next listing must still see what it does not list as gone, and count all else as before."""
+    listing = [task("a", "COMPLETED"), task("b", "COMPLETED"), task("c", "PENDING"), task("d", "PENDING")]
+    state = observe(fresh(), listing, now=0.0)
+    abandoned = Observation(state, 30.0)
+    abandoned.add([task("a", "COMPLETED"), task("b", "COMPLETED"), task("c", "FAILED")])
+    assert state.current
+    assert dict(state.counts) == {("COMPLETED", "thumbnail"): 2, ("PENDING", "thumbnail"): 2}
+    assert sorted(row[0] for row in state.rows()) == ["a", "b", "c", "d"]
+    unchanged = state.tasks["c"]  # what changed was only collected
+    assert isinstance(unchanged, Tracked)
+    assert unchanged.key == ("PENDING", "thumbnail")
+    # a is gone now, c finished: had the abandoned listing's stamp of a counted as this listing's, a
+    # would be kept; had its sight of c been kept, c's transition would be lost.
+    state = observe(state, [task("b", "COMPLETED"), task("c", "FAILED"), task("d", "PENDING")], now=60.0)
+    assert set(state.tasks) == {"b", "c", "d"}
+    assert set(state.gone) == {"a"}
+    assert state.transitions == {("FAILED", "thumbnail"): 1}
+    assert dict(state.counts) == {
+        ("COMPLETED", "thumbnail"): 1,
+        ("FAILED", "thumbnail"): 1,
+        ("PENDING", "thumbnail"): 1,
+    }
 
 
 def test_tracking_cap_keeps_the_newest_and_still_counts_all_in_gauges() -> None:
@@ -200,7 +255,7 @@ def test_restored_codes_share_one_int_per_key_as_listed_ones_do() -> None:
         completions={},
         tallies={},
     )
-    assert restored.parity == 0
+    assert restored.generation == 0
     assert sorted(restored.rows()) == sorted(rows)
     objects = distinct_code_objects(restored)
     assert len(objects) == 150
@@ -208,7 +263,7 @@ def test_restored_codes_share_one_int_per_key_as_listed_ones_do() -> None:
     assert all(len(ids) == 1 for ids in objects.values())
     listing = [task(item_id, "COMPLETED", key[1]) for item_id, key, *_ in rows]
     listed = observe(restored, listing, now=130.0)
-    assert listed.parity == 1  # each code read as the parity it was given
+    assert listed.generation == 1  # each code read as the generation it was given
     assert listed.transitions == {}
     objects = distinct_code_objects(listed)
     assert len(objects) == 150

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,11 +14,13 @@ from pydantic import SecretStr
 from structlog.typing import EventDict
 from support import Exporter, completion
 
+from exporter.api import Task
 from exporter.config import DEFAULT_BUCKETS
 from exporter.sharding import ALL_NAMESPACES, NamespaceFilter
 from exporter.simulator import World
 from exporter.simulator.testing import FakeClock, SimulatorTestServer
-from exporter.statefile import CHUNK, FORMAT, StateFile, identity
+from exporter.state import NamespaceState, Observation, observe
+from exporter.statefile import CHUNK, FORMAT, StateFile, encode, identity
 
 MakeExporter = Callable[..., Exporter]
 SETUP = identity(SecretStr("sk_unit"), "https://api.example", "namespace", ("prod",), ALL_NAMESPACES)
@@ -365,3 +368,27 @@ def test_each_part_of_the_identity_is_told_apart_and_named(tmp_path: Path, logs:
     logs.clear()
     assert StateFile(path, setup(), DEFAULT_BUCKETS).load() == ({}, {})
     assert foreign(logs) == [",".join(setup())]
+
+
+def test_a_listing_applied_during_a_save_waits_and_one_applied_before_is_what_is_saved() -> None:
+    """The writer reads a state's rows from the task table that the next listing changes in place: it
+    holds the table's lock while it reads, and it reads the namespace's newest state."""
+    first = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PROCESSING", "t")], 100.0)
+    lines = encode({"prod": first}, {}, SETUP)
+    head = [next(lines), next(lines)]  # the file's header, then the state's: the lock is held now
+    listing = Observation(first, 130.0)
+    listing.add([Task("a", "FAILED", "t"), Task("b", "PROCESSING", "t")])
+    applied: list[NamespaceState] = []
+    applying = threading.Thread(target=lambda: applied.append(listing.result()))
+    applying.start()
+    applying.join(timeout=0.2)
+    assert applying.is_alive()  # it cannot apply while the rows are being read
+    saved = [*head, *lines]
+    applying.join()
+    assert [row[0] for line in saved[2:-1] for row in json.loads(line)] == ["a"]
+    assert json.loads(saved[1])["transitions"] == []
+    # Queued before that listing was applied, saved after: the file gets the newer state.
+    second = applied[0]
+    rows = [row for line in list(encode({"prod": first}, {}, SETUP))[2:-1] for row in json.loads(line)]
+    assert sorted(row[0] for row in rows) == ["a", "b"]
+    assert second.transitions == {("FAILED", "t"): 1}
