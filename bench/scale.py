@@ -398,7 +398,7 @@ async def _exporter(
             truth_before = control.recv()
             subject = _Ours(poller, client)
             await _drive(subject, f"http://127.0.0.1:{server.port}/metrics", options, control, result)
-            result.tracked = sum(len(state.tasks) for state in poller.snapshot.namespaces.values())
+            result.tracked = sum(state.tracked for state in poller.snapshot.namespaces.values())
             control.send("truth")
             truth = control.recv() - truth_before
             counted = Counter(

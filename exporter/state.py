@@ -450,7 +450,10 @@ class Observation:
             else:
                 # Every tracked task listed again (the usual case) means none left: skip the sweep.
                 missing = len(self._items) != self._limit - self._room - self._born
-                self._items.update(self._changes)
+                if self._items:
+                    self._items.update(self._changes)
+                else:  # a first listing: what it collected is the table, and is not copied into it
+                    table.items = self._items = self._changes
                 left = self._sweep() if missing else []
                 counts, untracked = self._counts(), len(self._untracked)
             table.version += 1
