@@ -1,7 +1,9 @@
 """What the exporter remembers of a namespace's tasks (or batches) between polls; how a listing changes it.
 
-Pure: `observe(previous, items, now)` returns a new state; no I/O, no clock reads, nothing mutated. Tasks and
-batches share it: each item has a status and a group (the task type, or the batch's bucket).
+`observe(previous, items, now)` returns a new state; no I/O, no clock reads. The one thing not copied from
+state to state is the table of tracked tasks, which a listing changes in place (see TaskTable); every number a
+state holds is its own. Tasks and batches share it: each item has a status and a group (the task type, or the
+batch's bucket).
 """
 
 from __future__ import annotations
