@@ -138,8 +138,9 @@ class TaskTable:
       with its own generation: the value changes, what it stands for (the key) does not. Everything else it
       collects apart.
     - Its result applies what it collected and removes what it did not list, holding `lock`, and makes the
-      new state the table's `owner`. A state that is no longer the owner raises StaleState when asked for
-      its tasks; the numbers it holds (counts, transitions...) are its own and stay valid.
+      new state the table's owner (`version` goes up by one; `owner` is that state). A state that is no
+      longer the owner raises StaleState when asked for its tasks; the numbers it holds (counts,
+      transitions...) are its own and stay valid.
     - The state file's writer holds `lock` while it reads a state's rows, so a result waits for it.
 
     An abandoned listing leaves nothing but stamps of a generation that no later listing uses.
