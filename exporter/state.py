@@ -308,11 +308,12 @@ class Observation:
     def add(self, items: Sequence[Item]) -> int:
         """Fold in one page, newest first; returns how many of its items were new to this listing.
 
-        The hot loop of a poll: a finished task listed again unchanged costs three dict lookups (one in
-        the small dict of changes) and a store into a slot that exists, and allocates nothing.
+        The hot loop of a poll: a finished task listed again unchanged costs two dict lookups and a
+        store into a slot that exists (the id just decoded goes with its page), and allocates nothing.
         """
         table, changes, untracked, active = self._items, self._changes, self._untracked, self._active
         codes, keys, oldest, announced = self._codes, self._keys, self._oldest, self._announced
+        complete, generation = not self._partial, self._generation
         before_of = table.get
         room = start = self._room
         untracked_before = len(untracked)
@@ -323,14 +324,17 @@ class Observation:
                 pair = self._code(item.status, item.group)
             code, unchanged = pair
             before = before_of(item_id)
-            # Finished, unchanged, not yet listed (never true if partial; `changes` holds it if it was
-            # listed in a new status, or as new, earlier in this listing).
-            if before == unchanged and room and item_id not in changes:
+            if before == unchanged and room:  # finished, unchanged, not yet listed (never true if partial)
                 table[item_id] = code  # a stamp: see TaskTable
                 room -= 1
                 continue
-            if item_id in active or item_id in untracked or item_id in changes or self._stamped(before):
+            if item_id in active or item_id in untracked or item_id in changes:
                 continue  # listed already: pages overlap when tasks are born during the listing
+            # A finished task of the table, in a complete listing (`is_code` inlined: most of a first
+            # listing's million tasks come this way).
+            finished = before if complete and type(before) is int else None
+            if finished is not None and generation_of(finished) == generation:
+                continue  # listed already, and stamped
             key = keys[key_index(code)]
             if code not in announced:
                 self._announce(code, key)
@@ -341,15 +345,17 @@ class Observation:
                     _earliest(oldest, key, created)
                 continue
             room -= 1
-            if self._restamp(before, code):
-                table[item_id] = code
+            if finished is not None and key_index(finished) == key_index(code):
+                table[item_id] = code  # stamped by an abandoned listing: only the generation changes
             elif isinstance(before, Tracked) and before.key == key:  # active, unchanged
-                if self._partial:
+                if not complete:
                     changes[item_id] = before
                 active.add(before.item_id)
                 _earliest(oldest, key, before.started)
             else:
                 changes[item_id] = self._change(item, item_id, key, code, before)
+                if finished is not None:  # stamped too, so that a second sight takes no fast path
+                    table[item_id] = encode(key_index(finished), generation)
         self._room = room
         return start - room + len(untracked) - untracked_before
 
@@ -376,16 +382,6 @@ class Observation:
             and before is not None
             and is_code(before)
             and generation_of(before) == self._generation
-        )
-
-    def _restamp(self, before: Tracked | int | None, code: int) -> bool:
-        """Whether a complete listing lists again, unchanged, a finished item that a listing abandoned
-        since stamped: only the generation is to change."""
-        return (
-            not self._partial
-            and before is not None
-            and is_code(before)
-            and key_index(before) == key_index(code)
         )
 
     def _announce(self, code: int, key: Key) -> None:
