@@ -168,10 +168,17 @@ def _hammer(url: str, concurrency: int, keep_alive: bool, control: Connection) -
     def scrape(sent: dict[str, str], reuse: bool) -> tuple[float, int]:
         started = time.perf_counter()
         connection = getattr(kept, "connection", None) if reuse else None
-        if connection is None:
+        try:
+            if connection is None:
+                raise ConnectionResetError
+            connection.request("GET", path, headers=sent)
+            response = connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # None kept, or the server closed it while idle (its 30 s timeout, which a slow poll outlasts):
+            # a new connection, as Prometheus' client retries on one.
             connection = http.client.HTTPConnection(host, port, timeout=60)
-        connection.request("GET", path, headers=sent)
-        response = connection.getresponse()
+            connection.request("GET", path, headers=sent)
+            response = connection.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{url}: HTTP {response.status}")

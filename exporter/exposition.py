@@ -56,12 +56,16 @@ ChunkKey = tuple[str, str, int, int | None]
 """(family, namespace, id of the part's source, rows kept)"""
 
 
+Chunk = bytes | memoryview
+"""A piece of a reply's body, written as it is."""
+
+
 @dataclass(frozen=True)
 class Response:
     """A /metrics reply; Content-Length is among the headers, the body is ready to write as it is."""
 
     headers: list[tuple[str, str]]
-    body: list[bytes]
+    body: list[Chunk]
 
 
 class Exposition:
@@ -161,7 +165,7 @@ class Exposition:
         fmt = self._format(content_type, encoder)
         if names or fmt is None or self._collector is None:
             text = encoder(_Named(self, frozenset(names)) if names else self)
-            body = [gzip.compress(text, self._level) if zipped else text]
+            body: list[Chunk] = [gzip.compress(text, self._level) if zipped else text]
         else:
             body = self._cached(self._collector, fmt, zipped)
         headers = [("Content-Type", content_type), ("Content-Length", str(sum(map(len, body))))]
@@ -180,22 +184,24 @@ class Exposition:
                     fmt = self._formats[content_type] = _Format(content_type, encoder)
         return fmt
 
-    def _cached(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> list[bytes]:
+    def _cached(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> list[Chunk]:
         """The body from the kept text of the snapshot, with the fresh collectors' text rendered now."""
         text = self._served(collector, fmt, zipped)
         if text is None:
             with self._lock:
                 text = self._prepare(collector, fmt, zipped)
-        # One bytes object each: written in one go, never a small segment after a large one.
         if self._fresh is None:
             body = text.zipped if zipped else text.body
             assert body is not None  # made by _prepare
             return [body]
+        # The kept text, not copied, then the fresh text: joined, 200 namespaces' 16 MB was copied per
+        # scrape (20 at once: 330 MB of peak RSS). The server sends with TCP_NODELAY, so the small piece
+        # after the large one is not held back for an ACK.
         tail = fmt.encode(self._fresh.collect()) + fmt.eof
         if not zipped:
-            return [b"".join([memoryview(text.body)[: text.size], tail])]
+            return [memoryview(text.body)[: text.size], tail]
         assert text.deflated is not None  # made by _prepare
-        return [text.deflated + _gzip_end(tail, text.crc, text.size, self._level)]
+        return [text.deflated, _gzip_end(tail, text.crc, text.size, self._level)]
 
     def _served(self, collector: SnapshotCollector, fmt: _Format, zipped: bool) -> _Text | None:
         """The text kept for this scrape; None when it must be rendered first. Rendering in the

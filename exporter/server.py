@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import structlog
 from prometheus_client.registry import Collector
 
-from exporter.exposition import Exposition
+from exporter.exposition import Chunk, Exposition
 from exporter.webconfig import WebConfig
 from exporter.webreload import Accept, LiveWebConfig
 
@@ -51,7 +51,7 @@ class Reply(NamedTuple):
     status: HTTPStatus
     headers: list[tuple[str, str]]
     """Content-Length included: every reply has one, so that the connection can serve the next request."""
-    body: list[bytes]
+    body: list[Chunk]
 
 
 App = Callable[[str, str, Message], Reply]
