@@ -23,6 +23,7 @@ import zlib
 from multiprocessing.connection import Connection
 
 from pydantic import SecretStr
+from rawhttp import read_request  # bench/rawhttp.py: run as `python bench/...`
 
 from exporter.api import NEWEST_FIRST
 from exporter.cli import Target, _api_client, _http_client
@@ -50,16 +51,7 @@ def serve(case: str, ready: Connection) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(h.split(b":")[1])
-                    for h in head.split(b"\r\n")
-                    if h.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
+            await read_request(reader)
             if case == "gzip bomb":
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 
 import httpx
 from pydantic import SecretStr
+from rawhttp import read_request  # bench/rawhttp.py: run as `python bench/...`
 
 from exporter.api import TASKS_LIST
 from exporter.cli import Target, _api_client, _http_client
@@ -56,16 +57,7 @@ def serve(body: bytes, gzipped: bool, ready: Connection) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                request = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(h.split(b":")[1])
-                        for h in request.split(b"\r\n")
-                        if h.lower().startswith(b"content-length")
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
+                await read_request(reader)
                 writer.write(head + payload)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
