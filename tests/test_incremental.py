@@ -21,6 +21,7 @@ from exporter.simulator.testing.faults import HttpError, Requests
 from exporter.vocabulary import TERMINAL_STATUSES
 
 MakeExporter = Callable[..., Exporter]
+THUMBNAILS = {"mixpeek_namespace": "prod", "task_type": "thumbnail"}
 # The task series a dashboard reads: everything but the exporter's own request and timing figures.
 TASK_METRICS = (
     "mixpeek_tasks",
@@ -99,19 +100,8 @@ async def test_steady_incremental_polls_cost_requests_for_changes_not_for_size(
         await exporter.poll()
         steady = task_requests(api) - first
     assert (first, steady) == (52, 3)
-    assert (
-        exporter.value(
-            "mixpeek_task_terminal_transitions_total",
-            mixpeek_namespace="prod",
-            status="FAILED",
-            task_type="thumbnail",
-        )
-        == 10
-    )
-    assert (
-        exporter.value("mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail")
-        == 10
-    )
+    assert exporter.value("mixpeek_task_terminal_transitions_total", **THUMBNAILS, status="FAILED") == 10
+    assert exporter.value("mixpeek_tasks", **THUMBNAILS, status="PROCESSING") == 10
 
 
 async def test_births_the_active_set_listed_already_are_progress_not_a_loop(
@@ -132,9 +122,7 @@ async def test_births_the_active_set_listed_already_are_progress_not_a_loop(
         clock.advance(30)
         await exporter.poll()
     assert exporter.value("mixpeek_up", mixpeek_namespace="prod") == 1
-    assert exporter.value(
-        "mixpeek_tasks", mixpeek_namespace="prod", status="PROCESSING", task_type="thumbnail"
-    ) == len(born)
+    assert exporter.value("mixpeek_tasks", **THUMBNAILS, status="PROCESSING") == len(born)
     full = exporter.value("mixpeek_exporter_last_full_listing_timestamp_seconds", mixpeek_namespace="prod")
     assert full < clock()  # the second poll was incremental
 
