@@ -375,16 +375,18 @@ def test_a_listing_applied_during_a_save_waits_and_one_applied_before_is_what_is
     holds the table's lock while it reads, and it reads the namespace's newest state."""
     first = observe(NamespaceState(buckets=DEFAULT_BUCKETS), [Task("a", "PROCESSING", "t")], 100.0)
     lines = encode({"prod": first}, {}, SETUP)
-    head = [next(lines), next(lines)]  # the file's header, then the state's: the lock is held now
+    head = [next(lines), next(lines)]  # the file's header, then the state's
+    assert first.table.lock.locked()
     listing = Observation(first, 130.0)
     listing.add([Task("a", "FAILED", "t"), Task("b", "PROCESSING", "t")])
     applied: list[NamespaceState] = []
     applying = threading.Thread(target=lambda: applied.append(listing.result()))
     applying.start()
-    applying.join(timeout=0.2)
+    applying.join(timeout=0.2)  # bounded: a correct result() is still waiting however long this is
     assert applying.is_alive()  # it cannot apply while the rows are being read
     saved = [*head, *lines]
     applying.join()
+    assert not first.table.lock.locked()  # released by the writer's last line, then by the result
     assert [row[0] for line in saved[2:-1] for row in json.loads(line)] == ["a"]
     assert json.loads(saved[1])["transitions"] == []
     # Queued before that listing was applied, saved after: the file gets the newer state.
