@@ -2,6 +2,7 @@
 
     python bench/serving.py                                  # every arrangement, about 3 minutes
     python bench/serving.py --arrangements inproc,child-ours --steady-polls 8
+    python bench/serving.py --pin                            # the exporter on CPU 0, the rest on CPU 1
 
 The 100k scenario of bench/scale.py (one namespace of 100,000 tasks, 5 % active, 1 % changing per poll,
 the simulated API in its own process, the real exporter's poller), polled every `--every` seconds, with
@@ -24,6 +25,10 @@ floor, the 1-minute load average at the start and the end, the CPU of the poller
 serving process's CPU per scrape (at the floor, where nothing else runs in it; for `inproc` the poller's
 process, idle then), and what shipping a render costs the poller's process (CPU and wall time per render,
 bytes per render).
+
+With `--pin`, the exporter's processes (the poller's and the serving one) run on CPU 0 only, and the
+simulated API and every scraper on CPU 1 only: as in production, where the API and the scrapers run on
+other hosts and the exporter has its core to itself, instead of four busy processes sharing two cores.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from statistics import mean
@@ -66,6 +71,8 @@ from exporter.server import MetricsServer
 
 INPROC, CHILD_OURS, CHILD_ASYNCIO = "inproc", "child-ours", "child-asyncio"
 ARRANGEMENTS = (INPROC, CHILD_OURS, CHILD_ASYNCIO)
+EXPORTER_CPUS, OTHERS_CPUS = {0}, {1}
+"""With --pin: the exporter's processes on the first CPU, the simulated API and the scrapers on the second."""
 SERVED_CHECK_S = 0.005
 """How often the poller's process looks whether the last render is served (or shipped)."""
 
@@ -98,6 +105,21 @@ class Run:
     ships: list[tuple[float, float, int]] = field(default_factory=list)
     """Per render shipped: CPU seconds of the shipping thread, wall seconds, bytes."""
     error: str | None = None
+
+
+@contextlib.contextmanager
+def spawning_on(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on `cpus` (None: wherever): a child inherits the affinity of the
+    thread that starts it, so this thread's is set for the while, then put back."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # The serving process
@@ -248,20 +270,34 @@ class Shipper:
             self._shipped = snapshot
 
 
-def run_arrangement(arrangement: str, options: Options, every: float, floor_s: float) -> Run:
+def run_arrangement(arrangement: str, options: Options, every: float, floor_s: float, pin: bool) -> Run:
     """One arrangement, in this (fresh) process: the API in a child, the poller here, the server here or
     in a child of its own."""
+    others = OTHERS_CPUS if pin else None
+    if pin:  # this process has one thread yet: the threads it starts, and its children, inherit this
+        os.sched_setaffinity(0, EXPORTER_CPUS)
     context = multiprocessing.get_context("spawn")
     control, child_end = context.Pipe()
     api = context.Process(
         target=serve_world, args=(scenario("100k"), "default", options, child_end), daemon=True
     )
-    api.start()
+    with spawning_on(others):
+        api.start()
     run = Run(arrangement, load=_load())
     try:
         url, names, _ = control.recv()
         asyncio.run(
-            _exporter(arrangement, url, names, options, control, run=run, every=every, floor_s=floor_s)
+            _exporter(
+                arrangement,
+                url,
+                names,
+                options,
+                control,
+                run=run,
+                every=every,
+                floor_s=floor_s,
+                others=others,
+            )
         )
     except Exception as exc:  # report it in the table, go on with the next arrangement
         run.error = f"{type(exc).__name__}: {exc}"
@@ -283,6 +319,7 @@ async def _exporter(
     run: Run,
     every: float,
     floor_s: float,
+    others: set[int] | None,
 ) -> None:
     settings = bench_settings(url, names, options)
     async with built_exporter(settings, url) as (client, poller, exposition):
@@ -292,18 +329,20 @@ async def _exporter(
         async with _serving(arrangement, exposition, poller) as (port, served, server_times, shipper):
             await _until(lambda: served(poller.snapshot))
             metrics = f"http://127.0.0.1:{port}/metrics"
-            hammers = (
-                Hammer(metrics, keep_alive=False),
-                Hammer(metrics, keep_alive=True),
-                CurlHammer(metrics),
-            )
+            with spawning_on(others):
+                hammers = (
+                    Hammer(metrics, keep_alive=False),
+                    Hammer(metrics, keep_alive=True),
+                    CurlHammer(metrics),
+                )
             cpu, (_, waited, _), scraping = time.process_time(), server_times(), 0.0
             for i in range(options.steady_polls):
                 started = time.perf_counter()
                 control.send("churn")
                 control.recv()
                 hammer = hammers[i % len(hammers)]
-                hammer.on()
+                with spawning_on(others):  # curl's loop starts a shell at each `on`
+                    hammer.on()
                 await _poll(subject, control, first=False)
                 await _until(lambda: served(poller.snapshot))
                 hammer.off()
@@ -319,7 +358,8 @@ async def _exporter(
             cpu, waited, _ = server_times()
             scraping = time.perf_counter()
             for keep_alive in (False, True):
-                hammer = Hammer(metrics, keep_alive=keep_alive)
+                with spawning_on(others):
+                    hammer = Hammer(metrics, keep_alive=keep_alive)
                 hammer.on()
                 await asyncio.sleep(floor_s)
                 hammer.off()
@@ -330,7 +370,8 @@ async def _exporter(
             run.floor_cpu_per_scrape = (now - cpu) / scrapes if scrapes else None
             run.floor_wait = (now_waited - waited) / (time.perf_counter() - scraping)
             curl = CurlHammer(metrics)
-            curl.on()
+            with spawning_on(others):
+                curl.on()
             await asyncio.sleep(floor_s)
             curl.off()
             run.floor_curl = _times(*curl.close())
@@ -441,11 +482,19 @@ async def _until(condition: Callable[[], bool]) -> None:
 # The table
 
 
-def report(runs: Sequence[Run], options: Options, every: float, floor_s: float, elapsed: float) -> str:
+def report(
+    runs: Sequence[Run], options: Options, every: float, floor_s: float, elapsed: float, *, pin: bool
+) -> str:
+    cpus = (
+        f"Pinned: the exporter on CPUs {sorted(EXPORTER_CPUS)}, "
+        f"the API and the scrapers on CPUs {sorted(OTHERS_CPUS)}."
+        if pin
+        else f"{os.cpu_count()} CPUs shared by all."
+    )
     lines = [
         f"100k tasks in one namespace, {options.active:.0%} active, {options.churn:.0%} changing per poll; "
         f"{options.steady_polls} steady polls, one every {every:g} s, the scrapers on from each poll's start "
-        f"until its render is served; floor: {floor_s:g} s of each kind with no poll. {os.cpu_count()} CPUs. "
+        f"until its render is served; floor: {floor_s:g} s of each kind with no poll. {cpus} "
         f"Whole run {elapsed:.0f} s.",
         "",
         "| arrangement | while polling: new conn., no gzip p50 / p99 ms (n) "
@@ -495,7 +544,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--every", type=float, default=3.0, help="seconds from a poll's start to the next's")
     parser.add_argument("--floor-seconds", type=float, default=4.0, help="of each kind of scrape, no poll")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the exporter on CPU 0, the simulated API and the scrapers on CPU 1",
+    )
     args = parser.parse_args(argv)
+    if args.pin and not {*EXPORTER_CPUS, *OTHERS_CPUS} <= os.sched_getaffinity(0):
+        parser.error(f"--pin: needs CPUs {sorted({*EXPORTER_CPUS, *OTHERS_CPUS})}")
     arrangements = [name.strip() for name in args.arrangements.split(",") if name.strip()]
     if not arrangements or set(arrangements) - set(ARRANGEMENTS):
         parser.error(f"--arrangements: of {', '.join(ARRANGEMENTS)}")
@@ -517,9 +573,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for arrangement in arrangements:
         _progress(f"{arrangement}: 100k tasks, load {_load()}")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            future = pool.submit(run_arrangement, arrangement, options, args.every, args.floor_seconds)
+            future = pool.submit(
+                run_arrangement, arrangement, options, args.every, args.floor_seconds, args.pin
+            )
             runs.append(future.result())
-    print(report(runs, options, args.every, args.floor_seconds, time.perf_counter() - started))
+    print(report(runs, options, args.every, args.floor_seconds, time.perf_counter() - started, pin=args.pin))
 
 
 if __name__ == "__main__":
