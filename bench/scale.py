@@ -54,6 +54,7 @@ from multiprocessing.connection import Connection
 from statistics import mean
 from typing import Any, Protocol
 
+import components  # bench/components.py
 import httpx
 from naive import PAGE_SIZE, NaiveExporter  # bench/naive.py: run as `python bench/scale.py`
 from pydantic import SecretStr
@@ -120,7 +121,10 @@ class Options:
     interval: float
     seed: int
     profile: int = 0
-    """Print this many of the costliest functions of the first poll (cProfile), to see where CPU goes."""
+    """Profile the last poll (cProfile): print its time by component (bench/components.py) and this many
+    of its costliest functions, to see where CPU goes. Its CPU figures then include cProfile's cost."""
+    sample: bool = False
+    """Sample the last poll with py-spy and print its time by component (bench/components.py)."""
     switch_interval_ms: float | None = None
     """sys.setswitchinterval of the exporter's process, in ms (None: as the exporter sets it)."""
     refuse_lookup: bool = False
@@ -491,13 +495,21 @@ async def _drive(
             hammer = hammers[i % 2] if i and hammers else None
             if hammer is not None:
                 hammer.on()
-            profiler = cProfile.Profile() if options.profile and not i else None
+            last = i == options.steady_polls
+            profiler = cProfile.Profile() if options.profile and last else None
+            sampler = components.Sampler() if options.sample and last else None
             if profiler is not None:
                 profiler.enable()
             result.polls.append(await _poll(subject, control, first=not i))
             if profiler is not None:
                 profiler.disable()
-                pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(options.profile)
+            if sampler is not None:
+                _components(result, sampler.stop(), "sampled by py-spy")
+            if profiler is not None:
+                stats = pstats.Stats(profiler, stream=sys.stderr)
+                how = "profiled by cProfile (its own cost included; the poller's thread only)"
+                _components(result, components.by_component(stats), how)
+                stats.sort_stats("tottime").print_stats(options.profile)
             if hammer is not None:
                 hammer.off()
                 result.after_poll.append(hammers[0].once())
@@ -511,6 +523,11 @@ async def _drive(
     finally:
         if hammers:
             result.scrape_new, result.scrape_kept = (_times(*hammer.close()) for hammer in hammers)
+
+
+def _components(result: Result, seconds: components.Seconds, how: str) -> None:
+    poll = result.polls[-1]
+    print(components.report(seconds, result.scenario.tasks, poll.requests, poll.cpu, how), file=sys.stderr)
 
 
 async def _poll(subject: Subject, control: Connection, *, first: bool) -> Poll:
@@ -764,7 +781,14 @@ def parse_args(
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="N", help="print the first poll's N costliest functions"
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile the last poll: its time by component and its N costliest functions",
+    )
+    parser.add_argument(
+        "--sample", action="store_true", help="sample the last poll with py-spy: its time by component"
     )
     args = parser.parse_args(argv)
     try:
@@ -790,6 +814,7 @@ def parse_args(
         interval=30.0,
         seed=args.seed,
         profile=args.profile,
+        sample=args.sample,
         refuse_lookup=args.refuse_lookup,
     )
     exporters = [name.strip() for name in args.exporters.split(",") if name.strip()]
