@@ -9,6 +9,7 @@ a sort or a header is honoured) is the poller's to verify (see exporter/checks.p
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import re
 import time
@@ -74,26 +75,45 @@ Sink = Callable[[list[T]], int]
 """Takes one page's items as they arrive; returns how many were new to the listing (loop detection)."""
 
 
+class Reason(enum.StrEnum):
+    """Why a request or listing failed: the bounded `reason` label of the poll-error counters, spelled once
+    here because dashboards and alert rules match its values. The order is the zero-filled label order."""
+
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    INVALID_RESPONSE = "invalid_response"
+    PAGINATION_LIMIT = "pagination_limit"
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    UNEXPECTED_STATUS = "unexpected_status"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    INTERNAL = "internal"
+    """An exception the exporter did not expect (the poller's): a bug, or input nobody foresaw."""
+
+
 class ApiError(Exception):
     """A request or listing failed; `reason` becomes the bounded poll-error label."""
 
-    reason = "error"
+    reason: Reason = Reason.ERROR
 
 
 class ApiTimeout(ApiError):
-    reason = "timeout"
+    reason = Reason.TIMEOUT
 
 
 class ApiUnreachable(ApiError):
-    reason = "connection_error"
+    reason = Reason.CONNECTION_ERROR
 
 
 class InvalidResponse(ApiError):
-    reason = "invalid_response"
+    reason = Reason.INVALID_RESPONSE
 
 
 class PaginationLimit(ApiError):
-    reason = "pagination_limit"
+    reason = Reason.PAGINATION_LIMIT
 
 
 class EndOfListing(Exception):
@@ -117,16 +137,16 @@ class ApiHTTPError(ApiError):
         return self.status_code in (400, 422)
 
     @property
-    def reason(self) -> str:  # type: ignore[override]
+    def reason(self) -> Reason:  # type: ignore[override]
         if self.status_code in (401, 403):
-            return "unauthorized"
+            return Reason.UNAUTHORIZED
         if self.status_code == 429:
-            return "rate_limited"
+            return Reason.RATE_LIMITED
         if self.status_code == 404:
-            return "not_found"
+            return Reason.NOT_FOUND
         if self.status_code < 400:  # a redirect or other non-200 success: not what the API answers
-            return "unexpected_status"
-        return "http_5xx" if self.status_code >= 500 else "http_4xx"
+            return Reason.UNEXPECTED_STATUS
+        return Reason.HTTP_5XX if self.status_code >= 500 else Reason.HTTP_4XX
 
 
 class _Pagination(msgspec.Struct, gc=False):
@@ -715,7 +735,7 @@ class MixpeekClient:
             endpoint=state.args[2],
             attempt=state.attempt_number,
             wait_seconds=round(state.upcoming_sleep, 3),
-            reason=getattr(exc, "reason", "error"),
+            reason=getattr(exc, "reason", Reason.ERROR),
             error=str(exc),
         )
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.api import ACCEPT_ENCODING, ApiError, MixpeekClient, Namespace, RetryPolicy
+from exporter.api import ACCEPT_ENCODING, ApiError, MixpeekClient, Namespace, Reason, RetryPolicy
 from exporter.apikey import ApiKeySource
 from exporter.checks import NamespaceIsolation
 from exporter.config import ConfigError, Scope, Settings, env_name, load_settings
@@ -370,11 +370,11 @@ def owned(settings: Settings, names: Sequence[str], out: TextIO) -> list[str | N
 def describe(exc: ApiError, key: SecretStr) -> str:
     """One line for the user: the API's own text, which may echo the Authorization header, without the key."""
     explanations = {
-        "unauthorized": "key rejected",
-        "not_found": "namespace unknown",
-        "timeout": "unreachable",
-        "connection_error": "unreachable",
-        "rate_limited": "rate limited",
+        Reason.UNAUTHORIZED: "key rejected",
+        Reason.NOT_FOUND: "namespace unknown",
+        Reason.TIMEOUT: "unreachable",
+        Reason.CONNECTION_ERROR: "unreachable",
+        Reason.RATE_LIMITED: "rate limited",
     }
     said = " ".join(redact(str(exc), [key.get_secret_value()]).split())
     return f"{explanations.get(exc.reason, 'failed')} ({said})"

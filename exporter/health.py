@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from exporter.api import Reason
 from exporter.histogram import Histogram
 from exporter.metrics import POLL_DURATION_BUCKETS, NamespaceHealth
-
-UNAUTHORIZED = "unauthorized"
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,9 @@ def poll_failed(before: NamespaceHealth | None, reason: str) -> Change:
     """A failed task poll: said at warning each time, except a rejected key, said once per episode at
     error (it stays rejected until someone rotates it) and at debug while it lasts."""
     health = _failed(before, reason)
-    if reason != UNAUTHORIZED:
+    if reason != Reason.UNAUTHORIZED:
         return Change(health, Notice(logging.WARNING, "poll failed"))
-    if before is not None and before.failing == UNAUTHORIZED:
+    if before is not None and before.failing == Reason.UNAUTHORIZED:
         return Change(health, Notice(logging.DEBUG, "poll failed: API key still rejected"))
     return Change(health, Notice(logging.ERROR, "poll failed: API key rejected"))
 

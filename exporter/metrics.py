@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from exporter.api import ENDPOINTS
+from exporter.api import ENDPOINTS, Reason
 from exporter.checks import CHECKS
 from exporter.histogram import Exemplar, Histogram
 from exporter.state import NamespaceState
@@ -76,22 +76,9 @@ BY_NAMESPACE = (NAMESPACE_LABEL,)
 
 # Where an unexpected exception can happen (the poll loops, rendering /metrics): each counted from 0.
 STAGES = ("discovery", "scope", "poll", "state", "batches", "render")
-# Every reason a poll can fail with (api.ApiError's reasons and the poller's "internal"), counted from 0 so
-# that rate() and increase() see the first failure: a series born at 1 is read as no increase.
-POLL_ERROR_REASONS = (
-    "error",
-    "timeout",
-    "connection_error",
-    "invalid_response",
-    "pagination_limit",
-    "unauthorized",
-    "rate_limited",
-    "not_found",
-    "unexpected_status",
-    "http_4xx",
-    "http_5xx",
-    "internal",
-)
+# Every reason a poll can fail with (api.Reason, in its order), counted from 0 so that rate() and increase()
+# see the first failure: a series born at 1 is read as no increase. Plain strings: the label values as served.
+POLL_ERROR_REASONS = tuple(reason.value for reason in Reason)
 # The API requests counted from 0, per endpoint the exporter calls: success, rate limited, and no answer.
 ZERO_FILLED_CODES = ("200", "429", "error")
 POLL_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

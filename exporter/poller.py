@@ -29,6 +29,7 @@ from exporter.api import (
     ApiHTTPError,
     EndOfListing,
     MixpeekClient,
+    Reason,
     Task,
 )
 from exporter.checks import (
@@ -60,8 +61,6 @@ ACTIVE_TASKS = {
 }
 T = TypeVar("T")
 R = TypeVar("R")
-INTERNAL = "internal"
-"""The poll-error reason of an exception the exporter did not expect: a bug, or input nobody foresaw."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,7 @@ class Poller:
         self._scope_verified = plan.scope is Scope.ORGANIZATION
         self._epoch = 0
         """Bumped at each change of scope."""
-        self._discovery_failing: str | None = None
+        self._discovery_failing: Reason | None = None
         self._rescoped = asyncio.Event()
         self._batch_modes: dict[str, str] = {}
         self._internal_errors: dict[str, int] = {}
@@ -646,7 +645,7 @@ class Poller:
             self._log.debug("unexpected error again", stage=stage, error=type(exc).__name__)
 
     async def _run_listing(
-        self, stage: str, listing: Callable[[], Awaitable[R]], failed: Callable[[str, str], None]
+        self, stage: str, listing: Callable[[], Awaitable[R]], failed: Callable[[Reason, str], None]
     ) -> R | None:
         """Run one listing within the poll timeout. A failure is handed to `failed` as (reason, error),
         the bounded label and the log line, and gives None: an ApiError its own reason, the timeout
@@ -659,13 +658,14 @@ class Poller:
             failed(exc.reason, str(exc))
         except TimeoutError:
             failed(
-                "timeout", f"the {stage} stage took longer than the poll timeout, {self._plan.poll_timeout} s"
+                Reason.TIMEOUT,
+                f"the {stage} stage took longer than the poll timeout, {self._plan.poll_timeout} s",
             )
         except ScopeChanged:
             pass
         except Exception as exc:
             self._internal(stage, exc)
-            failed(INTERNAL, f"{type(exc).__name__} in {stage}")
+            failed(Reason.INTERNAL, f"{type(exc).__name__} in {stage}")
         return None
 
     async def _poll(
@@ -685,7 +685,7 @@ class Poller:
             self._apply(fetched, time.perf_counter() - started)
         except Exception as exc:
             self._internal("state", exc)
-            failed(INTERNAL, f"{type(exc).__name__} in state")
+            failed(Reason.INTERNAL, f"{type(exc).__name__} in state")
 
     def _apply(self, fetched: Fetched, duration: float) -> None:
         if fetched.epoch != self._epoch:
@@ -769,7 +769,7 @@ class Poller:
         self._batch_modes[namespace] = "per_bucket"
         await self._client.walk_bucket_batches(self._header(namespace), observation.add)
 
-    def _batch_failed(self, namespace: str, reason: str, error: str) -> None:
+    def _batch_failed(self, namespace: str, reason: Reason, error: str) -> None:
         change = batches_failed(self._batch_health.get(namespace), reason)
         self._say(change, namespace, reason=reason, error=error)
         self._publish(batch_health={**self._batch_health, namespace: change.health})
@@ -794,7 +794,7 @@ class Poller:
             await self._state_file.flush()
             self._publish()  # so the write counts show now, not after the next poll
 
-    def _failed(self, labels: Iterable[str], reason: str, error: str) -> None:
+    def _failed(self, labels: Iterable[str], reason: Reason, error: str) -> None:
         health = dict(self._health)
         for namespace in labels:
             change = poll_failed(health.get(namespace), reason)

@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 from support import Exporter, select
 
-from exporter.api import ENDPOINTS, TASKS_LIST, ApiError, ApiHTTPError
+from exporter.api import ENDPOINTS, TASKS_LIST, ApiError, ApiHTTPError, Reason
 from exporter.metrics import POLL_ERROR_REASONS, ZERO_FILLED_CODES
-from exporter.poller import INTERNAL
 from exporter.simulator import World
 from exporter.simulator.testing import SimulatorTestServer
 from exporter.simulator.testing.faults import RateLimited, Requests
@@ -25,7 +24,7 @@ def test_every_reason_a_poll_can_fail_with_is_served_from_zero() -> None:
     """The zero-filled list is complete: any HTTP status, any ApiError, and the poller's own reason."""
     reasons = {ApiHTTPError(status, "x").reason for status in range(100, 600)}
     reasons |= {kind.reason for kind in _subclasses(ApiError) if isinstance(kind.reason, str)}
-    assert reasons | {INTERNAL} <= set(POLL_ERROR_REASONS)
+    assert reasons | {Reason.INTERNAL} <= set(POLL_ERROR_REASONS)
 
 
 def _subclasses(cls: type[ApiError]) -> set[type[ApiError]]:
@@ -55,3 +54,23 @@ async def test_the_first_429_is_an_increase_from_zero(
     assert exporter.value(POLL_ERRORS, mixpeek_namespace="prod", reason="rate_limited") == 1
     assert exporter.value(POLL_ERRORS, mixpeek_namespace="staging", reason="rate_limited") == 0
     assert exporter.value(REQUESTS, endpoint=TASKS_LIST, code="429") == 1
+
+
+def test_the_reason_label_values_are_a_contract() -> None:
+    """Dashboards and alert rules match these values, derived from api.Reason: a renamed or reordered member
+    must fail here, and they are served as plain strings."""
+    assert POLL_ERROR_REASONS == (
+        "error",
+        "timeout",
+        "connection_error",
+        "invalid_response",
+        "pagination_limit",
+        "unauthorized",
+        "rate_limited",
+        "not_found",
+        "unexpected_status",
+        "http_4xx",
+        "http_5xx",
+        "internal",
+    )
+    assert all(type(reason) is str for reason in POLL_ERROR_REASONS)

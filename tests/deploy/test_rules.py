@@ -3,9 +3,11 @@ alert firing and not firing, two exporters side by side); every alert is documen
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -16,6 +18,10 @@ from exporter.metrics import METRICS
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "rules.test.yaml"
 RUNBOOK = REPO / "docs" / "runbook.md"
+BOARD = REPO / "deploy" / "grafana" / "mixpeek-tasks.json"
+DASHBOARD = "/d/mixpeek-tasks"
+# An alert about a namespace links to the dashboard on that namespace, the value URL-escaped by Prometheus.
+ON_NAMESPACE = DASHBOARD + "?var-namespace={{ $labels.mixpeek_namespace | urlquery }}"
 # A metric name in an expression; mixpeek_namespace is the one label that starts the same way.
 METRIC_NAME = r"\bmixpeek_(?!namespace\b)[a-z_]+"
 
@@ -106,7 +112,8 @@ def test_every_alert_is_labelled_described_and_has_a_runbook_section() -> None:
         assert alert["labels"]["severity"] in {"critical", "warning"}, name
         annotations = alert["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
-        assert annotations["dashboard_url"] == "/d/mixpeek-tasks", name
+        namespaced = "{{ $labels.mixpeek_namespace }}" in annotations["description"]
+        assert annotations["dashboard_url"] == (ON_NAMESPACE if namespaced else DASHBOARD), name
         url, _, anchor = annotations["runbook_url"].partition("#")
         assert url.endswith("/docs/runbook.md"), name
         assert anchor == name.lower(), name
@@ -240,3 +247,43 @@ def test_an_empty_dashboard_url_leaves_the_annotation_out() -> None:
     plain = rules(build.render_rules({"dashboardUrl": ""}))
     assert [rule for rule in plain if "dashboard_url" in rule.get("annotations", {})] == []
     assert len([rule for rule in plain if "alert" in rule]) == len(alerts())
+
+
+def test_the_namespace_link_sets_the_dashboards_namespace_variable() -> None:
+    """A renamed dashboard variable would make the links open the dashboard on every namespace, silently."""
+    board = json.loads(BOARD.read_text())
+    variables = {variable["name"]: variable for variable in board["templating"]["list"]}
+    (parameter,) = parse_qs(urlsplit(ON_NAMESPACE).query)
+    variable = variables[parameter.removeprefix("var-")]
+    assert variable["query"].endswith(", mixpeek_namespace)"), variable
+
+
+@pytest.mark.e2e
+def test_a_dashboard_link_escapes_the_namespace_and_keeps_the_urls_query(tmp_path: Path) -> None:
+    """Prometheus renders the link: a namespace with a space and an `&` stays one query value, and a
+    dashboardUrl that has a query already gets `&`, not a second `?`."""
+    build = deploy_module("deploy/prometheus/build.py")
+    text = build.render_rules({"dashboardUrl": "https://grafana.example.com/d/mixpeek-tasks?orgId=2"})
+    (tmp_path / "rules.yaml").write_text(text)
+    namespace = "a b&c"
+    (rule,) = [rule for rule in rules(text) if rule.get("alert") == "MixpeekExporterPollFailing"]
+    expected = {
+        key: value.replace("{{ $labels.mixpeek_namespace }}", namespace)
+        for key, value in rule["annotations"].items()
+    }
+    expected["dashboard_url"] = "https://grafana.example.com/d/mixpeek-tasks?orgId=2&var-namespace=a+b%26c"
+    labels = {"severity": "warning", "mixpeek_namespace": namespace}
+    case = {
+        "eval_time": "15m",
+        "alertname": "MixpeekExporterPollFailing",
+        "exp_alerts": [{"exp_labels": labels, "exp_annotations": expected}],
+    }
+    test = {
+        "interval": "1m",
+        "input_series": [{"series": f'mixpeek_up{{mixpeek_namespace="{namespace}"}}', "values": "0x20"}],
+        "alert_rule_test": [case],
+    }
+    scenario = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]}
+    (tmp_path / "link.test.yaml").write_text(yaml.safe_dump(scenario))
+    code, output = promtool("test", "rules", str(tmp_path / "link.test.yaml"))
+    assert code == 0, output

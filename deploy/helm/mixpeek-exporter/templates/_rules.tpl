@@ -22,6 +22,13 @@ Prometheus templates in annotations are kept out of Helm's reach with {{` ... `}
 {{- /* The batch alerts' bucket, in Prometheus's template language: with MIXPEEK_BATCH_BUCKET_LABEL=false the
 exporter exports no bucket_id and aggregates each namespace's buckets. */ -}}
 {{- $bucket := `{{ with $labels.bucket_id }}bucket {{ . }}{{ else }}all buckets{{ end }}` -}}
+{{- /* A namespaced alert's dashboard link opens the dashboard on the alert's namespace (the dashboard's variable
+`namespace`), the value URL-escaped by Prometheus; after `&` where alerts.dashboardUrl has a query already. */ -}}
+{{- $onNamespace := "" -}}
+{{- with $a.dashboardUrl }}
+{{- $query := ternary "&" "?" (contains "?" .) -}}
+{{- $onNamespace = printf "%s%svar-namespace=%s" . $query `{{ $labels.mixpeek_namespace | urlquery }}` -}}
+{{- end -}}
 {{- $g := "" }}{{ with $a.groupBy }}{{ $g = printf "%s, " (join ", " .) }}{{ end -}}
 {{- $recording := .Values.recordingRules.enabled -}}
 {{- /* Recorded windows of the task terminal transitions, in seconds: the failure ratio alert reads them. */ -}}
@@ -91,7 +98,7 @@ groups:
             {{`{{ $value | humanize }}`}} {{`{{ $labels.task_type }}`}} tasks in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }}
             (at least {{ .minFailures }} and at least {{ round (mulf .minShare 100) 2 }}% of the tasks that finished).
           runbook_url: {{ $runbook }}#mixpeektasksfailedspike
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -135,7 +142,7 @@ groups:
             {{`{{ $value | humanizePercentage }}`}} of the {{`{{ $labels.task_type }}`}} tasks that finished in namespace {{`{{ $labels.mixpeek_namespace }}`}}
             over the last {{ .window }} FAILED (threshold {{ round (mulf .maxRatio 100) 2 }}%).
           runbook_url: {{ $runbook }}#mixpeektasksfailureratiohigh
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -159,7 +166,7 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has waited
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckqueued
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -183,7 +190,7 @@ groups:
             The oldest {{`{{ $labels.status }}`}} {{`{{ $labels.task_type }}`}} task in namespace {{`{{ $labels.mixpeek_namespace }}`}} has existed for
             {{`{{ $value | humanizeDuration }}`}} (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeektasksstuckrunning
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -206,7 +213,7 @@ groups:
             Every exporter's last poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its task metrics are
             frozen for every task_type. mixpeek_exporter_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterpollfailing
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
       - alert: MixpeekExporterBatchPollFailing
@@ -227,7 +234,7 @@ groups:
             Every exporter's last batch listing of namespace {{`{{ $labels.mixpeek_namespace }}`}} has failed for {{ .for }}: its batch
             metrics are frozen (its task metrics are not). mixpeek_exporter_batch_poll_errors_total{mixpeek_namespace="{{`{{ $labels.mixpeek_namespace }}`}}"} gives the reason.
           runbook_url: {{ $runbook }}#mixpeekexporterbatchpollfailing
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -250,7 +257,7 @@ groups:
             The last complete poll of namespace {{`{{ $labels.mixpeek_namespace }}`}} ended {{`{{ $value | humanizeDuration }}`}} ago
             (threshold {{ .maxAgeSeconds }}s): the metrics of every task_type there are out of date.
           runbook_url: {{ $runbook }}#mixpeekexporterdatastale
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -345,7 +352,7 @@ groups:
             {{`{{ $value | humanize }}`}} polls of namespace {{`{{ $labels.mixpeek_namespace }}`}} were refused with HTTP 429 in the last {{ .window }}:
             its metrics (every task_type) lag behind.
           runbook_url: {{ $runbook }}#mixpeekapiratelimited
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -394,7 +401,7 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} FAILED in the last {{ .window }} (threshold: at least {{ .minFailures }}):
             their objects were not ingested.
           runbook_url: {{ $runbook }}#mixpeekbatchesfailed
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -432,7 +439,7 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} that finished in the last {{ .window }} failed
             (threshold {{ round (mulf .maxRatio 100) 2 }}%, at least {{ .minObjects }} objects).
           runbook_url: {{ $runbook }}#mixpeekbatchobjectsfailureratiohigh
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -457,7 +464,7 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and has not started
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckqueued
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
@@ -482,7 +489,7 @@ groups:
             in namespace {{`{{ $labels.mixpeek_namespace }}`}} was created {{`{{ $value | humanizeDuration }}`}} ago and is still running
             (threshold {{ .maxAgeSeconds }}s).
           runbook_url: {{ $runbook }}#mixpeekbatchesstuckrunning
-          {{- with $a.dashboardUrl }}
+          {{- with $onNamespace }}
           dashboard_url: {{ . }}
           {{- end }}
 {{- end }}{{ end }}
