@@ -35,7 +35,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (WAITING, ("'select.epoll'",)),
     ("msgspec decode", ("msgspec",)),
     ("zlib-ng inflate", ("zlib_ng",)),
-    ("socket calls", ("_socket.socket",)),
+    ("socket calls", ("_socket.socket", "socketmodule.c")),
     ("httpx, httpcore, h11, anyio", ("/httpx/", "/httpcore/", "/h11/", "/anyio/", "/sniffio/")),
     ("asyncio event loop", ("/asyncio/", "/selectors.py")),
     ("task state fold (exporter/state.py)", ("/exporter/state.py",)),
