@@ -498,13 +498,10 @@ async def _drive(
             last = i == options.steady_polls
             profiler = cProfile.Profile() if options.profile and last else None
             sampler = components.Sampler() if options.sample and last else None
-            if profiler is not None:
-                profiler.enable()
-            result.polls.append(await _poll(subject, control, first=not i))
-            if profiler is not None:
-                profiler.disable()
+            watch = profiler or sampler
+            result.polls.append(await _poll(subject, control, first=not i, watch=watch))
             if sampler is not None:
-                _components(result, sampler.stop(), "sampled by py-spy")
+                _components(result, sampler.seconds, "sampled by py-spy")
             if profiler is not None:
                 stats = pstats.Stats(profiler, stream=sys.stderr)
                 how = "profiled by cProfile (its own cost included; the poller's thread only)"
@@ -527,13 +524,23 @@ async def _drive(
 
 def _components(result: Result, seconds: components.Seconds, how: str) -> None:
     poll = result.polls[-1]
-    print(components.report(seconds, result.scenario.tasks, poll.requests, poll.cpu, how), file=sys.stderr)
+    tasks = None if poll.kind == "incremental" else result.scenario.tasks
+    print(components.report(seconds, tasks, poll.requests, poll.cpu, how), file=sys.stderr)
 
 
-async def _poll(subject: Subject, control: Connection, *, first: bool) -> Poll:
+async def _poll(
+    subject: Subject,
+    control: Connection,
+    *,
+    first: bool,
+    watch: contextlib.AbstractContextManager[object] | None = None,
+) -> Poll:
+    """One poll, timed; `watch` (a profiler) is on while the exporter polls, not while the bench talks
+    to the API's process."""
     before = subject.requests()
     wall, cpu = time.perf_counter(), time.process_time()
-    await subject.poll_once()
+    with watch or contextlib.nullcontext():
+        await subject.poll_once()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     control.send("polled")
     api_cpu = control.recv()
@@ -791,6 +798,8 @@ def parse_args(
         "--sample", action="store_true", help="sample the last poll with py-spy: its time by component"
     )
     args = parser.parse_args(argv)
+    if args.sample and args.profile:
+        parser.error("--sample or --profile, not both: cProfile's cost would show in the samples")
     try:
         scenarios = [scenario(name.strip()) for name in args.scenarios.split(",") if name.strip()]
     except argparse.ArgumentTypeError as exc:

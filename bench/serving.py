@@ -22,9 +22,9 @@ machine. Each arrangement runs in a fresh process:
 
 Printed, as markdown: per arrangement, p50/p99 (and count) of each kind of scrape while polling and at the
 floor, the 1-minute load average at the start and the end, the CPU of the poller's process per poll, the
-serving process's CPU per scrape (at the floor, where nothing else runs in it; for `inproc` the poller's
-process, idle then), and what shipping a render costs the poller's process (CPU and wall time per render,
-bytes per render).
+serving process's CPU per scrape of each kind (at the floor, where nothing else runs in it; for `inproc`
+the poller's process, idle then), and what shipping a render costs the poller's process (CPU and wall
+time per render, bytes per render).
 
 With `--pin`, the exporter's processes (the poller's and the serving one) run on CPU 0 only, and the
 simulated API and every scraper on CPU 1 only: as in production, where the API and the scrapers run on
@@ -94,14 +94,14 @@ class Run:
     floor_kept: ScrapeTimes | None = None
     floor_curl: ScrapeTimes | None = None
     """New connections, no gzip, 20 at once from one curl (C): the floor without Python scrapers."""
-    floor_cpu_per_scrape: float | None = None
+    floor_cpu_per_scrape: tuple[float | None, float | None] = (None, None)
+    """The serving process's CPU per scrape at the floor: new connections, kept-alive ones."""
     polling_wait: float = 0.0
     """Seconds the serving process's threads waited on a run queue (runnable, no core free) per second
     of scraping while polling; `floor_wait` at the floor."""
     floor_wait: float = 0.0
     serving_rss: int = 0
     """Peak RSS of the serving process (for inproc, the poller's, which serves)."""
-    """Seconds of the serving process's CPU per scrape at the floor (new connections and kept-alive)."""
     ships: list[tuple[float, float, int]] = field(default_factory=list)
     """Per render shipped: CPU seconds of the shipping thread, wall seconds, bytes."""
     error: str | None = None
@@ -353,31 +353,43 @@ async def _exporter(
             run.poll_cpu = (time.process_time() - cpu) / max(1, run.polls)
             run.polling_wait = (server_times()[1] - waited) / scraping
             run.polling_new, run.polling_kept, run.polling_curl = (_times(*h.close()) for h in hammers)
-            # The floor: no poll, no render; the same scrapers for floor_s each.
-            floors = []
-            cpu, waited, _ = server_times()
-            scraping = time.perf_counter()
-            for keep_alive in (False, True):
-                with spawning_on(others):
-                    hammer = Hammer(metrics, keep_alive=keep_alive)
-                hammer.on()
-                await asyncio.sleep(floor_s)
-                hammer.off()
-                floors.append(_times(*hammer.close()))
-            run.floor_new, run.floor_kept = floors
-            scrapes = sum(t.scrapes for t in floors if t is not None)
-            now, now_waited, run.serving_rss = server_times()
-            run.floor_cpu_per_scrape = (now - cpu) / scrapes if scrapes else None
-            run.floor_wait = (now_waited - waited) / (time.perf_counter() - scraping)
-            curl = CurlHammer(metrics)
-            with spawning_on(others):
-                curl.on()
-            await asyncio.sleep(floor_s)
-            curl.off()
-            run.floor_curl = _times(*curl.close())
+            await _floor(run, metrics, server_times, others, floor_s)
             if shipper is not None:
                 run.ships = shipper.costs
         exposition.stop()
+
+
+async def _floor(
+    run: Run,
+    metrics: str,
+    server_times: Callable[[], tuple[float, float, int]],
+    others: set[int] | None,
+    floor_s: float,
+) -> None:
+    """The floor: no poll, no render; the scrapers of each kind for floor_s, the serving process's CPU
+    taken per kind."""
+    floors, cpus = [], []
+    _, waited, _ = server_times()
+    scraping = time.perf_counter()
+    for keep_alive in (False, True):
+        cpu = server_times()[0]
+        with spawning_on(others):
+            hammer = Hammer(metrics, keep_alive=keep_alive)
+        hammer.on()
+        await asyncio.sleep(floor_s)
+        hammer.off()
+        floors.append(times := _times(*hammer.close()))
+        cpus.append((server_times()[0] - cpu) / times.scrapes if times else None)
+    run.floor_new, run.floor_kept = floors
+    run.floor_cpu_per_scrape = cpus[0], cpus[1]
+    _, now_waited, run.serving_rss = server_times()
+    run.floor_wait = (now_waited - waited) / (time.perf_counter() - scraping)
+    curl = CurlHammer(metrics)
+    with spawning_on(others):
+        curl.on()
+    await asyncio.sleep(floor_s)
+    curl.off()
+    run.floor_curl = _times(*curl.close())
 
 
 Serving = tuple[int, Callable[[Snapshot], bool], Callable[[], tuple[float, float, int]], "Shipper | None"]
@@ -502,7 +514,8 @@ def report(
         "| floor: new conn. p50 / p99 ms (n) "
         "| floor: kept alive p50 / p99 ms (n) | floor, curl: new conn. p50 / p99 ms (n) | load "
         "| poller process CPU s / poll "
-        "| serving CPU ms / scrape (floor) | serving run-queue wait ms / s scraping: polling, floor "
+        "| serving CPU ms / scrape (floor): new conn., kept alive "
+        "| serving run-queue wait ms / s scraping: polling, floor "
         "| serving process peak RSS MB | ship per render: CPU ms, wall ms, KB (n) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
@@ -513,7 +526,7 @@ def report(
             if run.ships
             else ""
         )
-        per_scrape = f"{run.floor_cpu_per_scrape * 1000:.2f}" if run.floor_cpu_per_scrape is not None else ""
+        per_scrape = ", ".join("" if cpu is None else f"{cpu * 1000:.2f}" for cpu in run.floor_cpu_per_scrape)
         lines.append(
             f"| {run.arrangement} | {_latency(run.polling_new)} | {_latency(run.polling_kept)} "
             f"| {_latency(run.polling_curl)} "
